@@ -1,0 +1,1 @@
+"""The gRPC transport over `taskapp.service`: `taskapp.v1.JobService` plus health and reflection."""

@@ -1,0 +1,90 @@
+"""`taskapp.v1.JobService`: converts messages and calls `JobService`; errors become statuses in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from grpc_gateway import convert
+from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+from taskapp.errors import TaskappError
+from taskapp.service import JobService
+
+log = logging.getLogger(__name__)
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Method = Callable[[Any, RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT]]
+
+
+def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
+    """Map taskapp errors to their gRPC status; anything unexpected is logged and answered INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: RequestT, context: grpc.aio.ServicerContext) -> ResponseT:
+        try:
+            return await method(self, request, context)
+        except TaskappError as exc:
+            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """The service's calls block on SQL and the broker, so they run in worker threads, off the event loop."""
+
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    @answers_errors
+    async def SubmitJob(
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitJobResponse:
+        outcome = await asyncio.to_thread(
+            self.service.submit, convert.submit_request_from_pb(request)
+        )
+        return jobs_pb2.SubmitJobResponse(
+            job_id=outcome.job.job_id,
+            state=convert.state_to_pb(outcome.job.state),
+            created=outcome.created,
+        )
+
+    @answers_errors
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        job = await asyncio.to_thread(self.service.get, request.job_id)
+        return convert.job_to_pb(job)
+
+    @answers_errors
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CancelJobResponse:
+        outcome = await asyncio.to_thread(self.service.cancel, request.job_id)
+        return jobs_pb2.CancelJobResponse(
+            cancelled=outcome.cancelled, state=convert.state_to_pb(outcome.state)
+        )
+
+    @answers_errors
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        page = await asyncio.to_thread(
+            self.service.list,
+            convert.list_filter_from_pb(request),
+            request.page_size,
+            request.page_token,
+        )
+        return jobs_pb2.ListJobsResponse(
+            jobs=[convert.job_to_pb(job) for job in page.jobs],
+            next_page_token=page.next_page_token,
+        )

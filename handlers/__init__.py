@@ -1,0 +1,1 @@
+"""Built-in job types, one module each. They register on import (see `taskapp.registry.load_handlers`)."""

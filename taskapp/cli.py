@@ -1,0 +1,44 @@
+"""The `taskapp` command: operate the service (database migrations, the gateway)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from taskapp.config import Settings
+from taskapp.errors import TaskappError
+
+
+@click.group()
+def main() -> None:
+    """taskapp: durable jobs on Celery, submitted over gRPC."""
+
+
+@main.group()
+def db() -> None:
+    """The job database."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Create or migrate the job tables in DATABASE_URL to the latest schema."""
+    import sqlalchemy.exc
+
+    from taskapp.migrate import upgrade as run_upgrade
+
+    settings = Settings()
+    try:
+        run_upgrade(settings.database_url)
+    except (sqlalchemy.exc.OperationalError, TaskappError) as exc:
+        click.echo(f"taskapp: cannot migrate the job database: {exc}", err=True)
+        sys.exit(1)
+    click.echo("taskapp: job database is at the latest schema")
+
+
+@main.command()
+def gateway() -> None:
+    """Run the gRPC gateway on TASKAPP_GRPC_ADDR (same as `python -m grpc_gateway`)."""
+    from grpc_gateway.server import main as serve_main
+
+    serve_main()

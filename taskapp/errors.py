@@ -1,0 +1,66 @@
+"""The one tree of taskapp errors. Each names the gRPC status code the gateway answers with."""
+
+from __future__ import annotations
+
+
+class TaskappError(Exception):
+    """Root of every error taskapp raises on purpose."""
+
+    #: Name of the `grpc.StatusCode` member the gateway maps this error to (taskapp does not import grpc).
+    grpc_code = "INTERNAL"
+
+
+class InvalidArgument(TaskappError):
+    """Raised when a request field is malformed; the message names the field."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class PayloadTooLarge(TaskappError):
+    """Raised when a payload is over the size limit."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class JobNotFound(TaskappError):
+    """Raised when no job has the given id."""
+
+    grpc_code = "NOT_FOUND"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class JobAlreadyExists(TaskappError):
+    """Raised when a job_id is reused with a different request."""
+
+    grpc_code = "ALREADY_EXISTS"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job_id: job {job_id!r} already exists with a different request")
+        self.job_id = job_id
+
+
+class Unavailable(TaskappError):
+    """Raised when the database or the broker cannot be reached; nothing was half-done."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    """Raised when the job database cannot be reached."""
+
+
+class BrokerUnavailable(Unavailable):
+    """Raised when the message broker cannot be reached."""
+
+
+class PermanentError(TaskappError):
+    """Raised by a handler when retrying cannot help (e.g. it rejects its payload): the job fails at once."""
+
+    grpc_code = "FAILED_PRECONDITION"

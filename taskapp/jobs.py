@@ -1,0 +1,97 @@
+"""The Job value and its states and priorities: what crosses every boundary of taskapp."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    DEAD_LETTER = "DEAD_LETTER"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED}
+)
+#: States a worker may claim a job from (QUEUED/RETRYING -> RUNNING).
+CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
+#: States CancelJob moves to CANCELLED.
+CANCELLABLE_STATES = frozenset(
+    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING}
+)
+
+
+class Priority(enum.StrEnum):
+    """Each priority is its own broker queue; workers drain them strictly in this order, highest first."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    DEFAULT = "default"
+    LOW = "low"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submit request with every default resolved: what the store inserts."""
+
+    job_id: str
+    type: str
+    priority: Priority
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_seconds: int
+    #: Hash of the fields above but job_id: a repeated job_id must come with the same request.
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    type: str
+    priority: Priority
+    state: JobState
+    payload: dict[str, Any]
+    result: Any
+    attempts: int
+    max_attempts: int
+    last_error: str
+    timeout_seconds: int
+    created_at: datetime
+    updated_at: datetime
+    scheduled_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str
+    #: Position in the global insertion order; ListJobs pages on it.
+    seq: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """ListJobs filters; None means any."""
+
+    state: JobState | None = None
+    priority: Priority | None = None
+    type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    cancelled: bool
+    #: The state before the call: a RUNNING job must also be stopped on its worker.
+    previous_state: JobState
+    state: JobState

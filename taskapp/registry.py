@@ -1,0 +1,113 @@
+"""Job types: the `@handler` decorator, the registry it fills, and loading handler modules.
+
+The registry is plain Python: the gateway reads it to validate payloads, the worker turns each entry into a
+Celery task (`taskapp.tasks`). Neither side needs the other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from taskapp.errors import TaskappError
+
+#: Job type names become Celery task names (`handlers.<type>`): keep them plain.
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: The handlers shipped with taskapp, one module each.
+BUILTIN_MODULES = ("handlers.noop", "handlers.echo", "handlers.sleep", "handlers.fail")
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT_SECONDS = 300
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler knows about the run it is in."""
+
+    job_id: str
+    attempt: int
+    logger: logging.Logger
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    type: str
+    func: Callable[[Any, JobContext], Any]
+    #: Pydantic model the payload must match; checked at the gateway and again by the worker.
+    schema: type[BaseModel]
+    #: Exceptions worth another attempt; anything else fails the job.
+    retry_on: tuple[type[BaseException], ...]
+    max_attempts: int
+    timeout_seconds: int
+
+
+class HandlerRegistry:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def handler(
+        self,
+        type: str,
+        *,
+        schema: type[PayloadT],
+        retry_on: tuple[type[BaseException], ...] = (),
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+    ) -> Callable[[Callable[[PayloadT, JobContext], Any]], Callable[[PayloadT, JobContext], Any]]:
+        """Register the decorated function as the handler of job type `type`."""
+        if not TYPE_NAME.match(type):
+            raise ValueError(f"job type {type!r} must match {TYPE_NAME.pattern}")
+
+        def register(
+            func: Callable[[PayloadT, JobContext], Any],
+        ) -> Callable[[PayloadT, JobContext], Any]:
+            existing = self._handlers.get(type)
+            if existing is not None and existing.func is not func:
+                raise ValueError(f"job type {type!r} is already registered by {existing.func!r}")
+            self._handlers[type] = Handler(
+                type=type,
+                func=func,
+                schema=schema,
+                retry_on=retry_on,
+                max_attempts=max_attempts,
+                timeout_seconds=timeout_seconds,
+            )
+            return func
+
+        return register
+
+    def get(self, type: str) -> Handler | None:
+        return self._handlers.get(type)
+
+    def __iter__(self) -> Iterator[Handler]:
+        return iter(list(self._handlers.values()))
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+
+class HandlerModuleError(TaskappError):
+    """Raised when a module listed in TASKAPP_HANDLER_MODULES cannot be imported."""
+
+
+#: The registry `@handler` fills; handler modules import `handler` from here.
+registry = HandlerRegistry()
+handler = registry.handler
+
+
+def load_handlers(extra_modules: Iterable[str] = ()) -> HandlerRegistry:
+    """Import the built-in handler modules and the user's, so their `@handler`s register, and return the registry."""
+    for name in (*BUILTIN_MODULES, *extra_modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise HandlerModuleError(f"cannot import handler module {name!r}: {exc}") from exc
+    return registry

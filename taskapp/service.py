@@ -1,0 +1,213 @@
+"""Submit, get, cancel and list jobs: validation, state changes and publishing, free of any transport."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pydantic
+
+from taskapp.errors import BrokerUnavailable, InvalidArgument, JobAlreadyExists, JobNotFound, PayloadTooLarge
+from taskapp.jobs import CancelOutcome, Job, JobFilter, JobState, NewJob, Priority
+from taskapp.publisher import Publisher
+from taskapp.registry import HandlerRegistry
+from taskapp.store import JobStore, utcnow
+
+JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ATTEMPTS_RANGE = (1, 100)
+TIMEOUT_SECONDS_RANGE = (1, 86_400)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """SubmitJob as the client sent it; None means "not given"."""
+
+    type: str
+    job_id: str | None = None
+    priority: Priority | None = None
+    payload: dict[str, Any] | None = None
+    max_attempts: int | None = None
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    #: Empty on the last page.
+    next_page_token: str
+
+
+def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _pydantic_field(error: Any) -> str:
+    return ".".join(["payload", *(str(part) for part in error["loc"])])
+
+
+class JobService:
+    """The use cases behind the gRPC API. The store and the publisher are ports, so tests can pass fakes."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        publisher: Publisher,
+        registry: HandlerRegistry,
+        *,
+        new_job_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.registry = registry
+        self._new_job_id = new_job_id
+        self._clock = clock
+
+    def validate(self, request: SubmitRequest) -> NewJob:
+        """Check every field against DESIGN.md §2 limits and the handler's schema; resolve defaults."""
+        if request.job_id is not None:
+            self.check_job_id(request.job_id)
+        if not request.type:
+            raise InvalidArgument("type", "is required")
+        handler = self.registry.get(request.type)
+        if handler is None:
+            raise InvalidArgument("type", f"unknown job type {request.type!r}")
+        payload = request.payload if request.payload is not None else {}
+        encoded = _canonical_json(payload)
+        if len(encoded.encode()) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"payload: {len(encoded.encode())} bytes encoded, the limit is {MAX_PAYLOAD_BYTES}"
+            )
+        try:
+            handler.schema.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidArgument(_pydantic_field(first), first["msg"]) from None
+        max_attempts = _check_range(
+            "max_attempts",
+            handler.max_attempts if request.max_attempts is None else request.max_attempts,
+            MAX_ATTEMPTS_RANGE,
+        )
+        timeout_seconds = _check_range(
+            "timeout_seconds",
+            handler.timeout_seconds if request.timeout_seconds is None else request.timeout_seconds,
+            TIMEOUT_SECONDS_RANGE,
+        )
+        priority = request.priority or Priority.DEFAULT
+        fingerprint = hashlib.sha256(
+            _canonical_json(
+                [request.type, priority.value, payload, max_attempts, timeout_seconds]
+            ).encode()
+        ).hexdigest()
+        return NewJob(
+            job_id=request.job_id or self._new_job_id(),
+            type=request.type,
+            priority=priority,
+            payload=payload,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+            fingerprint=fingerprint,
+        )
+
+    @staticmethod
+    def check_job_id(job_id: str) -> str:
+        if not JOB_ID.match(job_id):
+            raise InvalidArgument("job_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
+        return job_id
+
+    def submit(self, request: SubmitRequest) -> SubmitOutcome:
+        """Commit the job row, then publish it. A repeated job_id returns the existing job if the request matches.
+
+        If publishing fails the row is removed again and the caller gets UNAVAILABLE: no half-created job.
+        """
+        new = self.validate(request)
+        job, created = self.store.create(new, self._clock())
+        if not created:
+            if job.fingerprint != new.fingerprint:
+                raise JobAlreadyExists(new.job_id)
+            return SubmitOutcome(job=job, created=False)
+        try:
+            self.publisher.publish(job)
+        except BrokerUnavailable:
+            self.store.discard(job.job_id)
+            raise
+        return SubmitOutcome(job=job, created=True)
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(self.check_job_id(job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel in SQL first (workers check it at claim time), then stop a running job on its worker."""
+        outcome = self.store.cancel(self.check_job_id(job_id), self._clock())
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if outcome.cancelled and outcome.previous_state is JobState.RUNNING:
+            self.publisher.terminate(job_id)
+        return outcome
+
+    def list(
+        self, filter: JobFilter, page_size: int = 0, page_token: str = ""
+    ) -> JobPage:
+        """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""
+        if page_size < 0:
+            raise InvalidArgument("page_size", f"must not be negative, got {page_size}")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        before_seq = _decode_page_token(page_token, filter) if page_token else None
+        jobs = self.store.list(filter, limit + 1, before_seq)
+        if len(jobs) <= limit:
+            return JobPage(jobs=jobs, next_page_token="")
+        page = jobs[:limit]
+        return JobPage(jobs=page, next_page_token=_encode_page_token(page[-1].seq, filter))
+
+
+def _filter_key(filter: JobFilter) -> str:
+    parts = [filter.state or "", filter.priority or "", filter.type or ""]
+    return hashlib.sha256(_canonical_json(parts).encode()).hexdigest()[:16]
+
+
+def _encode_page_token(last_seq: int, filter: JobFilter) -> str:
+    raw = _canonical_json({"after": last_seq, "filter": _filter_key(filter)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, filter: JobFilter) -> int:
+    """The page token names the last job seen and the filters it was made for; anything else is rejected."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        after = data["after"]
+        made_for = data["filter"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise InvalidArgument("page_token", "is not a token this service issued") from None
+    if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    if made_for != _filter_key(filter):
+        raise InvalidArgument("page_token", "was issued for different filters")
+    return after

@@ -1,0 +1,209 @@
+"""JobService rules on in-memory ports: validation, idempotency, cancel, paging, no half-created jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskapp.errors import (
+    BrokerUnavailable,
+    InvalidArgument,
+    JobAlreadyExists,
+    JobNotFound,
+    PayloadTooLarge,
+)
+from taskapp.jobs import JobFilter, JobState, Priority
+from taskapp.registry import load_handlers
+from taskapp.service import JobService, SubmitRequest
+from taskapp.store import utcnow
+from taskapp.testing import InMemoryJobStore, InMemoryPublisher
+
+
+@pytest.fixture
+def store() -> InMemoryJobStore:
+    return InMemoryJobStore()
+
+
+@pytest.fixture
+def publisher() -> InMemoryPublisher:
+    return InMemoryPublisher()
+
+
+@pytest.fixture
+def service(store: InMemoryJobStore, publisher: InMemoryPublisher) -> JobService:
+    return JobService(store, publisher, load_handlers())
+
+
+def test_submit_resolves_defaults_and_publishes(service: JobService, publisher: InMemoryPublisher) -> None:
+    outcome = service.submit(SubmitRequest(type="echo", payload={"a": 1}))
+    assert outcome.created
+    job = outcome.job
+    assert (job.state, job.priority, job.max_attempts, job.timeout_seconds) == (
+        JobState.QUEUED,
+        Priority.DEFAULT,
+        3,
+        300,
+    )
+    assert len(job.job_id) == 36  # a UUID was made
+    assert [p.job_id for p in publisher.published] == [job.job_id]
+
+
+def test_same_id_same_request_returns_existing(service: JobService, publisher: InMemoryPublisher) -> None:
+    request = SubmitRequest(job_id="order-1", type="echo", payload={"a": 1}, priority=Priority.HIGH)
+    first = service.submit(request)
+    second = service.submit(request)
+    assert first.created and not second.created
+    assert second.job.job_id == "order-1"
+    assert len(publisher.published) == 1
+
+
+def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobService) -> None:
+    service.submit(SubmitRequest(job_id="j", type="noop"))
+    again = service.submit(
+        SubmitRequest(job_id="j", type="noop", priority=Priority.DEFAULT, payload={}, max_attempts=3)
+    )
+    assert not again.created
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"payload": {"a": 2}},
+        {"priority": Priority.LOW},
+        {"max_attempts": 5},
+        {"timeout_seconds": 10},
+        {"type": "noop"},
+    ],
+)
+def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
+    base = {"job_id": "dup", "type": "echo", "payload": {"a": 1}}
+    service.submit(SubmitRequest(**base))
+    with pytest.raises(JobAlreadyExists, match="job_id"):
+        service.submit(SubmitRequest(**{**base, **change}))
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error", "field"),
+    [
+        ({"type": ""}, InvalidArgument, "type"),
+        ({"type": "no_such_type"}, InvalidArgument, "type"),
+        ({"type": "echo", "job_id": "has space"}, InvalidArgument, "job_id"),
+        ({"type": "echo", "job_id": "x" * 129}, InvalidArgument, "job_id"),
+        ({"type": "echo", "job_id": "ünïcode"}, InvalidArgument, "job_id"),
+        ({"type": "sleep", "payload": {}}, InvalidArgument, "payload.seconds"),
+        ({"type": "sleep", "payload": {"seconds": "soon"}}, InvalidArgument, "payload.seconds"),
+        ({"type": "sleep", "payload": {"seconds": 1, "extra": 1}}, InvalidArgument, "payload.extra"),
+        ({"type": "echo", "max_attempts": 0}, InvalidArgument, "max_attempts"),
+        ({"type": "echo", "max_attempts": 101}, InvalidArgument, "max_attempts"),
+        ({"type": "echo", "max_attempts": -1}, InvalidArgument, "max_attempts"),
+        ({"type": "echo", "timeout_seconds": 0}, InvalidArgument, "timeout_seconds"),
+        ({"type": "echo", "timeout_seconds": 86_401}, InvalidArgument, "timeout_seconds"),
+        ({"type": "echo", "payload": {"blob": "x" * (256 * 1024)}}, PayloadTooLarge, "payload"),
+    ],
+)
+def test_invalid_submit_names_the_field_and_writes_nothing(
+    service: JobService,
+    store: InMemoryJobStore,
+    publisher: InMemoryPublisher,
+    request_fields: dict,
+    error: type[Exception],
+    field: str,
+) -> None:
+    with pytest.raises(error) as raised:
+        service.submit(SubmitRequest(**request_fields))
+    assert str(raised.value).startswith(field)
+    assert store.jobs == {} and publisher.published == []
+
+
+def test_limits_are_inclusive(service: JobService) -> None:
+    service.submit(SubmitRequest(type="echo", job_id="a" * 128, max_attempts=100, timeout_seconds=86_400))
+    service.submit(SubmitRequest(type="echo", job_id="a.b_c:d-E9", max_attempts=1, timeout_seconds=1))
+
+
+def test_broker_down_leaves_no_job(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    publisher.down = True
+    with pytest.raises(BrokerUnavailable):
+        service.submit(SubmitRequest(job_id="lost", type="echo"))
+    assert store.get("lost") is None
+    publisher.down = False
+    assert service.submit(SubmitRequest(job_id="lost", type="echo")).created
+
+
+def test_get_unknown_job_is_not_found(service: JobService) -> None:
+    with pytest.raises(JobNotFound):
+        service.get("missing")
+
+
+def test_cancel_queued_job_is_not_terminated_on_a_worker(
+    service: JobService, publisher: InMemoryPublisher
+) -> None:
+    job_id = service.submit(SubmitRequest(type="noop")).job.job_id
+    outcome = service.cancel(job_id)
+    assert outcome.cancelled and outcome.state is JobState.CANCELLED
+    assert publisher.terminated == []
+
+
+def test_cancel_running_job_terminates_it(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    job_id = service.submit(SubmitRequest(type="sleep", payload={"seconds": 5})).job.job_id
+    assert store.claim(job_id, "w1", utcnow()) is not None
+    assert service.cancel(job_id).cancelled
+    assert publisher.terminated == [job_id]
+    # The run's late success must not overwrite CANCELLED.
+    assert not store.finish(job_id, 1, JobState.SUCCEEDED, utcnow())
+    assert service.get(job_id).state is JobState.CANCELLED
+
+
+def test_cancel_finished_job_answers_false(service: JobService, store: InMemoryJobStore) -> None:
+    job_id = service.submit(SubmitRequest(type="noop")).job.job_id
+    store.claim(job_id, "w1", utcnow())
+    store.finish(job_id, 1, JobState.SUCCEEDED, utcnow())
+    outcome = service.cancel(job_id)
+    assert not outcome.cancelled and outcome.state is JobState.SUCCEEDED
+
+
+def test_cancelled_job_cannot_be_claimed(service: JobService, store: InMemoryJobStore) -> None:
+    job_id = service.submit(SubmitRequest(type="noop")).job.job_id
+    service.cancel(job_id)
+    assert store.claim(job_id, "w1", utcnow()) is None
+
+
+def test_list_pages_through_every_job_once(service: JobService) -> None:
+    ids = [service.submit(SubmitRequest(type="noop")).job.job_id for _ in range(120)]
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = service.list(JobFilter(), page_size=50, page_token=token)
+        seen += [job.job_id for job in page.jobs]
+        pages += 1
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert pages == 3
+    assert seen == list(reversed(ids))
+
+
+def test_list_page_size_is_capped_and_defaulted(service: JobService) -> None:
+    for _ in range(60):
+        service.submit(SubmitRequest(type="noop"))
+    assert len(service.list(JobFilter()).jobs) == 50
+    assert len(service.list(JobFilter(), page_size=5_000).jobs) == 60
+    with pytest.raises(InvalidArgument, match="page_size"):
+        service.list(JobFilter(), page_size=-1)
+
+
+@pytest.mark.parametrize("token", ["garbage!", "e30", "eyJhZnRlciI6ICJ4In0", "eyJhZnRlciI6IC0xLCAiZmlsdGVyIjogIiJ9"])
+def test_list_rejects_tampered_page_tokens(service: JobService, token: str) -> None:
+    with pytest.raises(InvalidArgument, match="page_token"):
+        service.list(JobFilter(), page_token=token)
+
+
+def test_list_rejects_a_token_used_with_other_filters(service: JobService) -> None:
+    for _ in range(3):
+        service.submit(SubmitRequest(type="noop"))
+    token = service.list(JobFilter(), page_size=1).next_page_token
+    with pytest.raises(InvalidArgument, match="different filters"):
+        service.list(JobFilter(type="noop"), page_size=1, page_token=token)
