@@ -18,9 +18,11 @@ _PRIORITY_TO_PB = {
     Priority.HIGH: jobs_pb2.PRIORITY_HIGH,
     Priority.CRITICAL: jobs_pb2.PRIORITY_CRITICAL,
 }
-_PRIORITY_FROM_PB = {v: k for k, v in _PRIORITY_TO_PB.items()}
-_STATE_TO_PB = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
-_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_PRIORITY_FROM_PB: dict[int, Priority] = {v: k for k, v in _PRIORITY_TO_PB.items()}
+_STATE_TO_PB: dict[JobState, jobs_pb2.JobState] = {
+    state: getattr(jobs_pb2, f"JOB_STATE_{state.value}") for state in JobState
+}
+_STATE_FROM_PB: dict[int, JobState] = {v: k for k, v in _STATE_TO_PB.items()}
 
 
 def priority_from_pb(value: int, field: str = "priority") -> Priority | None:
@@ -42,7 +44,7 @@ def state_from_pb(value: int, field: str = "state") -> JobState | None:
         raise InvalidArgument(field, f"unknown job state {value}") from None
 
 
-def state_to_pb(state: JobState) -> jobs_pb2.JobState.ValueType:
+def state_to_pb(state: JobState) -> jobs_pb2.JobState:
     return _STATE_TO_PB[state]
 
 

@@ -39,7 +39,7 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
     return wrapper
 
 
-class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     """The service's calls block on SQL and the broker, so they run in worker threads, off the event loop."""
 
     def __init__(self, service: JobService) -> None:
@@ -49,9 +49,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobResponse:
-        outcome = await asyncio.to_thread(
-            self.service.submit, convert.submit_request_from_pb(request)
-        )
+        outcome = await asyncio.to_thread(self.service.submit, convert.submit_request_from_pb(request))
         return jobs_pb2.SubmitJobResponse(
             job_id=outcome.job.job_id,
             state=convert.state_to_pb(outcome.job.state),

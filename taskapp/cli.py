@@ -36,6 +36,21 @@ def upgrade() -> None:
     click.echo("taskapp: job database is at the latest schema")
 
 
+@main.command("ping-redis")
+@click.option("--quiet", is_flag=True, help="Say nothing; the exit code tells.")
+def ping_redis(quiet: bool) -> None:
+    """Check that the broker at REDIS_URL answers (exit 1 with a clear message if not)."""
+    import redis
+
+    url = Settings().redis_url
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError) as exc:
+        if not quiet:
+            click.echo(f"taskapp: Redis at {url} is unreachable: {exc}", err=True)
+        sys.exit(1)
+
+
 @main.command()
 def gateway() -> None:
     """Run the gRPC gateway on TASKAPP_GRPC_ADDR (same as `python -m grpc_gateway`)."""

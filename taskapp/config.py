@@ -16,21 +16,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     #: Job state. A SQLite file for one machine; `postgresql+psycopg://...` for real deployments.
-    database_url: str = Field(
-        default="sqlite:///taskapp.db", validation_alias=AliasChoices("DATABASE_URL")
-    )
+    database_url: str = Field(default="sqlite:///taskapp.db", validation_alias=AliasChoices("DATABASE_URL"))
     #: The Celery broker.
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL")
-    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
     #: Where the gRPC gateway listens.
-    grpc_addr: str = Field(
-        default="127.0.0.1:50051", validation_alias=AliasChoices("TASKAPP_GRPC_ADDR")
-    )
+    grpc_addr: str = Field(default="127.0.0.1:50051", validation_alias=AliasChoices("TASKAPP_GRPC_ADDR"))
     #: Extra modules (comma separated) that register job types.
-    handler_modules_raw: str = Field(
-        default="", validation_alias=AliasChoices("TASKAPP_HANDLER_MODULES")
-    )
+    handler_modules_raw: str = Field(default="", validation_alias=AliasChoices("TASKAPP_HANDLER_MODULES"))
     #: Worker processes per `celery worker`; Celery's default (CPU count) when unset.
     worker_concurrency: int | None = Field(
         default=None, validation_alias=AliasChoices("TASKAPP_WORKER_CONCURRENCY")

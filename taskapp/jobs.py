@@ -23,15 +23,11 @@ class JobState(enum.StrEnum):
         return self in TERMINAL_STATES
 
 
-TERMINAL_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED}
-)
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
 #: States a worker may claim a job from (QUEUED/RETRYING -> RUNNING).
 CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States CancelJob moves to CANCELLED.
-CANCELLABLE_STATES = frozenset(
-    {JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING}
-)
+CANCELLABLE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
 
 
 class Priority(enum.StrEnum):

@@ -23,19 +23,15 @@ def _attempt(task: Task) -> int | None:
     return getattr(task.request, "taskapp_attempt", None)
 
 
-@task_success.connect
 def record_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
     if not isinstance(sender, JobTask):
         return
     attempt = _attempt(sender)
     if attempt is None:
         return
-    store_for(sender.app).finish(
-        sender.request.id, attempt, JobState.SUCCEEDED, utcnow(), result=result
-    )
+    store_for(sender.app).finish(sender.request.id, attempt, JobState.SUCCEEDED, utcnow(), result=result)
 
 
-@task_failure.connect
 def record_failure(
     sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
@@ -45,9 +41,13 @@ def record_failure(
     store_for(sender.app).finish(task_id, _attempt(sender), JobState.FAILED, utcnow(), error=error)
 
 
-@task_revoked.connect
 def record_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:
     """A revoke from outside the API (Flower, `celery control revoke`) cancels the job in SQL too."""
     if not isinstance(sender, JobTask) or request is None:
         return
     store_for(sender.app).cancel(request.id, utcnow())
+
+
+task_success.connect(record_success)
+task_failure.connect(record_failure)
+task_revoked.connect(record_revoked)

@@ -6,6 +6,7 @@ Celery task (`taskapp.tasks`). Neither side needs the other.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import logging
 import re
@@ -42,9 +43,9 @@ class Handler:
     type: str
     func: Callable[[Any, JobContext], Any]
     #: Pydantic model the payload must match; checked at the gateway and again by the worker.
-    schema: type[BaseModel]
+    schema: builtins.type[BaseModel]
     #: Exceptions worth another attempt; anything else fails the job.
-    retry_on: tuple[type[BaseException], ...]
+    retry_on: tuple[builtins.type[BaseException], ...]
     max_attempts: int
     timeout_seconds: int
 

@@ -119,9 +119,7 @@ class JobService:
         )
         priority = request.priority or Priority.DEFAULT
         fingerprint = hashlib.sha256(
-            _canonical_json(
-                [request.type, priority.value, payload, max_attempts, timeout_seconds]
-            ).encode()
+            _canonical_json([request.type, priority.value, payload, max_attempts, timeout_seconds]).encode()
         ).hexdigest()
         return NewJob(
             job_id=request.job_id or self._new_job_id(),
@@ -172,9 +170,7 @@ class JobService:
             self.publisher.terminate(job_id)
         return outcome
 
-    def list(
-        self, filter: JobFilter, page_size: int = 0, page_token: str = ""
-    ) -> JobPage:
+    def list(self, filter: JobFilter, page_size: int = 0, page_token: str = "") -> JobPage:
         """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""
         if page_size < 0:
             raise InvalidArgument("page_size", f"must not be negative, got {page_size}")

@@ -32,9 +32,7 @@ from taskapp.jobs import (
 #: SQLite only auto-increments `INTEGER PRIMARY KEY`; PostgreSQL gets a BIGINT identity.
 _SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 #: JSONB on PostgreSQL, JSON text on SQLite; Python None is stored as SQL NULL.
-_JSON_TYPE = sa.JSON(none_as_null=True).with_variant(
-    postgresql.JSONB(none_as_null=True), "postgresql"
-)
+_JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 _TIMESTAMP = sa.DateTime(timezone=True)
 
 
@@ -256,9 +254,7 @@ class SqlJobStore:
             if row is not None:
                 self._event(conn, new.job_id, JobState.QUEUED, 0, now)
                 return _to_job(row), True
-            existing = conn.execute(
-                sa.select(jobs_table).where(jobs_table.c.job_id == new.job_id)
-            ).one()
+            existing = conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id == new.job_id)).one()
             return _to_job(existing), False
 
     def discard(self, job_id: str) -> None:
@@ -295,9 +291,7 @@ class SqlJobStore:
         with self._transaction() as conn:
             while True:
                 row = conn.execute(
-                    sa.select(jobs_table.c.state, jobs_table.c.attempts).where(
-                        jobs_table.c.job_id == job_id
-                    )
+                    sa.select(jobs_table.c.state, jobs_table.c.attempts).where(jobs_table.c.job_id == job_id)
                 ).first()
                 if row is None:
                     return None
@@ -312,9 +306,7 @@ class SqlJobStore:
                 )
                 if updated.rowcount == 1:
                     self._event(conn, job_id, JobState.CANCELLED, row.attempts, now, "cancelled")
-                    return CancelOutcome(
-                        cancelled=True, previous_state=seen, state=JobState.CANCELLED
-                    )
+                    return CancelOutcome(cancelled=True, previous_state=seen, state=JobState.CANCELLED)
 
     def claim(self, job_id: str, worker: str, now: datetime) -> Job | None:
         claim = (

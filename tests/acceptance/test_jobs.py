@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from google.protobuf import struct_pb2
 
 from grpc_gateway.v1 import jobs_pb2
@@ -45,7 +46,9 @@ def test_grpcurl_lists_the_job_and_health_services(make_stack: MakeStack) -> Non
     assert "taskapp.v1.JobService" in services
     assert "grpc.health.v1.Health" in services
     methods = stack.grpcurl(stack.address, "list", "taskapp.v1.JobService").stdout.split()
-    assert set(methods) == {f"taskapp.v1.JobService.{m}" for m in ("SubmitJob", "GetJob", "CancelJob", "ListJobs")}
+    assert set(methods) == {
+        f"taskapp.v1.JobService.{m}" for m in ("SubmitJob", "GetJob", "CancelJob", "ListJobs")
+    }
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -54,7 +57,9 @@ def test_echo_job_round_trip_through_grpcurl(make_stack: MakeStack, backend: str
     payload = {"greeting": "hello", "n": 3, "nested": {"ok": True, "list": [1, "two"]}}
     submitted = json.loads(
         stack.grpcurl(
-            "-d", json.dumps({"type": "echo", "payload": payload}), stack.address,
+            "-d",
+            json.dumps({"type": "echo", "payload": payload}),
+            stack.address,
             "taskapp.v1.JobService/SubmitJob",
         ).stdout
     )
@@ -105,7 +110,9 @@ def test_200_concurrent_submits_of_one_id_make_one_job_and_one_run(make_stack: M
     job = stack.wait_terminal("hot-key")
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 1
     assert sql_count(stack, jobs_table, jobs_table.c.job_id == "hot-key") == 1
-    runs = sql_count(stack, events_table, events_table.c.job_id == "hot-key", events_table.c.state == "RUNNING")
+    runs = sql_count(
+        stack, events_table, events_table.c.job_id == "hot-key", events_table.c.state == "RUNNING"
+    )
     assert runs == 1
 
 
@@ -176,7 +183,11 @@ INVALID_SUBMITS = [
     ({"type": "echo", "priority": 99}, grpc.StatusCode.INVALID_ARGUMENT, "priority"),
     ({"type": "sleep", "payload": {"seconds": "later"}}, grpc.StatusCode.INVALID_ARGUMENT, "payload.seconds"),
     ({"type": "sleep", "payload": {"seconds": -1}}, grpc.StatusCode.INVALID_ARGUMENT, "payload.seconds"),
-    ({"type": "fail", "payload": {"times": 1, "surprise": 1}}, grpc.StatusCode.INVALID_ARGUMENT, "payload.surprise"),
+    (
+        {"type": "fail", "payload": {"times": 1, "surprise": 1}},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "payload.surprise",
+    ),
     ({"type": "echo", "max_attempts": 0}, grpc.StatusCode.INVALID_ARGUMENT, "max_attempts"),
     ({"type": "echo", "max_attempts": 101}, grpc.StatusCode.INVALID_ARGUMENT, "max_attempts"),
     ({"type": "echo", "max_attempts": -5}, grpc.StatusCode.INVALID_ARGUMENT, "max_attempts"),
@@ -219,8 +230,11 @@ def test_every_invalid_input_gets_its_status_and_leaves_no_row(make_stack: MakeS
 
     # grpcurl users see the same: the field in the message, the documented code.
     result = stack.grpcurl(
-        "-d", '{"type": "sleep", "payload": {"seconds": "soon"}}', stack.address,
-        "taskapp.v1.JobService/SubmitJob", check=False,
+        "-d",
+        '{"type": "sleep", "payload": {"seconds": "soon"}}',
+        stack.address,
+        "taskapp.v1.JobService/SubmitJob",
+        check=False,
     )
     assert result.returncode != 0
     assert "InvalidArgument" in result.stderr and "payload.seconds" in result.stderr
@@ -247,7 +261,12 @@ def list_all(stack: Stack, page_size: int, **filters: object) -> tuple[list[str]
 
 def test_list_jobs_filters_and_pages(make_stack: MakeStack) -> None:
     stack = make_stack(worker=False)
-    priorities = [jobs_pb2.PRIORITY_LOW, jobs_pb2.PRIORITY_DEFAULT, jobs_pb2.PRIORITY_HIGH, jobs_pb2.PRIORITY_CRITICAL]
+    priorities = [
+        jobs_pb2.PRIORITY_LOW,
+        jobs_pb2.PRIORITY_DEFAULT,
+        jobs_pb2.PRIORITY_HIGH,
+        jobs_pb2.PRIORITY_CRITICAL,
+    ]
     submitted: list[tuple[str, str, int]] = []
     for i in range(120):
         type = "noop" if i % 3 else "echo"
@@ -282,3 +301,31 @@ def test_struct_payload_numbers_survive_as_json(make_stack: MakeStack) -> None:
     job_id = stack.stub().SubmitJob(request, timeout=10).job_id
     job = stack.wait_terminal(job_id)
     assert dict(job.result.struct_value) == {"big": 2**40, "pi": 3.25, "neg": -7}
+
+
+def test_a_second_message_for_a_finished_job_does_not_run_it_again(make_stack: MakeStack) -> None:
+    stack = make_stack(concurrency=1)
+    job_id = submit(stack, "echo", {"once": True})
+    assert stack.wait_terminal(job_id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    # A redelivery, as after a broker hiccup: the same task id on its queue.
+    publisher = Celery(broker=stack.env["REDIS_URL"])
+    publisher.send_task("handlers.echo", task_id=job_id, queue="default")
+    publisher.close()
+    marker = submit(stack, "noop", priority=jobs_pb2.PRIORITY_LOW)
+    stack.wait_terminal(marker)
+    assert get(stack, job_id).attempts == 1
+    assert f"job {job_id} is not claimable" in stack.log("worker")
+    assert (
+        sql_count(stack, events_table, events_table.c.job_id == job_id, events_table.c.state == "RUNNING")
+        == 1
+    )
+
+
+def test_handler_error_is_mirrored_as_failed(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    job_id = submit(stack, "fail", {"permanent": True})
+    job = stack.wait_terminal(job_id)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.attempts == 1
+    assert "PermanentError: failed permanently" in job.last_error
+    assert job.HasField("finished_at") and not job.HasField("result")

@@ -195,7 +195,9 @@ def test_list_page_size_is_capped_and_defaulted(service: JobService) -> None:
         service.list(JobFilter(), page_size=-1)
 
 
-@pytest.mark.parametrize("token", ["garbage!", "e30", "eyJhZnRlciI6ICJ4In0", "eyJhZnRlciI6IC0xLCAiZmlsdGVyIjogIiJ9"])
+@pytest.mark.parametrize(
+    "token", ["garbage!", "e30", "eyJhZnRlciI6ICJ4In0", "eyJhZnRlciI6IC0xLCAiZmlsdGVyIjogIiJ9"]
+)
 def test_list_rejects_tampered_page_tokens(service: JobService, token: str) -> None:
     with pytest.raises(InvalidArgument, match="page_token"):
         service.list(JobFilter(), page_token=token)
