@@ -60,7 +60,9 @@ class BrokerUnavailable(Unavailable):
     """Raised when the message broker cannot be reached."""
 
 
+class HandlerModuleError(TaskappError):
+    """Raised when a module listed in TASKAPP_HANDLER_MODULES cannot be imported."""
+
+
 class PermanentError(TaskappError):
     """Raised by a handler when retrying cannot help (e.g. it rejects its payload): the job fails at once."""
-
-    grpc_code = "FAILED_PRECONDITION"

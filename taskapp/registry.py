@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from taskapp.errors import TaskappError
+from taskapp.errors import HandlerModuleError
 
 #: Job type names become Celery task names (`handlers.<type>`): keep them plain.
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -93,10 +93,6 @@ class HandlerRegistry:
 
     def __len__(self) -> int:
         return len(self._handlers)
-
-
-class HandlerModuleError(TaskappError):
-    """Raised when a module listed in TASKAPP_HANDLER_MODULES cannot be imported."""
 
 
 #: The registry `@handler` fills; handler modules import `handler` from here.
