@@ -19,6 +19,10 @@ broker_transport_options = {
     "queue_order_strategy": "priority",
     # A message unacknowledged this long is handed to another worker: keep it above the longest job.
     "visibility_timeout": _settings.visibility_timeout,
+    # Sweep for messages abandoned by a dead worker every few seconds (kombu's default is ~100 s), so a job
+    # comes back soon after its visibility timeout runs out.
+    "unacked_restore_interval": max(1, min(10, _settings.visibility_timeout // 3)),
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
 }

@@ -73,6 +73,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         )
 
     @answers_errors
+    async def RetryJob(
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        job = await asyncio.to_thread(self.service.retry, request.job_id)
+        return convert.job_to_pb(job)
+
+    @answers_errors
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=86_400 + 3_600, validation_alias=AliasChoices("TASKAPP_VISIBILITY_TIMEOUT")
     )
+    #: Where the `email` job type sends mail: `smtp://[user:pass@]host:port`, or `smtps://` for implicit TLS.
+    smtp_url: str = Field(default="smtp://127.0.0.1:25", validation_alias=AliasChoices("TASKAPP_SMTP_URL"))
 
     @property
     def handler_modules(self) -> tuple[str, ...]:

@@ -46,6 +46,17 @@ class JobAlreadyExists(TaskappError):
         self.job_id = job_id
 
 
+class JobNotRetryable(TaskappError):
+    """Raised when RetryJob names a job that is not FAILED, DEAD_LETTER or CANCELLED."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(
+            f"job {job_id!r} is {state}: only FAILED, DEAD_LETTER or CANCELLED jobs can be retried"
+        )
+
+
 class Unavailable(TaskappError):
     """Raised when the database or the broker cannot be reached; nothing was half-done."""
 

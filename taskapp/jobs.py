@@ -26,6 +26,8 @@ class JobState(enum.StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
 #: States a worker may claim a job from (QUEUED/RETRYING -> RUNNING).
 CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
+#: States RetryJob re-runs from, with fresh attempts.
+RETRYABLE_BY_REQUEST = frozenset({JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
 #: States CancelJob moves to CANCELLED.
 CANCELLABLE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
 
@@ -74,6 +76,24 @@ class Job:
     #: Position in the global insertion order; ListJobs pages on it.
     seq: int
     fingerprint: str
+    #: While RUNNING: until when the run may be live (see `lease_seconds`).
+    lease_expires_at: datetime | None = None
+
+
+#: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
+#: (the pool kills the process).
+HARD_LIMIT_GRACE = 5
+#: Seconds a lease outlives the hard time limit, for clock skew between workers and the database host.
+LEASE_MARGIN = 5
+
+
+def hard_time_limit(timeout_seconds: int) -> int:
+    return timeout_seconds + HARD_LIMIT_GRACE
+
+
+def lease_seconds(hard_limit: float) -> float:
+    """No run outlives its hard time limit, so past this its worker is gone and the job may be claimed again."""
+    return hard_limit + LEASE_MARGIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Protocol
 
@@ -10,8 +11,8 @@ import redis.exceptions
 from celery import Celery
 
 from taskapp.errors import BrokerUnavailable
-from taskapp.jobs import Job
-from taskapp.routing import queue_for, task_name
+from taskapp.jobs import Job, hard_time_limit
+from taskapp.routing import DEAD_LETTER_QUEUE, queue_for, task_name
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,16 @@ _BROKER_ERRORS = (
 
 
 class Publisher(Protocol):
-    def publish(self, job: Job) -> None:
+    def publish(self, job: Job, countdown: float | None = None) -> None:
         """Send the job's message to its priority queue; raise `BrokerUnavailable` if the broker is down."""
         ...
 
     def terminate(self, job_id: str) -> None:
         """Ask the workers to stop the job's current run (best effort: SQL already says CANCELLED)."""
+        ...
+
+    def remove_dead_letter(self, job_id: str) -> None:
+        """Take the job's message out of the dead-letter queue (it is being run again)."""
         ...
 
 
@@ -41,7 +46,7 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def publish(self, job: Job) -> None:
+    def publish(self, job: Job, countdown: float | None = None) -> None:
         try:
             self.app.send_task(
                 task_name(job.type),
@@ -49,9 +54,32 @@ class CeleryPublisher:
                 queue=queue_for(job.priority),
                 # The worker reads the payload from SQL at claim time: messages carry no user data.
                 kwargs={},
+                soft_time_limit=job.timeout_seconds,
+                time_limit=hard_time_limit(job.timeout_seconds),
+                countdown=countdown,
             )
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
+
+    def dead_letter(self, job_id: str, name: str, origin_queue: str, error: str) -> None:
+        """Park the job's message in the `dead_letter` queue, which no worker consumes, for inspection and replay."""
+        self.app.send_task(
+            name,
+            task_id=job_id,
+            kwargs={},
+            queue=DEAD_LETTER_QUEUE,
+            headers={"x-taskapp-origin-queue": origin_queue, "x-taskapp-error": error[:1_000]},
+        )
+
+    def remove_dead_letter(self, job_id: str) -> None:
+        try:
+            with self.app.connection_for_write() as connection:
+                client = connection.default_channel.client
+                for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
+                    if json.loads(raw).get("headers", {}).get("id") == job_id:
+                        client.lrem(DEAD_LETTER_QUEUE, 0, raw)
+        except _BROKER_ERRORS as exc:
+            log.warning("could not remove job %s from the dead-letter queue: %s", job_id, exc)
 
     def terminate(self, job_id: str) -> None:
         try:

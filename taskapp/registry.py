@@ -21,7 +21,14 @@ from taskapp.errors import HandlerModuleError
 #: Job type names become Celery task names (`handlers.<type>`): keep them plain.
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: The handlers shipped with taskapp, one module each.
-BUILTIN_MODULES = ("handlers.noop", "handlers.echo", "handlers.sleep", "handlers.fail")
+BUILTIN_MODULES = (
+    "handlers.noop",
+    "handlers.echo",
+    "handlers.sleep",
+    "handlers.fail",
+    "handlers.http_call",
+    "handlers.email",
+)
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT_SECONDS = 300

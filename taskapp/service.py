@@ -15,7 +15,14 @@ from typing import Any
 
 import pydantic
 
-from taskapp.errors import BrokerUnavailable, InvalidArgument, JobAlreadyExists, JobNotFound, PayloadTooLarge
+from taskapp.errors import (
+    BrokerUnavailable,
+    InvalidArgument,
+    JobAlreadyExists,
+    JobNotFound,
+    JobNotRetryable,
+    PayloadTooLarge,
+)
 from taskapp.jobs import CancelOutcome, Job, JobFilter, JobState, NewJob, Priority
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
@@ -169,6 +176,20 @@ class JobService:
         if outcome.cancelled and outcome.previous_state is JobState.RUNNING:
             self.publisher.terminate(job_id)
         return outcome
+
+    def retry(self, job_id: str) -> Job:
+        """Run a FAILED, DEAD_LETTER or CANCELLED job again with fresh attempts, out of the dead letters."""
+        requeued = self.store.requeue(self.check_job_id(job_id), self._clock())
+        if requeued is None:
+            raise JobNotRetryable(job_id, self.get(job_id).state.value)
+        job, previous = requeued
+        try:
+            self.publisher.publish(job)
+        except BrokerUnavailable:
+            self.store.unqueue(job_id, previous, self._clock())
+            raise
+        self.publisher.remove_dead_letter(job_id)
+        return job
 
     def list(self, filter: JobFilter, page_size: int = 0, page_token: str = "") -> JobPage:
         """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""

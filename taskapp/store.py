@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -21,6 +21,7 @@ from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,
+    RETRYABLE_BY_REQUEST,
     CancelOutcome,
     Job,
     JobFilter,
@@ -62,6 +63,9 @@ class JobRow(SQLModel, table=True):
     started_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
     finished_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
     worker: str = Field(default="", sa_type=sa.String(255))
+    #: Until when the current run may be live: its hard time limit plus a margin. A RUNNING job past its
+    #: lease lost its worker, and the next delivery of its message may claim it again.
+    lease_expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
 
 
 class JobEventRow(SQLModel, table=True):
@@ -102,21 +106,38 @@ class JobStore(Protocol):
         """Move a cancellable job to CANCELLED; None when there is no such job."""
         ...
 
-    def claim(self, job_id: str, worker: str, now: datetime) -> Job | None:
-        """QUEUED/RETRYING -> RUNNING for one run, counting an attempt; None when the job is not claimable."""
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+        """QUEUED/RETRYING (or RUNNING past its lease) -> RUNNING, counting an attempt, while attempts remain.
+
+        None when the job is not claimable now.
+        """
         ...
 
-    def finish(
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        """RUNNING (this attempt) -> SUCCEEDED; False when the job had already moved on."""
+        ...
+
+    def fail_run(
         self,
         job_id: str,
         attempt: int | None,
-        state: JobState,
+        error: str,
         now: datetime,
         *,
-        result: Any = None,
-        error: str = "",
-    ) -> bool:
-        """RUNNING (on `attempt`, if known) -> a terminal state; False when the job had already moved on."""
+        retry_at: datetime | None,
+    ) -> JobState | None:
+        """End a run that failed: FAILED when `retry_at` is None (retrying cannot help); else RETRYING until
+        `retry_at` if attempts remain, DEAD_LETTER if not. Guarded on RUNNING (and `attempt`, when known);
+        returns the new state, or None when the job had already moved on.
+        """
+        ...
+
+    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
+        """FAILED/DEAD_LETTER/CANCELLED -> QUEUED with fresh attempts; returns the job and its previous state."""
+        ...
+
+    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
+        """Undo `requeue` when its message could not be published."""
         ...
 
 
@@ -190,6 +211,7 @@ def _to_job(row: sa.Row[Any]) -> Job:
         worker=m["worker"],
         seq=m["seq"],
         fingerprint=m["fingerprint"],
+        lease_expires_at=_aware(m["lease_expires_at"]),
     )
 
 
@@ -302,25 +324,38 @@ class SqlJobStore:
                 updated = conn.execute(
                     jobs_table.update()
                     .where(jobs_table.c.job_id == job_id, jobs_table.c.state == seen.value)
-                    .values(state=JobState.CANCELLED.value, updated_at=now, finished_at=now)
+                    .values(
+                        state=JobState.CANCELLED.value,
+                        updated_at=now,
+                        finished_at=now,
+                        lease_expires_at=None,
+                    )
                 )
                 if updated.rowcount == 1:
                     self._event(conn, job_id, JobState.CANCELLED, row.attempts, now, "cancelled")
                     return CancelOutcome(cancelled=True, previous_state=seen, state=JobState.CANCELLED)
 
-    def claim(self, job_id: str, worker: str, now: datetime) -> Job | None:
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+        c = jobs_table.c
         claim = (
             jobs_table.update()
             .where(
-                jobs_table.c.job_id == job_id,
-                jobs_table.c.state.in_(_states(CLAIMABLE_STATES)),
+                c.job_id == job_id,
+                c.attempts < c.max_attempts,
+                sa.or_(
+                    c.state.in_(_states(CLAIMABLE_STATES)),
+                    sa.and_(c.state == JobState.RUNNING.value, c.lease_expires_at < now),
+                ),
             )
             .values(
                 state=JobState.RUNNING.value,
-                attempts=jobs_table.c.attempts + 1,
+                attempts=c.attempts + 1,
                 started_at=now,
+                finished_at=None,
+                result=None,
                 updated_at=now,
                 worker=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
             .returning(*jobs_table.c)
         )
@@ -332,33 +367,91 @@ class SqlJobStore:
             self._event(conn, job_id, JobState.RUNNING, job.attempts, now, worker)
             return job
 
-    def finish(
+    def _running(self, job_id: str, attempt: int | None) -> tuple[sa.ColumnElement[bool], ...]:
+        """The guard of a run's outcome: still RUNNING, and on that attempt when it is known."""
+        guard = (jobs_table.c.job_id == job_id, jobs_table.c.state == JobState.RUNNING.value)
+        if attempt is None:
+            return guard
+        return (*guard, jobs_table.c.attempts == attempt)
+
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                jobs_table.update()
+                .where(*self._running(job_id, attempt))
+                .values(
+                    state=JobState.SUCCEEDED.value,
+                    result=result,
+                    updated_at=now,
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+            )
+            if updated.rowcount != 1:
+                return False
+            self._event(conn, job_id, JobState.SUCCEEDED, attempt, now)
+            return True
+
+    def fail_run(
         self,
         job_id: str,
         attempt: int | None,
-        state: JobState,
+        error: str,
         now: datetime,
         *,
-        result: Any = None,
-        error: str = "",
-    ) -> bool:
-        guard = [jobs_table.c.job_id == job_id, jobs_table.c.state == JobState.RUNNING.value]
-        if attempt is not None:
-            guard.append(jobs_table.c.attempts == attempt)
+        retry_at: datetime | None,
+    ) -> JobState | None:
+        c = jobs_table.c
+        values: dict[str, Any] = {"last_error": error, "updated_at": now, "lease_expires_at": None}
+        if retry_at is None:
+            values.update(state=JobState.FAILED.value, finished_at=now)
+        else:
+            attempts_left = c.attempts < c.max_attempts
+            values.update(
+                state=sa.case((attempts_left, JobState.RETRYING.value), else_=JobState.DEAD_LETTER.value),
+                finished_at=sa.case((attempts_left, sa.null()), else_=now),
+                scheduled_at=sa.case((attempts_left, retry_at), else_=c.scheduled_at),
+            )
         with self._transaction() as conn:
             row = conn.execute(
                 jobs_table.update()
-                .where(*guard)
-                .values(
-                    state=state.value,
-                    result=result,
-                    last_error=error,
-                    updated_at=now,
-                    finished_at=now,
-                )
-                .returning(jobs_table.c.attempts)
+                .where(*self._running(job_id, attempt))
+                .values(**values)
+                .returning(c.state, c.attempts)
             ).first()
             if row is None:
-                return False
-            self._event(conn, job_id, state, row.attempts, now, error)
-            return True
+                return None
+            new_state = JobState(row.state)
+            self._event(conn, job_id, new_state, row.attempts, now, error)
+            return new_state
+
+    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(jobs_table.c.state).where(jobs_table.c.job_id == job_id)).first()
+            if row is None or JobState(row.state) not in RETRYABLE_BY_REQUEST:
+                return None
+            previous = JobState(row.state)
+            updated = conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.job_id == job_id, jobs_table.c.state == previous.value)
+                .values(state=JobState.QUEUED.value, attempts=0, updated_at=now, scheduled_at=now)
+                .returning(*jobs_table.c)
+            ).first()
+            if updated is None:
+                return None
+            self._event(conn, job_id, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
+            return _to_job(updated), previous
+
+    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                jobs_table.update()
+                .where(
+                    jobs_table.c.job_id == job_id,
+                    jobs_table.c.state == JobState.QUEUED.value,
+                    jobs_table.c.attempts == 0,
+                )
+                .values(state=back_to.value, updated_at=now)
+            )
+            if updated.rowcount:
+                self._event(conn, job_id, back_to, 0, now, "retry could not be published")

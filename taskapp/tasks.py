@@ -1,25 +1,41 @@
 """One Celery task per job type, named `handlers.<type>`, each claiming its job in SQL before running it.
 
-The claim (QUEUED/RETRYING -> RUNNING, one atomic UPDATE) is the gate: a message for a job that is cancelled,
-already running or finished is acknowledged and dropped without running the handler. Outcomes are written by
-the signal receivers in `taskapp.mirror`.
+The claim (QUEUED/RETRYING -> RUNNING, one atomic UPDATE that counts the attempt) is the gate: a message for a
+job that is cancelled, finished or out of attempts is acknowledged and dropped without running the handler, and
+a second delivery while a run is live is put off until that run's lease ends. Retries use Celery's
+`autoretry_for` with exponential back-off, bounded by the attempts left in SQL. Outcomes are written by
+`taskapp.mirror`; a pool process that dies mid-run is noticed by `JobRequest` in the worker's main process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+from datetime import timedelta
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker.request import Request
 
 from taskapp.app import app
+from taskapp.errors import PermanentError
+from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, hard_time_limit, lease_seconds
+from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
-from taskapp.routing import task_name
+from taskapp.routing import queue_for, task_name
 from taskapp.store import SqlJobStore, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Exponential back-off: 1 s, 2 s, 4 s ... capped, each stretched by up to this fraction at random. Celery's own
+#: full jitter (anywhere from 0 to the back-off) could make a later wait shorter than an earlier one.
+RETRY_BACKOFF_MAX = 600
+RETRY_JITTER = 0.25
+#: Failures that another attempt may cure, whatever the handler declares.
+TIMEOUTS = (SoftTimeLimitExceeded, TimeLimitExceeded)
 
 _stores: dict[tuple[int, str], SqlJobStore] = {}
 
@@ -33,22 +49,115 @@ def store_for(celery_app: Celery) -> SqlJobStore:
     return store
 
 
+def describe(exc: BaseException | None, timeout_seconds: int | None = None) -> str:
+    """The `last_error` text for a failed run."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = f" ({timeout_seconds} s)" if timeout_seconds else ""
+        return f"timeout: the run took longer than timeout_seconds{limit}"
+    if isinstance(exc, TimeLimitExceeded):
+        return f"timeout: the run ignored its timeout and was killed {HARD_LIMIT_GRACE} s later"
+    if exc is None:
+        return "unknown error"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class JobRequest(Request):  # type: ignore[misc]
+    """A delivery of a job's message, as the worker's main process sees it."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        # Billiard may report the child's exit (SystemExit) before Celery turns it into WorkerLostError.
+        if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
+            # The pool process died mid-run; Celery gives the message back (reject_on_worker_lost). Count the
+            # run as a failed attempt first, so a job that kills its worker every time ends in the dead letters.
+            end_failed_run(self.task, self.id, None, f"worker process lost: {exc}", retry_in=0.0)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
 class JobTask(Task):  # type: ignore[misc]
     """Runs one job type. `handler` is set per task class by `register_tasks`."""
 
     handler: Handler
+    Request = JobRequest
     #: Messages carry only the job id; nothing to check against the function signature.
     typing = False
+
+    def is_retryable(self, exc: BaseException | None) -> bool:
+        if exc is None or isinstance(exc, PermanentError):
+            return False
+        return isinstance(exc, (*self.handler.retry_on, *TIMEOUTS))
+
+    def retry(
+        self, *args: Any, exc: BaseException | None = None, countdown: float | None = None, **options: Any
+    ) -> Any:
+        """Record RETRYING in SQL, with the error and the time of the next attempt, before Celery publishes it."""
+        attempt = getattr(self.request, "taskapp_attempt", None)
+        max_retries = options.get("max_retries", self.max_retries)
+        out_of_retries = max_retries is not None and self.request.retries + 1 > max_retries
+        if attempt is None or countdown is None or out_of_retries:
+            return super().retry(*args, exc=exc, countdown=countdown, **options)
+        countdown *= 1 + random.uniform(0, RETRY_JITTER)
+        now = utcnow()
+        state = store_for(self.app).fail_run(
+            self.request.id,
+            attempt,
+            describe(exc, self.request.timelimit[1]),
+            now,
+            retry_at=now + timedelta(seconds=countdown),
+        )
+        if state is not JobState.RETRYING:
+            log.info("job %s moved on (%s) while failing: no retry", self.request.id, state)
+            raise Ignore()
+        return super().retry(*args, exc=exc, countdown=countdown, **options)
+
+
+def end_failed_run(
+    task: JobTask, job_id: str, attempt: int | None, error: str, *, retry_in: float | None
+) -> JobState | None:
+    """Write a failed run's outcome; park the message in the dead letters if the job has no attempts left.
+
+    `retry_in` None means retrying cannot help (FAILED). Otherwise the job is RETRYING (and the caller sees to
+    it that a message follows) or, out of attempts, DEAD_LETTER.
+    """
+    now = utcnow()
+    retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
+    store = store_for(task.app)
+    state = store.fail_run(job_id, attempt, error, now, retry_at=retry_at)
+    if state is JobState.DEAD_LETTER:
+        job = store.get(job_id)
+        origin = queue_for(job.priority) if job else ""
+        CeleryPublisher(task.app).dead_letter(job_id, task.name, origin, error)
+    return state
+
+
+def _put_off(task: JobTask, job: Job) -> None:
+    """Another run of the job may still be live: look again when its lease ends, never drop the message."""
+    assert job.lease_expires_at is not None
+    wait = max(1.0, (job.lease_expires_at - utcnow()).total_seconds() + 1)
+    log.info("job %s is running elsewhere: checking again in %.0f s", job.job_id, wait)
+    CeleryPublisher(task.app).publish(job, countdown=wait)
 
 
 def run_job(task: JobTask, **_ignored: Any) -> Any:
     job_id = task.request.id
-    job = store_for(task.app).claim(job_id, task.request.hostname or "", utcnow())
+    store = store_for(task.app)
+    hard_limit = (task.request.timelimit or (None, None))[0] or hard_time_limit(task.handler.timeout_seconds)
+    job = store.claim(job_id, task.request.hostname or "", utcnow(), lease_seconds(hard_limit))
     if job is None:
-        log.info("job %s is not claimable (cancelled, running or finished): message dropped", job_id)
+        current = store.get(job_id)
+        lease_over = current is not None and (current.lease_expires_at or utcnow()) < utcnow()
+        if current is not None and current.state is JobState.RUNNING and lease_over:
+            # Its last run's worker died and no attempts are left.
+            end_failed_run(task, job_id, None, "worker lost during the last attempt", retry_in=0.0)
+        elif current is not None and current.state is JobState.RUNNING:
+            _put_off(task, current)
+        else:
+            log.info("job %s is not claimable (cancelled, finished or unknown): message dropped", job_id)
         raise Ignore()
     # The mirror's outcome updates are guarded on this attempt number.
     task.request.taskapp_attempt = job.attempts
+    # Celery stops retrying when the attempts left in SQL are used up (worker losses count too).
+    task.override_max_retries = task.request.retries + job.max_attempts - job.attempts
     payload = task.handler.schema.model_validate(job.payload)
     context = JobContext(
         job_id=job_id, attempt=job.attempts, logger=logging.getLogger(f"handlers.{job.type}")
@@ -64,6 +173,11 @@ def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:
             bind=True,
             shared=False,
             handler=handler,
+            autoretry_for=(*handler.retry_on, SoftTimeLimitExceeded),
+            dont_autoretry_for=(PermanentError,),
+            retry_backoff=True,
+            retry_backoff_max=RETRY_BACKOFF_MAX,
+            retry_jitter=False,
         )(run_job)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskapp.errors import BrokerUnavailable
 from taskapp.jobs import (
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,
+    RETRYABLE_BY_REQUEST,
     CancelOutcome,
     Job,
     JobFilter,
@@ -24,6 +25,7 @@ class InMemoryJobStore:
         self.jobs: dict[str, Job] = {}
         self.events: list[tuple[str, JobState, int]] = []
         self._seq = 0
+        self.leases: dict[str, datetime] = {}
         self._lock = threading.Lock()
 
     def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
@@ -92,31 +94,73 @@ class InMemoryJobStore:
             self._move(job, JobState.CANCELLED, now, finished_at=now)
             return CancelOutcome(cancelled=True, previous_state=job.state, state=JobState.CANCELLED)
 
-    def claim(self, job_id: str, worker: str, now: datetime) -> Job | None:
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
         with self._lock:
             job = self.jobs.get(job_id)
-            if job is None or job.state not in CLAIMABLE_STATES:
+            if job is None or job.attempts >= job.max_attempts:
                 return None
+            lease_over = job.state is JobState.RUNNING and self.leases.get(job_id, now) < now
+            if job.state not in CLAIMABLE_STATES and not lease_over:
+                return None
+            self.leases[job_id] = now + timedelta(seconds=lease_seconds)
             return self._move(
-                job, JobState.RUNNING, now, attempts=job.attempts + 1, started_at=now, worker=worker
+                job,
+                JobState.RUNNING,
+                now,
+                attempts=job.attempts + 1,
+                started_at=now,
+                finished_at=None,
+                result=None,
+                worker=worker,
             )
 
-    def finish(
+    def _running(self, job_id: str, attempt: int | None) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or attempt not in (None, job.attempts):
+            return None
+        return job
+
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        with self._lock:
+            job = self._running(job_id, attempt)
+            if job is None:
+                return False
+            self._move(job, JobState.SUCCEEDED, now, result=result, finished_at=now)
+            return True
+
+    def fail_run(
         self,
         job_id: str,
         attempt: int | None,
-        state: JobState,
+        error: str,
         now: datetime,
         *,
-        result: Any = None,
-        error: str = "",
-    ) -> bool:
+        retry_at: datetime | None,
+    ) -> JobState | None:
+        with self._lock:
+            job = self._running(job_id, attempt)
+            if job is None:
+                return None
+            if retry_at is None:
+                self._move(job, JobState.FAILED, now, last_error=error, finished_at=now)
+            elif job.attempts < job.max_attempts:
+                self._move(job, JobState.RETRYING, now, last_error=error, scheduled_at=retry_at)
+            else:
+                self._move(job, JobState.DEAD_LETTER, now, last_error=error, finished_at=now)
+            return self.jobs[job_id].state
+
+    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
         with self._lock:
             job = self.jobs.get(job_id)
-            if job is None or job.state is not JobState.RUNNING or attempt not in (None, job.attempts):
-                return False
-            self._move(job, state, now, result=result, last_error=error, finished_at=now)
-            return True
+            if job is None or job.state not in RETRYABLE_BY_REQUEST:
+                return None
+            return self._move(job, JobState.QUEUED, now, attempts=0, scheduled_at=now), job.state
+
+    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state is JobState.QUEUED and job.attempts == 0:
+                self._move(job, back_to, now)
 
 
 class InMemoryPublisher:
@@ -125,12 +169,16 @@ class InMemoryPublisher:
     def __init__(self) -> None:
         self.published: list[Job] = []
         self.terminated: list[str] = []
+        self.dead_letters_removed: list[str] = []
         self.down = False
 
-    def publish(self, job: Job) -> None:
+    def publish(self, job: Job, countdown: float | None = None) -> None:
         if self.down:
             raise BrokerUnavailable("broker unavailable: (in-memory publisher is down)")
         self.published.append(job)
 
     def terminate(self, job_id: str) -> None:
         self.terminated.append(job_id)
+
+    def remove_dead_letter(self, job_id: str) -> None:
+        self.dead_letters_removed.append(job_id)

@@ -127,6 +127,12 @@ class CancelJobResponse(_message.Message):
     state: JobState
     def __init__(self, cancelled: _Optional[bool] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
 
+class RetryJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class ListJobsRequest(_message.Message):
     __slots__ = ("state", "priority", "type", "page_size", "page_token")
     STATE_FIELD_NUMBER: _ClassVar[int]

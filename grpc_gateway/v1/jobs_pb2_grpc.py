@@ -54,6 +54,11 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/taskapp.v1.JobService/RetryJob',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -87,6 +92,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Runs a FAILED, DEAD_LETTER or CANCELLED job again with fresh attempts; FAILED_PRECONDITION otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class JobService:
             '/taskapp.v1.JobService/ListJobs',
             grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/RetryJob',
+            grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,6 +114,18 @@ class Stack:
         for name in list(self.processes):
             self.stop(name)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a process and all its children, as a machine losing power would."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def pool_children(self) -> list[int]:
+        """Pids of the worker's pool processes."""
+        pid = self.processes["worker"].pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children]
+
     def stub(self) -> jobs_pb2_grpc.JobServiceStub:
         return jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(self.address))
 
@@ -140,11 +152,11 @@ class Stack:
 def make_stack(
     tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
 ) -> Iterator[Callable[..., Stack]]:
-    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2)`. All stop at teardown."""
+    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, **env)`. All stop at teardown."""
     stacks: list[Stack] = []
     redis_urls: list[str] = []
 
-    def make(backend: str = "postgres", worker: bool = True, concurrency: int = 2) -> Stack:
+    def make(backend: str = "postgres", worker: bool = True, concurrency: int = 2, **extra_env: str) -> Stack:
         workdir = tmp_path / f"stack{len(stacks)}"
         workdir.mkdir()
         redis_url = redis_databases.acquire()
@@ -157,6 +169,9 @@ def make_stack(
             "DATABASE_URL": make_database_url(backend, workdir, request),
             "REDIS_URL": redis_url,
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
+            "PYTHONPATH": str(ROOT),
+            "TASKAPP_HANDLER_MODULES": "tests.handlers_for_tests",
+            **extra_env,
         }
         stack = Stack(workdir=workdir, env=env, address=f"127.0.0.1:{port}")
         stacks.append(stack)

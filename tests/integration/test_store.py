@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -60,12 +61,12 @@ def test_create_twice_returns_the_existing_row(store: SqlJobStore) -> None:
 
 def test_claim_run_succeed(store: SqlJobStore) -> None:
     store.create(new_job("a"), utcnow())
-    claimed = store.claim("a", "celery@w1", utcnow())
+    claimed = store.claim("a", "celery@w1", utcnow(), 30)
     assert claimed is not None
     assert (claimed.state, claimed.attempts, claimed.worker) == (JobState.RUNNING, 1, "celery@w1")
     assert claimed.started_at is not None
-    assert store.claim("a", "celery@w2", utcnow()) is None, "a running job is claimed once"
-    assert store.finish("a", 1, JobState.SUCCEEDED, utcnow(), result={"ok": [1, 2]})
+    assert store.claim("a", "celery@w2", utcnow(), 30) is None, "a running job is claimed once"
+    assert store.succeed("a", 1, {"ok": [1, 2]}, utcnow())
     done = store.get("a")
     assert done.state is JobState.SUCCEEDED and done.result == {"ok": [1, 2]}
     assert done.finished_at is not None and done.finished_at >= done.started_at
@@ -74,12 +75,12 @@ def test_claim_run_succeed(store: SqlJobStore) -> None:
 
 def test_late_or_duplicate_outcomes_never_move_a_job_backwards(store: SqlJobStore) -> None:
     store.create(new_job("a"), utcnow())
-    store.claim("a", "w", utcnow())
-    assert not store.finish("a", 2, JobState.FAILED, utcnow(), error="wrong attempt")
-    assert store.finish("a", 1, JobState.FAILED, utcnow(), error="boom")
-    assert not store.finish("a", 1, JobState.SUCCEEDED, utcnow())
-    assert not store.finish("a", None, JobState.SUCCEEDED, utcnow())
-    assert store.claim("a", "w", utcnow()) is None
+    store.claim("a", "w", utcnow(), 30)
+    assert not store.fail_run("a", 2, "wrong attempt", utcnow(), retry_at=None)
+    assert store.fail_run("a", 1, "boom", utcnow(), retry_at=None) is JobState.FAILED
+    assert not store.succeed("a", 1, None, utcnow())
+    assert store.fail_run("a", None, "late", utcnow(), retry_at=None) is None
+    assert store.claim("a", "w", utcnow(), 30) is None
     job = store.get("a")
     assert (job.state, job.last_error) == (JobState.FAILED, "boom")
 
@@ -88,9 +89,9 @@ def test_cancel_from_each_state(store: SqlJobStore) -> None:
     store.create(new_job("queued"), utcnow())
     store.create(new_job("running"), utcnow())
     store.create(new_job("done"), utcnow())
-    store.claim("running", "w", utcnow())
-    store.claim("done", "w", utcnow())
-    store.finish("done", 1, JobState.SUCCEEDED, utcnow())
+    store.claim("running", "w", utcnow(), 30)
+    store.claim("done", "w", utcnow(), 30)
+    store.succeed("done", 1, None, utcnow())
 
     queued = store.cancel("queued", utcnow())
     assert queued.cancelled and queued.previous_state is JobState.QUEUED
@@ -99,15 +100,15 @@ def test_cancel_from_each_state(store: SqlJobStore) -> None:
     done = store.cancel("done", utcnow())
     assert not done.cancelled and done.state is JobState.SUCCEEDED
     assert store.cancel("missing", utcnow()) is None
-    assert store.claim("queued", "w", utcnow()) is None
-    assert not store.finish("running", 1, JobState.SUCCEEDED, utcnow())
+    assert store.claim("queued", "w", utcnow(), 30) is None
+    assert not store.succeed("running", 1, None, utcnow())
     assert store.get("running").state is JobState.CANCELLED
 
 
 def test_discard_removes_only_an_unstarted_job(store: SqlJobStore) -> None:
     store.create(new_job("a"), utcnow())
     store.create(new_job("b"), utcnow())
-    store.claim("b", "w", utcnow())
+    store.claim("b", "w", utcnow(), 30)
     store.discard("a")
     store.discard("b")
     assert store.get("a") is None and event_states(store, "a") == []
@@ -137,7 +138,7 @@ def test_list_filters_and_keyset_pages(store: SqlJobStore) -> None:
 def test_concurrent_claims_of_one_job_have_one_winner(store: SqlJobStore) -> None:
     store.create(new_job("hot"), utcnow())
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow()), range(64)))
+        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow(), 30), range(64)))
     assert sum(r is not None for r in results) == 1
     assert store.get("hot").attempts == 1
 
@@ -148,3 +149,49 @@ def test_concurrent_creates_of_one_id_make_one_row(store: SqlJobStore) -> None:
     assert sum(created for _, created in results) == 1
     assert len({job.seq for job, _ in results}) == 1
     assert event_states(store, "same") == ["QUEUED"]
+
+
+def test_retryable_failures_retry_then_dead_letter(store: SqlJobStore) -> None:
+    store.create(new_job("r"), utcnow())  # max_attempts 3
+    for attempt in (1, 2):
+        assert store.claim("r", "w", utcnow(), 30).attempts == attempt
+        retry_at = utcnow() + timedelta(seconds=attempt)
+        assert (
+            store.fail_run("r", attempt, f"err {attempt}", utcnow(), retry_at=retry_at) is JobState.RETRYING
+        )
+        job = store.get("r")
+        assert (job.state, job.last_error, job.finished_at) == (JobState.RETRYING, f"err {attempt}", None)
+        assert abs((job.scheduled_at - retry_at).total_seconds()) < 0.001
+    store.claim("r", "w", utcnow(), 30)
+    assert store.fail_run("r", 3, "err 3", utcnow(), retry_at=utcnow()) is JobState.DEAD_LETTER
+    job = store.get("r")
+    assert job.state is JobState.DEAD_LETTER and job.attempts == 3 and job.finished_at is not None
+    assert store.claim("r", "w", utcnow(), 30) is None
+    assert event_states(store, "r") == [
+        "QUEUED", "RUNNING", "RETRYING", "RUNNING", "RETRYING", "RUNNING", "DEAD_LETTER"
+    ]  # fmt: skip
+
+
+def test_a_run_past_its_lease_can_be_claimed_again(store: SqlJobStore) -> None:
+    store.create(new_job("lost"), utcnow())
+    store.claim("lost", "w1", utcnow(), 30)
+    assert store.claim("lost", "w2", utcnow(), 30) is None, "the lease is live"
+    later = utcnow() + timedelta(seconds=31)
+    again = store.claim("lost", "w2", later, 30)
+    assert again is not None and again.attempts == 2 and again.worker == "w2"
+    assert not store.succeed("lost", 1, None, utcnow()), "the lost run's late outcome is ignored"
+    store.claim("lost", "w3", later + timedelta(seconds=31), 30)
+    assert store.claim("lost", "w4", later + timedelta(seconds=62), 30) is None, "no attempts left"
+
+
+def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: SqlJobStore) -> None:
+    store.create(new_job("f"), utcnow())
+    store.claim("f", "w", utcnow(), 30)
+    store.fail_run("f", 1, "nope", utcnow(), retry_at=None)
+    requeued = store.requeue("f", utcnow())
+    assert requeued is not None
+    job, previous = requeued
+    assert (job.state, job.attempts, previous) == (JobState.QUEUED, 0, JobState.FAILED)
+    assert store.requeue("f", utcnow()) is None, "a queued job is not retried"
+    store.unqueue("f", previous, utcnow())
+    assert store.get("f").state is JobState.FAILED

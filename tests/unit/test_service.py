@@ -9,6 +9,7 @@ from taskapp.errors import (
     InvalidArgument,
     JobAlreadyExists,
     JobNotFound,
+    JobNotRetryable,
     PayloadTooLarge,
 )
 from taskapp.jobs import JobFilter, JobState, Priority
@@ -148,18 +149,18 @@ def test_cancel_running_job_terminates_it(
     service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
 ) -> None:
     job_id = service.submit(SubmitRequest(type="sleep", payload={"seconds": 5})).job.job_id
-    assert store.claim(job_id, "w1", utcnow()) is not None
+    assert store.claim(job_id, "w1", utcnow(), 30) is not None
     assert service.cancel(job_id).cancelled
     assert publisher.terminated == [job_id]
     # The run's late success must not overwrite CANCELLED.
-    assert not store.finish(job_id, 1, JobState.SUCCEEDED, utcnow())
+    assert not store.succeed(job_id, 1, None, utcnow())
     assert service.get(job_id).state is JobState.CANCELLED
 
 
 def test_cancel_finished_job_answers_false(service: JobService, store: InMemoryJobStore) -> None:
     job_id = service.submit(SubmitRequest(type="noop")).job.job_id
-    store.claim(job_id, "w1", utcnow())
-    store.finish(job_id, 1, JobState.SUCCEEDED, utcnow())
+    store.claim(job_id, "w1", utcnow(), 30)
+    store.succeed(job_id, 1, None, utcnow())
     outcome = service.cancel(job_id)
     assert not outcome.cancelled and outcome.state is JobState.SUCCEEDED
 
@@ -167,7 +168,7 @@ def test_cancel_finished_job_answers_false(service: JobService, store: InMemoryJ
 def test_cancelled_job_cannot_be_claimed(service: JobService, store: InMemoryJobStore) -> None:
     job_id = service.submit(SubmitRequest(type="noop")).job.job_id
     service.cancel(job_id)
-    assert store.claim(job_id, "w1", utcnow()) is None
+    assert store.claim(job_id, "w1", utcnow(), 30) is None
 
 
 def test_list_pages_through_every_job_once(service: JobService) -> None:
@@ -209,3 +210,40 @@ def test_list_rejects_a_token_used_with_other_filters(service: JobService) -> No
     token = service.list(JobFilter(), page_size=1).next_page_token
     with pytest.raises(InvalidArgument, match="different filters"):
         service.list(JobFilter(type="noop"), page_size=1, page_token=token)
+
+
+def test_retry_requeues_a_failed_job_and_takes_it_out_of_the_dead_letters(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    job_id = service.submit(SubmitRequest(type="fail", payload={"times": 9})).job.job_id
+    store.claim(job_id, "w", utcnow(), 30)
+    store.fail_run(job_id, 1, "boom", utcnow(), retry_at=None)
+    job = service.retry(job_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    assert [p.job_id for p in publisher.published] == [job_id, job_id]
+    assert publisher.dead_letters_removed == [job_id]
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
+def test_retry_of_a_job_that_has_not_failed_is_a_failed_precondition(
+    service: JobService, store: InMemoryJobStore, state: str
+) -> None:
+    job_id = service.submit(SubmitRequest(type="noop")).job.job_id
+    if state != "queued":
+        store.claim(job_id, "w", utcnow(), 30)
+    if state == "succeeded":
+        store.succeed(job_id, 1, None, utcnow())
+    with pytest.raises(JobNotRetryable, match=state.upper()):
+        service.retry(job_id)
+
+
+def test_retry_with_the_broker_down_leaves_the_job_as_it_was(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    job_id = service.submit(SubmitRequest(type="noop")).job.job_id
+    service.cancel(job_id)
+    publisher.down = True
+    with pytest.raises(BrokerUnavailable):
+        service.retry(job_id)
+    assert service.get(job_id).state is JobState.CANCELLED
+    assert publisher.dead_letters_removed == []

@@ -1,0 +1,310 @@
+"""`http_call` against a real HTTP server on loopback that answers a scripted sequence of replies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pydantic
+import pytest
+
+from handlers.http_call import MAX_BODY_BYTES, HttpCallPayload, HttpCallRetryable, http_call
+from taskapp.errors import PermanentError
+from taskapp.registry import JobContext, load_handlers
+
+SECRET = "s3cr3t-token-value"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Hold the response until the test ends, to make the client time out.
+    stall: bool = False
+    #: Send the body in ten pieces this many seconds apart.
+    gap: float = 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted reply (418 once the script runs out) and records it."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[Request] = []
+        #: Set at teardown, so stalled or trickling replies end at once.
+        self.released = threading.Event()
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def script(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def take(self, request: Request) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            return self.replies.popleft() if self.replies else Reply(418, b"script exhausted")
+
+
+def _handler_class(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            reply = server.take(Request(self.command, self.path, headers, body))
+            self.close_connection = True
+            if reply.stall:
+                server.released.wait(30)
+                return
+            try:
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if reply.gap:
+                    step = max(1, len(reply.body) // 10)
+                    for start in range(0, len(reply.body), step):
+                        self.wfile.write(reply.body[start : start + step])
+                        if server.released.wait(reply.gap):
+                            return
+                else:
+                    self.wfile.write(reply.body)
+            except OSError:
+                pass  # The client gave up (timeout, truncation): nothing left to answer.
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    scripted.thread.start()
+    yield scripted
+    scripted.released.set()
+    scripted.httpd.shutdown()
+    scripted.httpd.server_close()
+    scripted.thread.join(timeout=10)
+
+
+def call(payload: dict[str, Any], attempt: int = 1) -> Any:
+    job = JobContext(job_id="t", attempt=attempt, logger=logging.getLogger("t"))
+    return http_call(HttpCallPayload.model_validate(payload), job)
+
+
+def test_registered_as_builtin_with_its_retryable_error() -> None:
+    registered = load_handlers().get("http_call")
+    assert registered is not None
+    assert registered.func is http_call
+    assert registered.retry_on == (HttpCallRetryable,)
+
+
+def test_2xx_returns_status_headers_and_body(server: ScriptedServer) -> None:
+    server.script(Reply(201, b'{"id": 7}', headers={"Content-Type": "application/json", "X-Trace": "abc"}))
+
+    result = call({"url": server.url("/things?x=1"), "headers": {"Authorization": "Bearer t"}})
+
+    assert result["status"] == 201
+    assert result["body"] == '{"id": 7}'
+    assert result["headers"]["x-trace"] == "abc"
+    assert json.dumps(result)
+    [request] = server.requests
+    assert (request.method, request.path) == ("GET", "/things?x=1")
+    assert request.headers["authorization"] == "Bearer t"
+
+
+def test_json_body_is_sent_as_json(server: ScriptedServer) -> None:
+    server.script(Reply(200))
+    body = {"name": "ünïcode", "items": [1, 2, {"deep": None}]}
+
+    call({"url": server.url(), "method": "POST", "body": body})
+
+    [request] = server.requests
+    assert request.method == "POST"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.body) == body
+
+
+def test_json_array_body_is_sent_as_json(server: ScriptedServer) -> None:
+    server.script(Reply(200))
+
+    call({"url": server.url(), "method": "PUT", "body": [1, "two"]})
+
+    assert json.loads(server.requests[0].body) == [1, "two"]
+    assert server.requests[0].headers["content-type"] == "application/json"
+
+
+def test_string_body_is_sent_verbatim_with_the_callers_content_type(server: ScriptedServer) -> None:
+    server.script(Reply(204))
+
+    result = call(
+        {
+            "url": server.url(),
+            "method": "PATCH",
+            "body": "a=1&b=é",
+            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+        }
+    )
+
+    assert result["status"] == 204
+    [request] = server.requests
+    assert request.body == "a=1&b=é".encode()
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+
+
+def test_5xx_is_retryable_until_the_server_recovers(server: ScriptedServer) -> None:
+    server.script(Reply(500), Reply(503), Reply(200, b"done"))
+
+    with pytest.raises(HttpCallRetryable, match="500"):
+        call({"url": server.url()}, attempt=1)
+    with pytest.raises(HttpCallRetryable, match="503"):
+        call({"url": server.url()}, attempt=2)
+    result = call({"url": server.url()}, attempt=3)
+
+    assert result["body"] == "done"
+    assert len(server.requests) == 3
+
+
+def test_404_fails_permanently(server: ScriptedServer) -> None:
+    server.script(Reply(404, b"nope"))
+
+    with pytest.raises(PermanentError, match="404"):
+        call({"url": server.url(), "method": "DELETE"})
+    assert server.requests[0].method == "DELETE"
+
+
+def test_redirect_is_not_followed_and_fails_permanently(server: ScriptedServer) -> None:
+    server.script(Reply(302, headers={"Location": server.url("/elsewhere")}), Reply(200))
+
+    with pytest.raises(PermanentError, match="302"):
+        call({"url": server.url()})
+    assert [request.path for request in server.requests] == ["/hook"]
+
+
+def test_secrets_stay_out_of_errors_and_logs(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(Reply(500))
+    url = server.url().replace("http://", f"http://user:{SECRET}@")
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(HttpCallRetryable) as raised:
+        call(
+            {
+                "url": url,
+                "method": "POST",
+                "headers": {"Authorization": f"Bearer {SECRET}"},
+                "body": {"password": SECRET},
+            }
+        )
+
+    assert "POST 127.0.0.1/hook" in str(raised.value)
+    assert SECRET not in str(raised.value)
+    assert caplog.records
+    assert SECRET not in caplog.text
+    [request] = server.requests
+    assert request.headers["authorization"] == f"Bearer {SECRET}"
+
+
+def test_url_credentials_are_sent_as_basic_auth(server: ScriptedServer) -> None:
+    server.script(Reply(200))
+
+    call({"url": server.url().replace("http://", "http://us%40er:p%40ss@")})
+
+    assert server.requests[0].headers["authorization"] == "Basic dXNAZXI6cEBzcw=="  # us@er:p@ss
+
+
+def test_connection_refused_is_retryable() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = closed.getsockname()[1]
+        with pytest.raises(HttpCallRetryable, match="ConnectError"):
+            call({"url": f"http://127.0.0.1:{port}/", "timeout": 5})
+
+
+def test_timeout_is_retryable(server: ScriptedServer) -> None:
+    server.script(Reply(200, stall=True))
+
+    started = time.monotonic()
+    with pytest.raises(HttpCallRetryable, match="ReadTimeout"):
+        call({"url": server.url(), "timeout": 0.3})
+    assert time.monotonic() - started < 5
+
+
+def test_timeout_bounds_a_trickling_body(server: ScriptedServer) -> None:
+    server.script(Reply(200, b"x" * 1000, gap=0.2))
+
+    started = time.monotonic()
+    with pytest.raises(HttpCallRetryable, match="timeout"):
+        call({"url": server.url(), "timeout": 0.5})
+    assert time.monotonic() - started < 1.5
+
+
+def test_body_is_truncated_to_64_kib_without_splitting_a_character(server: ScriptedServer) -> None:
+    server.script(
+        Reply(200, b"a" * 100_000),
+        Reply(200, "é".encode() * 50_000 + b"!", headers={"Content-Type": "text/plain; charset=utf-8"}),
+    )
+
+    ascii_body = call({"url": server.url()})["body"]
+    accented_body = call({"url": server.url()})["body"]
+
+    assert ascii_body == "a" * MAX_BODY_BYTES
+    assert accented_body == "é" * (MAX_BODY_BYTES // 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"url": "ftp://example.com/file"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({"method": "TRACE"}, "method"),
+        ({"method": "get"}, "method"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": 301}, "timeout"),
+        ({"body": 5}, "body"),
+        ({"headers": {"X-Bad": "a\r\nInjected: 1"}}, "headers"),
+        ({"headers": {"Bad Name": "v"}}, "headers"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_payload_validation_rejects(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as raised:
+        HttpCallPayload.model_validate({"url": "https://example.com/hook", **change})
+    assert raised.value.errors()[0]["loc"][0] == field
+
+
+def test_payload_defaults() -> None:
+    payload = HttpCallPayload.model_validate({"url": "https://example.com/hook"})
+    assert (payload.method, payload.headers, payload.body, payload.timeout) == ("GET", {}, None, 10)
