@@ -142,15 +142,16 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
     job_id = task.request.id
     store = store_for(task.app)
     hard_limit = (task.request.timelimit or (None, None))[0] or hard_time_limit(task.handler.timeout_seconds)
-    job = store.claim(job_id, task.request.hostname or "", utcnow(), lease_seconds(hard_limit))
+    now = utcnow()
+    job = store.claim(job_id, task.request.hostname or "", now, lease_seconds(hard_limit))
     if job is None:
         current = store.get(job_id)
-        lease_over = current is not None and (current.lease_expires_at or utcnow()) < utcnow()
-        if current is not None and current.state is JobState.RUNNING and lease_over:
-            # Its last run's worker died and no attempts are left.
-            end_failed_run(task, job_id, None, "worker lost during the last attempt", retry_in=0.0)
-        elif current is not None and current.state is JobState.RUNNING:
-            _put_off(task, current)
+        if current is not None and current.state is JobState.RUNNING:
+            if current.lease_expires_at is None or current.lease_expires_at < now:
+                # Its last run's worker died and no attempts are left.
+                end_failed_run(task, job_id, None, "worker lost during the last attempt", retry_in=0.0)
+            else:
+                _put_off(task, current)
         else:
             log.info("job %s is not claimable (cancelled, finished or unknown): message dropped", job_id)
         raise Ignore()
