@@ -6,83 +6,35 @@ import email.policy
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Any
 
 import pydantic
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from handlers.email import EmailPayload, EmailRetryable
 from handlers.email import email as send_email
 from taskapp.errors import PermanentError
 from taskapp.registry import JobContext, load_handlers
+from tests.loopback import Mailbox, smtp_mailbox
 
 PASSWORD = "p@ss w0rd-secret"
-
-
-class Mailbox:
-    """Accepts everything, except the recipients, senders or messages told to answer otherwise."""
-
-    def __init__(self) -> None:
-        self.messages: list[Envelope] = []
-        #: Recipient address -> SMTP reply for RCPT TO; the rest are accepted.
-        self.rcpt_replies: dict[str, str] = {}
-        self.mail_reply: str | None = None
-        self.data_reply: str | None = None
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.data_reply:
-            return self.data_reply
-        self.messages.append(envelope)
-        return "250 Message accepted"
-
-
-class LoopbackController(Controller):
-    """aiosmtpd on a port the OS picks, bound before the server starts so nothing else can take it."""
-
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        super().__init__(handler, hostname="127.0.0.1", port=self._sock.getsockname()[1], **kwargs)
-
-    def _create_server(self) -> Any:
-        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
 
 
 @pytest.fixture
 def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mailbox]]:
     """Starts a server (keyword arguments go to aiosmtpd) and points TASKAPP_SMTP_URL at it."""
-    controllers: list[Controller] = []
+    with ExitStack() as servers:
 
-    def start(credentials: str = "", **smtp_options: Any) -> Mailbox:
-        mailbox = Mailbox()
-        controller = LoopbackController(mailbox, **smtp_options)
-        controller.start()
-        controllers.append(controller)
-        monkeypatch.setenv("TASKAPP_SMTP_URL", f"smtp://{credentials}127.0.0.1:{controller.port}")
-        return mailbox
+        def start(credentials: str = "", **smtp_options: Any) -> Mailbox:
+            mailbox, port = servers.enter_context(smtp_mailbox(**smtp_options))
+            monkeypatch.setenv("TASKAPP_SMTP_URL", f"smtp://{credentials}127.0.0.1:{port}")
+            return mailbox
 
-    yield start
-    for controller in controllers:
-        controller.stop()
+        yield start
 
 
 def send(**payload: Any) -> Any:

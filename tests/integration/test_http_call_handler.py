@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pydantic
@@ -19,103 +15,15 @@ import pytest
 from handlers.http_call import MAX_BODY_BYTES, HttpCallPayload, HttpCallRetryable, http_call
 from taskapp.errors import PermanentError
 from taskapp.registry import JobContext, load_handlers
+from tests.loopback import Reply, ScriptedServer, scripted_http_server
 
 SECRET = "s3cr3t-token-value"
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    #: Hold the response until the test ends, to make the client time out.
-    stall: bool = False
-    #: Send the body in ten pieces this many seconds apart.
-    gap: float = 0.0
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class ScriptedServer:
-    """Answers each request with the next scripted reply (418 once the script runs out) and records it."""
-
-    def __init__(self) -> None:
-        self.replies: deque[Reply] = deque()
-        self.requests: list[Request] = []
-        #: Set at teardown, so stalled or trickling replies end at once.
-        self.released = threading.Event()
-        self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-    def take(self, request: Request) -> Reply:
-        with self._lock:
-            self.requests.append(request)
-            return self.replies.popleft() if self.replies else Reply(418, b"script exhausted")
-
-
-def _handler_class(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def answer(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            reply = server.take(Request(self.command, self.path, headers, body))
-            self.close_connection = True
-            if reply.stall:
-                server.released.wait(30)
-                return
-            try:
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if self.command == "HEAD":
-                    return
-                if reply.gap:
-                    step = max(1, len(reply.body) // 10)
-                    for start in range(0, len(reply.body), step):
-                        self.wfile.write(reply.body[start : start + step])
-                        if server.released.wait(reply.gap):
-                            return
-                else:
-                    self.wfile.write(reply.body)
-            except OSError:
-                pass  # The client gave up (timeout, truncation): nothing left to answer.
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    scripted.thread.start()
-    yield scripted
-    scripted.released.set()
-    scripted.httpd.shutdown()
-    scripted.httpd.server_close()
-    scripted.thread.join(timeout=10)
+    with scripted_http_server() as scripted:
+        yield scripted
 
 
 def call(payload: dict[str, Any], attempt: int = 1) -> Any:
