@@ -27,6 +27,11 @@ def dead_letters(stack: Stack) -> int:
     return int(redis.Redis.from_url(stack.env["REDIS_URL"]).llen("dead_letter"))
 
 
+def wait_dead_letters(stack: Stack, count: int) -> None:
+    """The worker writes DEAD_LETTER in SQL first, then publishes the message: allow it that moment."""
+    wait_for(lambda: dead_letters(stack) == count, 10, f"{count} message(s) in dead_letter")
+
+
 def events(stack: Stack, job_id: str) -> list[tuple[str, int, datetime]]:
     engine = create_db_engine(stack.env["DATABASE_URL"])
     try:
@@ -67,25 +72,25 @@ def test_exhausted_retries_dead_letter_and_retry_job_replays(make_stack: MakeSta
     job = stack.wait_terminal(job_id)
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3)
     assert "induced failure 3 of 5" in job.last_error
-    assert dead_letters(stack) == 1
+    wait_dead_letters(stack, 1)
 
     replayed = stack.stub().RetryJob(jobs_pb2.RetryJobRequest(job_id=job_id), timeout=10)
     assert (replayed.state, replayed.attempts) == (jobs_pb2.JOB_STATE_QUEUED, 0)
     job = stack.wait_terminal(job_id)
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3), "the cause is still there"
-    assert dead_letters(stack) == 1, "replay took it out; the new failure put it back"
+    wait_dead_letters(stack, 1)  # replay took it out; the new failure put it back
 
     gate = tmp_path / "gate"
     gate.touch()
     cured_id = submit(stack, "fail_while_file", {"path": str(gate)}, max_attempts=2)
     assert stack.wait_terminal(cured_id).state == jobs_pb2.JOB_STATE_DEAD_LETTER
-    assert dead_letters(stack) == 2
+    wait_dead_letters(stack, 2)
     gate.unlink()
     stack.stub().RetryJob(jobs_pb2.RetryJobRequest(job_id=cured_id), timeout=10)
     job = stack.wait_terminal(cured_id)
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_SUCCEEDED, 1)
     assert job.result.string_value == "gate open"
-    assert dead_letters(stack) == 1
+    wait_dead_letters(stack, 1)
 
 
 def test_retry_job_refuses_jobs_that_have_not_failed(make_stack: MakeStack) -> None:
@@ -117,7 +122,7 @@ def test_timeouts_retry_then_dead_letter(make_stack: MakeStack) -> None:
     job = stack.wait_terminal(job_id, timeout=30)
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3)
     assert "timeout" in job.last_error and "timeout_seconds (1 s)" in job.last_error
-    assert dead_letters(stack) == 1
+    wait_dead_letters(stack, 1)
 
 
 def test_killed_pool_process_reruns_the_job_20_times_in_a_row(make_stack: MakeStack) -> None:
@@ -142,7 +147,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letters(make_st
     job = stack.wait_terminal(job_id, timeout=60)
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3)
     assert "worker process lost" in job.last_error
-    assert dead_letters(stack) == 1
+    wait_dead_letters(stack, 1)
     after = submit(stack, "echo", {"still": "alive"})
     assert stack.wait_terminal(after).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert stack.processes["worker"].poll() is None
