@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -56,7 +56,15 @@ def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest) -> SubmitRequest:
         payload=json_format.MessageToDict(request.payload) if request.HasField("payload") else None,
         max_attempts=request.max_attempts if request.HasField("max_attempts") else None,
         timeout_seconds=request.timeout_seconds if request.HasField("timeout_seconds") else None,
+        run_at=_datetime(request.run_at, "run_at") if request.HasField("run_at") else None,
     )
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
 
 
 def list_filter_from_pb(request: jobs_pb2.ListJobsRequest) -> JobFilter:

@@ -26,6 +26,8 @@ log = logging.getLogger("grpc_gateway")
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 #: Seconds in-flight RPCs get to finish on SIGTERM.
 SHUTDOWN_GRACE = 10.0
+#: Seconds new calls are refused with UNAVAILABLE, once in-flight calls are done, before the listener closes.
+REFUSE_BEFORE_STOP = 0.5
 
 
 def build_service(settings: Settings) -> JobService:
@@ -39,7 +41,8 @@ def build_service(settings: Settings) -> JobService:
 async def serve(settings: Settings) -> None:
     service = build_service(settings)
     server = grpc.aio.server()
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(service), server)
+    servicer = JobServicer(service)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -59,9 +62,13 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("taskapp gateway stopping: finishing in-flight calls")
+    log.info("taskapp gateway stopping: finishing in-flight calls, refusing new ones")
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(SHUTDOWN_GRACE)
+    await servicer.gate.close(SHUTDOWN_GRACE)
+    # Calls the server has accepted but not started when it stops are cancelled (CANCELLED, which clients do
+    # not retry): keep answering a clear UNAVAILABLE a little longer, so callers move on first.
+    await asyncio.sleep(REFUSE_BEFORE_STOP)
+    await server.stop(None)
 
 
 def main() -> None:

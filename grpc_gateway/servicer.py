@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -22,13 +23,44 @@ ResponseT = TypeVar("ResponseT")
 Method = Callable[[Any, RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT]]
 
 
+class Gate:
+    """Counts the calls being handled. Once closed (the gateway is stopping), new calls are refused with
+    UNAVAILABLE, which clients retry elsewhere, while the calls already in flight finish."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def passage(self) -> Iterator[None]:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def close(self, grace: float) -> None:
+        """Refuse new calls and wait up to `grace` seconds for the ones in flight."""
+        self.closed = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+
+
 def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
     """Map taskapp errors to their gRPC status; anything unexpected is logged and answered INTERNAL."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: RequestT, context: grpc.aio.ServicerContext) -> ResponseT:
+        if self.gate.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
         try:
-            return await method(self, request, context)
+            with self.gate.passage():
+                return await method(self, request, context)
         except TaskappError as exc:
             await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
         except Exception:
@@ -44,6 +76,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
 
     def __init__(self, service: JobService) -> None:
         self.service = service
+        self.gate = Gate()
 
     @answers_errors
     async def SubmitJob(

@@ -1,4 +1,4 @@
-"""The `taskapp` command: operate the service (database migrations, the gateway)."""
+"""The `taskapp` command: operate the service (database migrations, the gateway, the scheduler, reconcile)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,37 @@ def gateway() -> None:
     from grpc_gateway.server import main as serve_main
 
     serve_main()
+
+
+@main.command()
+def scheduler() -> None:
+    """Publish due scheduled jobs and owed messages, purge expired jobs (one active among many)."""
+    from taskapp.scheduler import main as scheduler_main
+
+    scheduler_main()
+
+
+@main.command()
+def reconcile() -> None:
+    """Publish again the jobs SQL says are waiting but the broker has no message for (after Redis lost data)."""
+    import redis
+
+    from taskapp.app import app as celery_app
+    from taskapp.publisher import CeleryPublisher
+    from taskapp.reconcile import reconcile as run_reconcile
+    from taskapp.store import SqlJobStore
+
+    settings = Settings()
+    try:
+        report = run_reconcile(
+            SqlJobStore.from_url(settings.database_url),
+            CeleryPublisher(celery_app),
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30),
+        )
+    except (TaskappError, redis.exceptions.RedisError) as exc:
+        click.echo(f"taskapp: reconcile failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"taskapp: {report.checked} job(s) waiting to run, {report.in_broker} message(s) in the broker, "
+        f"{report.republished} job(s) published again"
+    )

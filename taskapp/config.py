@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import re
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 
 
 def _split_modules(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def parse_duration(value: object) -> object:
+    """`7d`, `12h`, `30m`, `45s`, `2w` or plain seconds; anything else is left for pydantic to refuse."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class Settings(BaseSettings):
@@ -31,8 +48,14 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=86_400 + 3_600, validation_alias=AliasChoices("TASKAPP_VISIBILITY_TIMEOUT")
     )
+    #: Seconds a worker's running jobs get to finish after SIGTERM; the rest go back to the queue.
+    worker_shutdown_timeout: float = Field(
+        default=25.0, gt=0, validation_alias=AliasChoices("TASKAPP_WORKER_SHUTDOWN_TIMEOUT")
+    )
     #: Where the `email` job type sends mail: `smtp://[user:pass@]host:port`, or `smtps://` for implicit TLS.
     smtp_url: str = Field(default="smtp://127.0.0.1:25", validation_alias=AliasChoices("TASKAPP_SMTP_URL"))
+    #: How long finished jobs (and their events) are kept before the scheduler deletes them.
+    retention: Duration = Field(default=timedelta(days=7), validation_alias=AliasChoices("TASKAPP_RETENTION"))
 
     @property
     def handler_modules(self) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class JobState(enum.StrEnum):
@@ -28,6 +28,8 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_
 CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States RetryJob re-runs from, with fresh attempts.
 RETRYABLE_BY_REQUEST = frozenset({JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
+#: States that call for a message in the broker; while `published_at` is NULL in one of them, one is owed.
+AWAITING_MESSAGE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States CancelJob moves to CANCELLED.
 CANCELLABLE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
 
@@ -53,6 +55,8 @@ class NewJob:
     timeout_seconds: int
     #: Hash of the fields above but job_id: a repeated job_id must come with the same request.
     fingerprint: str
+    #: When to run, if later than now: the job waits in SQL as SCHEDULED until then.
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,8 @@ class Job:
     fingerprint: str
     #: While RUNNING: until when the run may be live (see `lease_seconds`).
     lease_expires_at: datetime | None = None
+    #: When the message its state calls for reached the broker; None while one is owed (the outbox).
+    published_at: datetime | None = None
 
 
 #: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
@@ -94,6 +100,18 @@ def hard_time_limit(timeout_seconds: int) -> int:
 def lease_seconds(hard_limit: float) -> float:
     """No run outlives its hard time limit, so past this its worker is gone and the job may be claimed again."""
     return hard_limit + LEASE_MARGIN
+
+
+class SentMessage(NamedTuple):
+    """What a published message was for: the outbox marks a job published only if it has not moved on since."""
+
+    job_id: str
+    state: JobState
+    attempts: int
+
+    @classmethod
+    def of(cls, job: Job) -> SentMessage:
+        return cls(job.job_id, job.state, job.attempts)
 
 
 @dataclass(frozen=True, slots=True)

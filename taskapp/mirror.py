@@ -16,7 +16,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, task_revoked, task_success
 from celery.utils.time import get_exponential_backoff_interval
 
-from taskapp.jobs import JobState
+from taskapp.jobs import JobState, SentMessage
 from taskapp.publisher import CeleryPublisher
 from taskapp.store import utcnow
 from taskapp.tasks import RETRY_BACKOFF_MAX, JobTask, describe, end_failed_run, store_for
@@ -61,9 +61,11 @@ def record_failure(
     error = describe(exception, timelimit[1])
     state = end_failed_run(sender, task_id, _attempt(sender), error, retry_in=retry_in)
     if state is JobState.RETRYING and isinstance(exception, TimeLimitExceeded):
-        job = store_for(sender.app).get(task_id)
+        store = store_for(sender.app)
+        job = store.get(task_id)
         if job is not None:
             CeleryPublisher(sender.app).publish(job, countdown=retry_in)
+            store.mark_published([SentMessage.of(job)], utcnow())
 
 
 def record_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Protocol
 
 import kombu.exceptions
@@ -72,14 +73,18 @@ class CeleryPublisher:
         )
 
     def remove_dead_letter(self, job_id: str) -> None:
+        self.remove_dead_letters({job_id})
+
+    def remove_dead_letters(self, job_ids: Collection[str]) -> None:
+        """One pass over the dead-letter queue, removing the messages of these jobs."""
         try:
             with self.app.connection_for_write() as connection:
                 client = connection.default_channel.client
                 for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
-                    if json.loads(raw).get("headers", {}).get("id") == job_id:
+                    if json.loads(raw).get("headers", {}).get("id") in job_ids:
                         client.lrem(DEAD_LETTER_QUEUE, 0, raw)
         except _BROKER_ERRORS as exc:
-            log.warning("could not remove job %s from the dead-letter queue: %s", job_id, exc)
+            log.warning("could not remove %d job(s) from the dead-letter queue: %s", len(job_ids), exc)
 
     def terminate(self, job_id: str) -> None:
         try:

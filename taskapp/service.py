@@ -6,11 +6,12 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -22,16 +23,21 @@ from taskapp.errors import (
     JobNotFound,
     JobNotRetryable,
     PayloadTooLarge,
+    StoreUnavailable,
 )
-from taskapp.jobs import CancelOutcome, Job, JobFilter, JobState, NewJob, Priority
+from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH, fault_point
+from taskapp.jobs import CancelOutcome, Job, JobFilter, JobState, NewJob, Priority, SentMessage
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
 from taskapp.store import JobStore, utcnow
+
+log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ATTEMPTS_RANGE = (1, 100)
 TIMEOUT_SECONDS_RANGE = (1, 86_400)
+MAX_SCHEDULE_AHEAD = timedelta(days=365)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
 
@@ -46,6 +52,8 @@ class SubmitRequest:
     payload: dict[str, Any] | None = None
     max_attempts: int | None = None
     timeout_seconds: int | None = None
+    #: Timezone-aware; in the future it makes the job SCHEDULED, in the past it means now.
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +132,13 @@ class JobService:
             handler.timeout_seconds if request.timeout_seconds is None else request.timeout_seconds,
             TIMEOUT_SECONDS_RANGE,
         )
+        if request.run_at is not None and request.run_at > self._clock() + MAX_SCHEDULE_AHEAD:
+            raise InvalidArgument("run_at", f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
         priority = request.priority or Priority.DEFAULT
-        fingerprint = hashlib.sha256(
-            _canonical_json([request.type, priority.value, payload, max_attempts, timeout_seconds]).encode()
-        ).hexdigest()
+        identity: list[Any] = [request.type, priority.value, payload, max_attempts, timeout_seconds]
+        if request.run_at is not None:
+            identity.append(request.run_at.isoformat())
+        fingerprint = hashlib.sha256(_canonical_json(identity).encode()).hexdigest()
         return NewJob(
             job_id=request.job_id or self._new_job_id(),
             type=request.type,
@@ -136,6 +147,7 @@ class JobService:
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
             fingerprint=fingerprint,
+            run_at=request.run_at,
         )
 
     @staticmethod
@@ -147,7 +159,9 @@ class JobService:
     def submit(self, request: SubmitRequest) -> SubmitOutcome:
         """Commit the job row, then publish it. A repeated job_id returns the existing job if the request matches.
 
-        If publishing fails the row is removed again and the caller gets UNAVAILABLE: no half-created job.
+        If publishing fails the row is removed again and the caller gets UNAVAILABLE: no half-created job. If
+        this process dies between the commit and the publish, the row says a message is owed and the scheduler
+        sends it (the outbox). A SCHEDULED job is published by the scheduler when it is due.
         """
         new = self.validate(request)
         job, created = self.store.create(new, self._clock())
@@ -155,12 +169,23 @@ class JobService:
             if job.fingerprint != new.fingerprint:
                 raise JobAlreadyExists(new.job_id)
             return SubmitOutcome(job=job, created=False)
-        try:
-            self.publisher.publish(job)
-        except BrokerUnavailable:
-            self.store.discard(job.job_id)
-            raise
+        if job.state is JobState.QUEUED:
+            fault_point(AFTER_COMMIT_BEFORE_PUBLISH)
+            try:
+                self.publisher.publish(job)
+            except BrokerUnavailable:
+                self.store.discard(job.job_id)
+                raise
+            self._mark_published(job)
         return SubmitOutcome(job=job, created=True)
+
+    def _mark_published(self, job: Job) -> None:
+        """The job is committed and its message sent; if this write is lost the scheduler sends a harmless
+        duplicate, so the caller still gets its answer."""
+        try:
+            self.store.mark_published([SentMessage.of(job)], self._clock())
+        except StoreUnavailable as exc:
+            log.warning("job %s published but not marked so: %s", job.job_id, exc)
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(self.check_job_id(job_id))
@@ -188,6 +213,7 @@ class JobService:
         except BrokerUnavailable:
             self.store.unqueue(job_id, previous, self._clock())
             raise
+        self._mark_published(job)
         self.publisher.remove_dead_letter(job_id)
         return job
 

@@ -7,7 +7,8 @@ at a time. The same code serves SQLite (embedded default) and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import builtins
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -19,15 +20,18 @@ from sqlmodel import Field, SQLModel
 
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
+    AWAITING_MESSAGE_STATES,
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,
     RETRYABLE_BY_REQUEST,
+    TERMINAL_STATES,
     CancelOutcome,
     Job,
     JobFilter,
     JobState,
     NewJob,
     Priority,
+    SentMessage,
 )
 
 #: SQLite only auto-increments `INTEGER PRIMARY KEY`; PostgreSQL gets a BIGINT identity.
@@ -35,6 +39,7 @@ _SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 #: JSONB on PostgreSQL, JSON text on SQLite; Python None is stored as SQL NULL.
 _JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 _TIMESTAMP = sa.DateTime(timezone=True)
+_UNPUBLISHED = sa.text("published_at IS NULL")
 
 
 class JobRow(SQLModel, table=True):
@@ -43,6 +48,12 @@ class JobRow(SQLModel, table=True):
         sa.Index("ix_jobs_state_seq", "state", "seq"),
         sa.Index("ix_jobs_type_seq", "type", "seq"),
         sa.Index("ix_jobs_priority_seq", "priority", "seq"),
+        # The scheduler's queries: due SCHEDULED jobs, the outbox, and finished jobs past retention.
+        sa.Index("ix_jobs_state_scheduled_at", "state", "scheduled_at"),
+        sa.Index(
+            "ix_jobs_unpublished", "updated_at", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED
+        ),
+        sa.Index("ix_jobs_finished_at", "finished_at"),
     )
 
     seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
@@ -66,6 +77,9 @@ class JobRow(SQLModel, table=True):
     #: Until when the current run may be live: its hard time limit plus a margin. A RUNNING job past its
     #: lease lost its worker, and the next delivery of its message may claim it again.
     lease_expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    #: When the message the job's state calls for reached the broker. NULL in QUEUED or RETRYING means one is
+    #: owed: the gateway or worker died between the commit and the publish, and the scheduler sends it.
+    published_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
 
 
 class JobEventRow(SQLModel, table=True):
@@ -94,6 +108,10 @@ class JobStore(Protocol):
 
     def discard(self, job_id: str) -> None:
         """Delete a job that was created but could not be published (it never ran)."""
+        ...
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        """Record that these messages reached the broker, for jobs still in the state they were sent for."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...
@@ -212,6 +230,7 @@ def _to_job(row: sa.Row[Any]) -> Job:
         seq=m["seq"],
         fingerprint=m["fingerprint"],
         lease_expires_at=_aware(m["lease_expires_at"]),
+        published_at=_aware(m["published_at"]),
     )
 
 
@@ -250,13 +269,15 @@ class SqlJobStore:
         )
 
     def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
+        scheduled = new.run_at is not None and new.run_at > now
+        state = JobState.SCHEDULED if scheduled else JobState.QUEUED
         insert = (
             self._insert(jobs_table)
             .values(
                 job_id=new.job_id,
                 type=new.type,
                 priority=new.priority.value,
-                state=JobState.QUEUED.value,
+                state=state.value,
                 payload=new.payload,
                 attempts=0,
                 max_attempts=new.max_attempts,
@@ -265,7 +286,7 @@ class SqlJobStore:
                 fingerprint=new.fingerprint,
                 created_at=now,
                 updated_at=now,
-                scheduled_at=now,
+                scheduled_at=new.run_at if scheduled else now,
                 worker="",
             )
             .on_conflict_do_nothing(index_elements=["job_id"])
@@ -274,7 +295,7 @@ class SqlJobStore:
         with self._transaction() as conn:
             row = conn.execute(insert).first()
             if row is not None:
-                self._event(conn, new.job_id, JobState.QUEUED, 0, now)
+                self._event(conn, new.job_id, state, 0, now)
                 return _to_job(row), True
             existing = conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id == new.job_id)).one()
             return _to_job(existing), False
@@ -290,6 +311,18 @@ class SqlJobStore:
             )
             if deleted.rowcount:
                 conn.execute(events_table.delete().where(events_table.c.job_id == job_id))
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        c = jobs_table.c
+        keys = [(message.job_id, message.state.value, message.attempts) for message in sent]
+        if not keys:
+            return
+        with self._transaction() as conn:
+            conn.execute(
+                jobs_table.update()
+                .where(sa.tuple_(c.job_id, c.state, c.attempts).in_(keys), c.published_at.is_(None))
+                .values(published_at=now)
+            )
 
     def get(self, job_id: str) -> Job | None:
         with self._transaction() as conn:
@@ -367,6 +400,31 @@ class SqlJobStore:
             self._event(conn, job_id, JobState.RUNNING, job.attempts, now, worker)
             return job
 
+    def release(self, job_id: str, worker: str, now: datetime) -> bool:
+        """RUNNING on `worker` -> QUEUED, uncounting the attempt: the worker stopped the run to shut down, and
+        the broker keeps the message (restored when the worker's channel closes)."""
+        c = jobs_table.c
+        with self._transaction() as conn:
+            row = conn.execute(
+                jobs_table.update()
+                .where(c.job_id == job_id, c.state == JobState.RUNNING.value, c.worker == worker)
+                .values(
+                    state=JobState.QUEUED.value,
+                    attempts=c.attempts - 1,
+                    updated_at=now,
+                    started_at=None,
+                    lease_expires_at=None,
+                    published_at=now,
+                )
+                .returning(c.attempts)
+            ).first()
+            if row is None:
+                return False
+            self._event(
+                conn, job_id, JobState.QUEUED, row.attempts, now, "returned to the queue: worker shut down"
+            )
+            return True
+
     def _running(self, job_id: str, attempt: int | None) -> tuple[sa.ColumnElement[bool], ...]:
         """The guard of a run's outcome: still RUNNING, and on that attempt when it is known."""
         guard = (jobs_table.c.job_id == job_id, jobs_table.c.state == JobState.RUNNING.value)
@@ -402,7 +460,12 @@ class SqlJobStore:
         retry_at: datetime | None,
     ) -> JobState | None:
         c = jobs_table.c
-        values: dict[str, Any] = {"last_error": error, "updated_at": now, "lease_expires_at": None}
+        values: dict[str, Any] = {
+            "last_error": error,
+            "updated_at": now,
+            "lease_expires_at": None,
+            "published_at": None,
+        }
         if retry_at is None:
             values.update(state=JobState.FAILED.value, finished_at=now)
         else:
@@ -434,7 +497,13 @@ class SqlJobStore:
             updated = conn.execute(
                 jobs_table.update()
                 .where(jobs_table.c.job_id == job_id, jobs_table.c.state == previous.value)
-                .values(state=JobState.QUEUED.value, attempts=0, updated_at=now, scheduled_at=now)
+                .values(
+                    state=JobState.QUEUED.value,
+                    attempts=0,
+                    updated_at=now,
+                    scheduled_at=now,
+                    published_at=None,
+                )
                 .returning(*jobs_table.c)
             ).first()
             if updated is None:
@@ -455,3 +524,93 @@ class SqlJobStore:
             )
             if updated.rowcount:
                 self._event(conn, job_id, back_to, 0, now, "retry could not be published")
+
+    # The scheduler's and `taskapp reconcile`'s queries.
+    # (`builtins.list`: this class's own `list` method shadows the builtin in annotations below it.)
+
+    def promote_due(self, now: datetime, limit: int) -> builtins.list[Job]:
+        """SCHEDULED jobs whose time has come -> QUEUED (their messages owed), oldest due first."""
+        c = jobs_table.c
+        due = (
+            sa.select(c.seq)
+            .where(c.state == JobState.SCHEDULED.value, c.scheduled_at <= now)
+            .order_by(c.scheduled_at)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(
+                jobs_table.update()
+                .where(c.seq.in_(due.scalar_subquery()), c.state == JobState.SCHEDULED.value)
+                .values(state=JobState.QUEUED.value, updated_at=now, published_at=None)
+                .returning(*jobs_table.c)
+            ).all()
+            jobs = [_to_job(row) for row in rows]
+            if jobs:
+                conn.execute(
+                    events_table.insert(),
+                    [
+                        {"job_id": job.job_id, "state": JobState.QUEUED.value, "attempt": 0, "at": now}
+                        for job in jobs
+                    ],
+                )
+        return jobs
+
+    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
+        """Jobs owed a message since before `written_before`: their writer died between commit and publish."""
+        c = jobs_table.c
+        query = (
+            sa.select(jobs_table)
+            .where(
+                c.published_at.is_(None),
+                c.state.in_(_states(AWAITING_MESSAGE_STATES)),
+                c.updated_at < written_before,
+            )
+            .order_by(c.updated_at)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [_to_job(row) for row in conn.execute(query)]
+
+    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+        """Jobs that need a message in the broker to make progress: QUEUED, RETRYING, or RUNNING on a run whose
+        lease has ended (its worker is gone). Keyset-paged by `seq`."""
+        c = jobs_table.c
+        query = (
+            sa.select(jobs_table)
+            .where(
+                c.seq > after_seq,
+                sa.or_(
+                    c.state.in_(_states(AWAITING_MESSAGE_STATES)),
+                    sa.and_(c.state == JobState.RUNNING.value, c.lease_expires_at < now),
+                ),
+            )
+            .order_by(c.seq)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [_to_job(row) for row in conn.execute(query)]
+
+    def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
+        """Delete up to `limit` jobs that finished before `finished_before`, with their events."""
+        c = jobs_table.c
+        expired = (
+            sa.select(c.seq)
+            .where(c.finished_at < finished_before, c.state.in_(_states(TERMINAL_STATES)))
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(
+                jobs_table.delete()
+                .where(
+                    c.seq.in_(expired.scalar_subquery()),
+                    c.finished_at < finished_before,
+                    c.state.in_(_states(TERMINAL_STATES)),
+                )
+                .returning(c.job_id, c.state)
+            ).all()
+            purged = [(row.job_id, JobState(row.state)) for row in rows]
+            if purged:
+                conn.execute(
+                    events_table.delete().where(events_table.c.job_id.in_([job_id for job_id, _ in purged]))
+                )
+        return purged

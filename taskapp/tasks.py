@@ -17,12 +17,13 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
+from taskapp import worker_shutdown
 from taskapp.app import app
 from taskapp.errors import PermanentError
-from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, hard_time_limit, lease_seconds
+from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
 from taskapp.routing import queue_for, task_name
@@ -66,11 +67,23 @@ class JobRequest(Request):  # type: ignore[misc]
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if self._already_cancelled or worker_shutdown.stopping_runs.is_set():
+            # The worker itself stopped this run to shut down (`taskapp.worker_shutdown`, or a cold shutdown):
+            # not the job's failure. Back to QUEUED, the attempt uncounted; Celery gives the message back.
+            store_for(self.task.app).release(self.id, self.hostname, utcnow())
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+            return
         # Billiard may report the child's exit (SystemExit) before Celery turns it into WorkerLostError.
         if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
             # The pool process died mid-run; Celery gives the message back (reject_on_worker_lost). Count the
             # run as a failed attempt first, so a job that kills its worker every time ends in the dead letters.
-            end_failed_run(self.task, self.id, None, f"worker process lost: {exc}", retry_in=0.0)
+            state = end_failed_run(self.task, self.id, None, f"worker process lost: {exc}", retry_in=0.0)
+            if state is JobState.RETRYING:
+                # The broker keeps this very message for the next attempt: none is owed.
+                store = store_for(self.task.app)
+                job = store.get(self.id)
+                if job is not None:
+                    store.mark_published([SentMessage.of(job)], utcnow())
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
@@ -108,7 +121,14 @@ class JobTask(Task):  # type: ignore[misc]
         if state is not JobState.RETRYING:
             log.info("job %s moved on (%s) while failing: no retry", self.request.id, state)
             raise Ignore()
-        return super().retry(*args, exc=exc, countdown=countdown, **options)
+        try:
+            return super().retry(*args, exc=exc, countdown=countdown, **options)
+        except Retry:
+            # Celery raises Retry once the next attempt's message is sent. Had sending failed, the job would stay
+            # owed a message, and the scheduler would send it.
+            sent = SentMessage(self.request.id, JobState.RETRYING, attempt)
+            store_for(self.app).mark_published([sent], utcnow())
+            raise
 
 
 def end_failed_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from taskapp.jobs import (
     JobFilter,
     JobState,
     NewJob,
+    SentMessage,
 )
 
 
@@ -33,11 +35,12 @@ class InMemoryJobStore:
             if new.job_id in self.jobs:
                 return self.jobs[new.job_id], False
             self._seq += 1
+            scheduled = new.run_at is not None and new.run_at > now
             job = Job(
                 job_id=new.job_id,
                 type=new.type,
                 priority=new.priority,
-                state=JobState.QUEUED,
+                state=JobState.SCHEDULED if scheduled else JobState.QUEUED,
                 payload=new.payload,
                 result=None,
                 attempts=0,
@@ -46,7 +49,7 @@ class InMemoryJobStore:
                 timeout_seconds=new.timeout_seconds,
                 created_at=now,
                 updated_at=now,
-                scheduled_at=now,
+                scheduled_at=new.run_at if new.run_at is not None and scheduled else now,
                 started_at=None,
                 finished_at=None,
                 worker="",
@@ -54,7 +57,7 @@ class InMemoryJobStore:
                 fingerprint=new.fingerprint,
             )
             self.jobs[job.job_id] = job
-            self.events.append((job.job_id, JobState.QUEUED, 0))
+            self.events.append((job.job_id, job.state, 0))
             return job, True
 
     def discard(self, job_id: str) -> None:
@@ -63,6 +66,13 @@ class InMemoryJobStore:
             if job is not None and job.state is JobState.QUEUED and job.attempts == 0:
                 del self.jobs[job_id]
                 self.events = [e for e in self.events if e[0] != job_id]
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        with self._lock:
+            for message in sent:
+                job = self.jobs.get(message.job_id)
+                if job is not None and (job.state, job.attempts) == (message.state, message.attempts):
+                    self.jobs[job.job_id] = dataclasses.replace(job, published_at=job.published_at or now)
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -144,7 +154,9 @@ class InMemoryJobStore:
             if retry_at is None:
                 self._move(job, JobState.FAILED, now, last_error=error, finished_at=now)
             elif job.attempts < job.max_attempts:
-                self._move(job, JobState.RETRYING, now, last_error=error, scheduled_at=retry_at)
+                self._move(
+                    job, JobState.RETRYING, now, last_error=error, scheduled_at=retry_at, published_at=None
+                )
             else:
                 self._move(job, JobState.DEAD_LETTER, now, last_error=error, finished_at=now)
             return self.jobs[job_id].state
@@ -154,7 +166,8 @@ class InMemoryJobStore:
             job = self.jobs.get(job_id)
             if job is None or job.state not in RETRYABLE_BY_REQUEST:
                 return None
-            return self._move(job, JobState.QUEUED, now, attempts=0, scheduled_at=now), job.state
+            requeued = self._move(job, JobState.QUEUED, now, attempts=0, scheduled_at=now, published_at=None)
+            return requeued, job.state
 
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         with self._lock:

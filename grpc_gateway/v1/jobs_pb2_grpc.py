@@ -79,7 +79,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a queued, retrying or running job; a finished job answers cancelled=false.
+        """Cancels a scheduled, queued, retrying or running job; a finished job answers cancelled=false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,10 +62,11 @@ class Stack:
     address: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, **extra_env: str) -> None:
+    def start(self, name: str, line: str | None = None, **extra_env: str) -> None:
+        """Start Procfile line `line` (default: `name`) as process `name`."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
         self.processes[name] = subprocess.Popen(
-            shlex.split(procfile()[name]),
+            shlex.split(procfile()[line or name]),
             cwd=self.workdir,
             env={**self.env, **extra_env},
             stdout=log,
@@ -77,8 +78,8 @@ class Stack:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_gateway(self) -> None:
-        self.start("gateway")
+    def start_gateway(self, **extra_env: str) -> None:
+        self.start("gateway", **extra_env)
         channel = grpc.insecure_channel(self.address)
         health = health_pb2_grpc.HealthStub(channel)
 
@@ -97,6 +98,10 @@ class Stack:
     def start_worker(self, concurrency: int = 2) -> None:
         self.start("worker", TASKAPP_WORKER_CONCURRENCY=str(concurrency))
         wait_for(lambda: " ready." in self.log("worker"), 60, "the worker to be ready")
+
+    def start_scheduler(self, name: str = "scheduler", **extra_env: str) -> None:
+        self.start(name, "scheduler", **extra_env)
+        wait_for(lambda: "starting" in self.log(name), 30, f"{name} to start")
 
     def stop(self, name: str, timeout: float = 20) -> None:
         process = self.processes.pop(name, None)
@@ -152,11 +157,19 @@ class Stack:
 def make_stack(
     tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
 ) -> Iterator[Callable[..., Stack]]:
-    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, **env)`. All stop at teardown."""
+    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=False, **env)`.
+
+    All stop at teardown."""
     stacks: list[Stack] = []
     redis_urls: list[str] = []
 
-    def make(backend: str = "postgres", worker: bool = True, concurrency: int = 2, **extra_env: str) -> Stack:
+    def make(
+        backend: str = "postgres",
+        worker: bool = True,
+        concurrency: int = 2,
+        scheduler: bool = False,
+        **extra_env: str,
+    ) -> Stack:
         workdir = tmp_path / f"stack{len(stacks)}"
         workdir.mkdir()
         redis_url = redis_databases.acquire()
@@ -171,6 +184,8 @@ def make_stack(
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
             "PYTHONPATH": str(ROOT),
             "TASKAPP_HANDLER_MODULES": "tests.handlers_for_tests",
+            # Stopping a stack must not wait out long test jobs.
+            "TASKAPP_WORKER_SHUTDOWN_TIMEOUT": "2",
             **extra_env,
         }
         stack = Stack(workdir=workdir, env=env, address=f"127.0.0.1:{port}")
@@ -178,6 +193,8 @@ def make_stack(
         stack.start_gateway()
         if worker:
             stack.start_worker(concurrency)
+        if scheduler:
+            stack.start_scheduler()
         return stack
 
     yield make

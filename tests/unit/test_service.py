@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from taskapp.errors import (
@@ -73,6 +75,7 @@ def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobServi
         {"max_attempts": 5},
         {"timeout_seconds": 10},
         {"type": "noop"},
+        {"run_at": utcnow() + timedelta(hours=1)},
     ],
 )
 def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
@@ -99,6 +102,7 @@ def test_same_id_different_request_is_already_exists(service: JobService, change
         ({"type": "echo", "timeout_seconds": 0}, InvalidArgument, "timeout_seconds"),
         ({"type": "echo", "timeout_seconds": 86_401}, InvalidArgument, "timeout_seconds"),
         ({"type": "echo", "payload": {"blob": "x" * (256 * 1024)}}, PayloadTooLarge, "payload"),
+        ({"type": "echo", "run_at": utcnow() + timedelta(days=366)}, InvalidArgument, "run_at"),
     ],
 )
 def test_invalid_submit_names_the_field_and_writes_nothing(
@@ -118,6 +122,21 @@ def test_invalid_submit_names_the_field_and_writes_nothing(
 def test_limits_are_inclusive(service: JobService) -> None:
     service.submit(SubmitRequest(type="echo", job_id="a" * 128, max_attempts=100, timeout_seconds=86_400))
     service.submit(SubmitRequest(type="echo", job_id="a.b_c:d-E9", max_attempts=1, timeout_seconds=1))
+
+
+def test_a_future_run_at_is_scheduled_and_not_published(
+    service: JobService, publisher: InMemoryPublisher
+) -> None:
+    run_at = utcnow() + timedelta(days=365) - timedelta(seconds=5)
+    job = service.submit(SubmitRequest(type="echo", run_at=run_at)).job
+    assert (job.state, job.scheduled_at) == (JobState.SCHEDULED, run_at)
+    assert publisher.published == [], "the scheduler publishes it when due"
+
+
+def test_a_published_job_is_marked_so(service: JobService, store: InMemoryJobStore) -> None:
+    job = service.submit(SubmitRequest(type="echo")).job
+    stored = store.get(job.job_id)
+    assert stored is not None and stored.published_at is not None
 
 
 def test_broker_down_leaves_no_job(

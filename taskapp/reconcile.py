@@ -1,0 +1,88 @@
+"""`taskapp reconcile`: after the broker lost its data, send again every message SQL says should be there.
+
+Redis keeps its queues in memory; a restart without persistence, a failover or a FLUSHDB loses them while SQL
+still says QUEUED. This reads which jobs the broker holds a message for (every priority queue, with the Redis
+transport's priority sub-lists, and the messages workers hold unacknowledged) and publishes the jobs that need
+one and have none: QUEUED, RETRYING (keeping the rest of its back-off), and RUNNING whose lease ended with no
+worker left to finish it. A message that was in flight while this ran may end up doubled, which is harmless:
+the claim lets only one delivery run the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+from taskapp.jobs import SentMessage
+from taskapp.publisher import CeleryPublisher
+from taskapp.routing import PRIORITY_QUEUES
+from taskapp.scheduler import time_left
+from taskapp.store import SqlJobStore, utcnow
+
+log = logging.getLogger(__name__)
+
+#: kombu's Redis transport: a message with a priority goes to `<queue>\x06\x16<step>` (steps 3, 6, 9), and a
+#: delivered message waits in the `unacked` hash until its worker acknowledges it.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+UNACKED_KEY = "unacked"
+CHUNK = 1_000
+BATCH = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    in_broker: int
+    checked: int
+    republished: int
+
+
+def _job_id(message: object) -> str | None:
+    if isinstance(message, dict):
+        job_id = message.get("headers", {}).get("id")
+        return job_id if isinstance(job_id, str) else None
+    return None
+
+
+def _queue_keys() -> Iterator[str]:
+    for queue in PRIORITY_QUEUES:
+        yield queue
+        for step in PRIORITY_STEPS:
+            yield f"{queue}{PRIORITY_SEPARATOR}{step}"
+
+
+def job_ids_in_broker(client: redis.Redis) -> set[str]:
+    """Ids of the jobs with a message in a priority queue or held unacknowledged by a worker."""
+    found: set[str] = set()
+    for key in _queue_keys():
+        for start in range(0, int(client.llen(key)), CHUNK):
+            for raw in client.lrange(key, start, start + CHUNK - 1):
+                if job_id := _job_id(json.loads(raw)):
+                    found.add(job_id)
+    for _, raw in client.hscan_iter(UNACKED_KEY, count=CHUNK):
+        # Each entry is [message, exchange, routing_key].
+        entry = json.loads(raw)
+        if isinstance(entry, list) and entry and (job_id := _job_id(entry[0])):
+            found.add(job_id)
+    return found
+
+
+def reconcile(store: SqlJobStore, publisher: CeleryPublisher, client: redis.Redis) -> ReconcileReport:
+    in_broker = job_ids_in_broker(client)
+    checked = republished = 0
+    after_seq = 0
+    while jobs := store.awaiting_run(utcnow(), after_seq, BATCH):
+        after_seq = jobs[-1].seq
+        checked += len(jobs)
+        missing = [job for job in jobs if job.job_id not in in_broker]
+        now = utcnow()
+        for job in missing:
+            publisher.publish(job, countdown=time_left(job, now))
+        store.mark_published([SentMessage.of(job) for job in missing], utcnow())
+        republished += len(missing)
+    log.info("reconcile: %d job(s) need a message, %d had none and were published", checked, republished)
+    return ReconcileReport(in_broker=len(in_broker), checked=checked, republished=republished)

@@ -1,0 +1,150 @@
+"""Issue 4, done-when 7: PostgreSQL or Redis going away makes SubmitJob answer UNAVAILABLE with nothing
+half-created, and both are used again once they are back, with no restart of our processes.
+
+Each test stops and starts a server of its own (a throwaway PostgreSQL cluster, a private redis-server), never
+the shared ones.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from grpc_gateway.v1 import jobs_pb2
+from taskapp.migrate import upgrade
+from taskapp.store import jobs_table
+from tests.acceptance.conftest import Stack, free_port, wait_for
+from tests.acceptance.test_jobs import sql_count, submit
+
+MakeStack = Callable[..., Stack]
+PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user when we are
+    root (initdb refuses to run as root)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self._user is not None:
+            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
+        self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, *command: object, check: bool = True) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
+        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
+
+    def stop(self) -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OwnRedis:
+    """A redis-server on a free port that keeps nothing on disk."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _answers(client), 10, "redis-server to answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    cluster = OwnPostgres()
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def submit_refused(stack: Stack, job_id: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        submit(stack, "echo", {"n": 1}, job_id=job_id)
+    return raised.value
+
+
+def test_postgres_down_then_back_without_restarting_the_gateway(
+    make_stack: MakeStack, own_postgres: OwnPostgres
+) -> None:
+    upgrade(own_postgres.url)
+    stack = make_stack(DATABASE_URL=own_postgres.url)
+    assert stack.wait_terminal(submit(stack, "echo", {"n": 0})).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    own_postgres.stop()
+    error = submit_refused(stack, "during-outage")
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert "database" in error.details()
+
+    own_postgres.start()
+    assert sql_count(stack, jobs_table, jobs_table.c.job_id == "during-outage") == 0, "nothing half-created"
+    job_id = submit(stack, "echo", {"n": 1}, job_id="during-outage")
+    assert stack.wait_terminal(job_id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert stack.processes["gateway"].poll() is None
+
+
+def test_redis_down_then_back_without_restarting_the_gateway(
+    make_stack: MakeStack, own_redis: OwnRedis
+) -> None:
+    stack = make_stack(REDIS_URL=own_redis.url)
+    assert stack.wait_terminal(submit(stack, "echo", {"n": 0})).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    own_redis.stop()
+    error = submit_refused(stack, "during-outage")
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert "broker" in error.details()
+    assert sql_count(stack, jobs_table, jobs_table.c.job_id == "during-outage") == 0, "nothing half-created"
+
+    own_redis.start()
+    job_id = submit(stack, "echo", {"n": 1}, job_id="during-outage")
+    assert stack.wait_terminal(job_id, timeout=60).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert stack.processes["gateway"].poll() is None
