@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
-from taskapp.jobs import Job, JobFilter, JobState, Priority
+from taskapp.jobs import Job, JobEvent, JobFilter, JobState, LogLine, Priority, QueueStats
 from taskapp.service import SubmitRequest
 
 _PRIORITY_TO_PB = {
@@ -48,15 +48,16 @@ def state_to_pb(state: JobState) -> jobs_pb2.JobState:
     return _STATE_TO_PB[state]
 
 
-def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest) -> SubmitRequest:
+def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest, field_prefix: str = "") -> SubmitRequest:
+    """`field_prefix` names the request within a batch (`jobs[3].`) in errors."""
     return SubmitRequest(
         job_id=request.job_id or None,
         type=request.type,
-        priority=priority_from_pb(request.priority),
+        priority=priority_from_pb(request.priority, f"{field_prefix}priority"),
         payload=json_format.MessageToDict(request.payload) if request.HasField("payload") else None,
         max_attempts=request.max_attempts if request.HasField("max_attempts") else None,
         timeout_seconds=request.timeout_seconds if request.HasField("timeout_seconds") else None,
-        run_at=_datetime(request.run_at, "run_at") if request.HasField("run_at") else None,
+        run_at=_datetime(request.run_at, f"{field_prefix}run_at") if request.HasField("run_at") else None,
     )
 
 
@@ -111,4 +112,98 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),
         worker=job.worker,
+        progress_percent=job.progress_percent,
+        progress_message=job.progress_message,
+    )
+
+
+def event_to_pb(event: JobEvent) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(
+        job_id=event.job_id,
+        state=state_to_pb(event.state),
+        attempt=event.attempt,
+        at=_timestamp(event.at),
+        message=event.message,
+        progress_percent=event.progress_percent,
+    )
+
+
+def log_line_to_pb(line: LogLine) -> jobs_pb2.LogLine:
+    return jobs_pb2.LogLine(
+        at=_timestamp(line.at), level=line.level, attempt=line.attempt, message=line.message
+    )
+
+
+def queue_stats_to_pb(stats: QueueStats) -> jobs_pb2.GetQueueStatsResponse:
+    return jobs_pb2.GetQueueStatsResponse(
+        queues=[
+            jobs_pb2.QueueDepth(queue=priority.value, priority=_PRIORITY_TO_PB[priority], depth=depth)
+            for priority, depth in stats.depths.items()
+        ],
+        dead_letter=stats.dead_letter,
+        scheduled=stats.scheduled,
+        workers=stats.workers,
+    )
+
+
+# From protobuf, for clients (`grpc_gateway.client`).
+
+
+def priority_to_pb(priority: Priority) -> jobs_pb2.Priority:
+    return _PRIORITY_TO_PB[priority]
+
+
+def _optional_datetime(message: Any, field: str) -> datetime | None:
+    return getattr(message, field).ToDatetime(tzinfo=UTC) if message.HasField(field) else None
+
+
+def job_from_pb(job: jobs_pb2.Job) -> Job:
+    """A `Job` as a client sees it (`seq` and `fingerprint` are the server's and read 0 and "")."""
+    return Job(
+        job_id=job.job_id,
+        type=job.type,
+        priority=_PRIORITY_FROM_PB.get(job.priority, Priority.DEFAULT),
+        state=_STATE_FROM_PB[job.state],
+        payload=json_format.MessageToDict(job.payload),
+        result=json_format.MessageToDict(job.result) if job.HasField("result") else None,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        last_error=job.last_error,
+        timeout_seconds=job.timeout_seconds,
+        created_at=job.created_at.ToDatetime(tzinfo=UTC),
+        updated_at=job.updated_at.ToDatetime(tzinfo=UTC),
+        scheduled_at=job.scheduled_at.ToDatetime(tzinfo=UTC),
+        started_at=_optional_datetime(job, "started_at"),
+        finished_at=_optional_datetime(job, "finished_at"),
+        worker=job.worker,
+        seq=0,
+        fingerprint="",
+        progress_percent=job.progress_percent if job.HasField("progress_percent") else None,
+        progress_message=job.progress_message,
+    )
+
+
+def event_from_pb(event: jobs_pb2.JobEvent) -> JobEvent:
+    return JobEvent(
+        job_id=event.job_id,
+        state=_STATE_FROM_PB[event.state],
+        attempt=event.attempt,
+        at=event.at.ToDatetime(tzinfo=UTC),
+        message=event.message,
+        progress_percent=event.progress_percent if event.HasField("progress_percent") else None,
+    )
+
+
+def log_line_from_pb(line: jobs_pb2.LogLine) -> LogLine:
+    return LogLine(
+        at=line.at.ToDatetime(tzinfo=UTC), level=line.level, attempt=line.attempt, message=line.message
+    )
+
+
+def queue_stats_from_pb(stats: jobs_pb2.GetQueueStatsResponse) -> QueueStats:
+    return QueueStats(
+        depths={_PRIORITY_FROM_PB[queue.priority]: queue.depth for queue in stats.queues},
+        dead_letter=stats.dead_letter,
+        scheduled=stats.scheduled,
+        workers=list(stats.workers),
     )

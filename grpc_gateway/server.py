@@ -11,11 +11,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_gateway.changes import ChangeListener
 from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.app import app as celery_app
+from taskapp.broker_stats import RedisBrokerStats
 from taskapp.config import Settings
 from taskapp.errors import TaskappError
+from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
 from taskapp.service import JobService
@@ -32,16 +35,19 @@ REFUSE_BEFORE_STOP = 0.5
 
 def build_service(settings: Settings) -> JobService:
     return JobService(
-        store=SqlJobStore.from_url(settings.database_url),
+        store=SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url)),
         publisher=CeleryPublisher(celery_app),
         registry=load_handlers(settings.handler_modules),
+        broker_stats=RedisBrokerStats(celery_app),
     )
 
 
 async def serve(settings: Settings) -> None:
     service = build_service(settings)
     server = grpc.aio.server()
-    servicer = JobServicer(service)
+    changes = ChangeListener(settings.redis_url)
+    listening = asyncio.create_task(changes.run())
+    servicer = JobServicer(service, changes)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
 
     health_servicer = health.aio.HealthServicer()
@@ -69,6 +75,8 @@ async def serve(settings: Settings) -> None:
     # not retry): keep answering a clear UNAVAILABLE a little longer, so callers move on first.
     await asyncio.sleep(REFUSE_BEFORE_STOP)
     await server.stop(None)
+    listening.cancel()
+    await changes.close()
 
 
 def main() -> None:

@@ -6,17 +6,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from grpc_gateway import convert
+from grpc_gateway.changes import ChangeListener
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.errors import TaskappError
 from taskapp.service import JobService
 
 log = logging.getLogger(__name__)
+
+#: Seconds a WatchJob stream waits for a change notification before it reads SQL anyway.
+WATCH_POLL_SECONDS = 1.0
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -74,9 +78,70 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     """The service's calls block on SQL and the broker, so they run in worker threads, off the event loop."""
 
-    def __init__(self, service: JobService) -> None:
+    def __init__(self, service: JobService, changes: ChangeListener) -> None:
         self.service = service
+        self.changes = changes
         self.gate = Gate()
+
+    @answers_errors
+    async def SubmitJobs(
+        self, request: jobs_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitJobsResponse:
+        requests = [
+            convert.submit_request_from_pb(job, f"jobs[{index}].") for index, job in enumerate(request.jobs)
+        ]
+        outcomes = await asyncio.to_thread(self.service.submit_many, requests)
+        return jobs_pb2.SubmitJobsResponse(
+            results=[
+                jobs_pb2.SubmitJobResponse(
+                    job_id=outcome.job.job_id,
+                    state=convert.state_to_pb(outcome.job.state),
+                    created=outcome.created,
+                )
+                for outcome in outcomes
+            ]
+        )
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """The job's latest event, then every newer one from `job_events`, until a terminal state. The stream
+        waits for a change notification, or a second at most, before reading SQL again."""
+        if self.gate.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
+        with self.changes.waiting_on(request.job_id) as changed:
+            try:
+                last = await asyncio.to_thread(self.service.latest_event, request.job_id)
+            except TaskappError as exc:
+                await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+            yield convert.event_to_pb(last)
+            while not last.state.is_terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+                changed.clear()
+                try:
+                    events = await asyncio.to_thread(self.service.events_after, request.job_id, last.seq)
+                except TaskappError:
+                    continue  # The database is away for a moment: look again.
+                for event in events:
+                    yield convert.event_to_pb(event)
+                    last = event
+                    if event.state.is_terminal:
+                        break
+
+    @answers_errors
+    async def GetJobLogs(
+        self, request: jobs_pb2.GetJobLogsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetJobLogsResponse:
+        lines = await asyncio.to_thread(self.service.logs, request.job_id)
+        return jobs_pb2.GetJobLogsResponse(lines=[convert.log_line_to_pb(line) for line in lines])
+
+    @answers_errors
+    async def GetQueueStats(
+        self, request: jobs_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetQueueStatsResponse:
+        stats = await asyncio.to_thread(self.service.queue_stats)
+        return convert.queue_stats_to_pb(stats)
 
     @answers_errors
     async def SubmitJob(

@@ -18,6 +18,7 @@ class InvalidArgument(TaskappError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 class PayloadTooLarge(TaskappError):

@@ -84,6 +84,9 @@ class Job:
     lease_expires_at: datetime | None = None
     #: When the message its state calls for reached the broker; None while one is owed (the outbox).
     published_at: datetime | None = None
+    #: What the handler last reported (`JobContext.report_progress`); None until it does.
+    progress_percent: int | None = None
+    progress_message: str = ""
 
 
 #: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
@@ -129,3 +132,34 @@ class CancelOutcome:
     #: The state before the call: a RUNNING job must also be stopped on its worker.
     previous_state: JobState
     state: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One change of a job: a state it entered, or a progress report (state RUNNING, `progress_percent` set)."""
+
+    job_id: str
+    state: JobState
+    attempt: int
+    at: datetime
+    message: str = ""
+    progress_percent: int | None = None
+    #: Position in the global event order; WatchJob resumes after it.
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    at: datetime
+    level: str
+    attempt: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    #: Messages waiting per priority, highest first.
+    depths: dict[Priority, int]
+    dead_letter: int
+    scheduled: int
+    workers: list[str]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
-from typing import Protocol
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import kombu.exceptions
 import redis.exceptions
@@ -32,6 +32,10 @@ class Publisher(Protocol):
         """Send the job's message to its priority queue; raise `BrokerUnavailable` if the broker is down."""
         ...
 
+    def publish_many(self, jobs: Sequence[Job]) -> None:
+        """`publish` for a batch, over one broker connection."""
+        ...
+
     def terminate(self, job_id: str) -> None:
         """Ask the workers to stop the job's current run (best effort: SQL already says CANCELLED)."""
         ...
@@ -47,7 +51,7 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def publish(self, job: Job, countdown: float | None = None) -> None:
+    def publish(self, job: Job, countdown: float | None = None, producer: Any = None) -> None:
         try:
             self.app.send_task(
                 task_name(job.type),
@@ -58,7 +62,18 @@ class CeleryPublisher:
                 soft_time_limit=job.timeout_seconds,
                 time_limit=hard_time_limit(job.timeout_seconds),
                 countdown=countdown,
+                producer=producer,
             )
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
+
+    def publish_many(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for job in jobs:
+                    self.publish(job, producer=producer)
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 

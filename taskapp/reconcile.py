@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
 
 from taskapp.jobs import SentMessage
 from taskapp.publisher import CeleryPublisher
-from taskapp.routing import PRIORITY_QUEUES
+from taskapp.routing import PRIORITY_QUEUES, broker_keys
 from taskapp.scheduler import time_left
 from taskapp.store import SqlJobStore, utcnow
 
 log = logging.getLogger(__name__)
 
-#: kombu's Redis transport: a message with a priority goes to `<queue>\x06\x16<step>` (steps 3, 6, 9), and a
-#: delivered message waits in the `unacked` hash until its worker acknowledges it.
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
+#: Where kombu's Redis transport keeps a delivered message until its worker acknowledges it.
 UNACKED_KEY = "unacked"
 CHUNK = 1_000
 BATCH = 1_000
@@ -48,17 +44,10 @@ def _job_id(message: object) -> str | None:
     return None
 
 
-def _queue_keys() -> Iterator[str]:
-    for queue in PRIORITY_QUEUES:
-        yield queue
-        for step in PRIORITY_STEPS:
-            yield f"{queue}{PRIORITY_SEPARATOR}{step}"
-
-
 def job_ids_in_broker(client: redis.Redis) -> set[str]:
     """Ids of the jobs with a message in a priority queue or held unacknowledged by a worker."""
     found: set[str] = set()
-    for key in _queue_keys():
+    for key in (key for queue in PRIORITY_QUEUES for key in broker_keys(queue)):
         for start in range(0, int(client.llen(key)), CHUNK):
             for raw in client.lrange(key, start, start + CHUNK - 1):
                 if job_id := _job_id(json.loads(raw)):

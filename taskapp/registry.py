@@ -11,7 +11,7 @@ import importlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -36,13 +36,25 @@ DEFAULT_TIMEOUT_SECONDS = 300
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
 
+def _ignore_progress(percent: int, message: str) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """What a handler knows about the run it is in."""
+    """What a handler knows about the run it is in. What it logs through `logger` is kept per attempt
+    (GetJobLogs); what it reports with `report_progress` shows in GetJob and WatchJob."""
 
     job_id: str
     attempt: int
     logger: logging.Logger
+    progress_sink: Callable[[int, str], None] = field(default=_ignore_progress, repr=False)
+
+    def report_progress(self, percent: int, message: str = "") -> None:
+        """`percent` from 0 to 100; `message` is cut to 200 characters."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be between 0 and 100, got {percent}")
+        self.progress_sink(percent, message[:200])
 
 
 @dataclass(frozen=True, slots=True)

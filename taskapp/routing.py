@@ -17,3 +17,13 @@ def queue_for(priority: Priority) -> str:
 def task_name(job_type: str) -> str:
     """The Celery task that runs a job type; the gateway publishes by this name alone."""
     return TASK_PREFIX + job_type
+
+
+#: kombu's Redis transport keeps a queue's messages with a priority in sub-lists `<queue>\x06\x16<step>`.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+
+
+def broker_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's waiting messages: the queue itself and its priority sub-lists."""
+    return [queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]

@@ -29,6 +29,7 @@ from redis.lock import Lock
 
 from taskapp.errors import BrokerUnavailable, StoreUnavailable
 from taskapp.jobs import Job, JobState, SentMessage
+from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.store import SqlJobStore, utcnow
 
@@ -191,9 +192,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    scheduler = Scheduler(
-        SqlJobStore.from_url(settings.database_url), CeleryPublisher(celery_app), retention=settings.retention
-    )
+    store = SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url))
+    scheduler = Scheduler(store, CeleryPublisher(celery_app), retention=settings.retention)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     stop = threading.Event()

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import hashlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
 
+from taskapp.broker_stats import BrokerStats
 from taskapp.errors import (
     BrokerUnavailable,
     InvalidArgument,
@@ -26,7 +28,18 @@ from taskapp.errors import (
     StoreUnavailable,
 )
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH, fault_point
-from taskapp.jobs import CancelOutcome, Job, JobFilter, JobState, NewJob, Priority, SentMessage
+from taskapp.jobs import (
+    CancelOutcome,
+    Job,
+    JobEvent,
+    JobFilter,
+    JobState,
+    LogLine,
+    NewJob,
+    Priority,
+    QueueStats,
+    SentMessage,
+)
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
 from taskapp.store import JobStore, utcnow
@@ -38,6 +51,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ATTEMPTS_RANGE = (1, 100)
 TIMEOUT_SECONDS_RANGE = (1, 86_400)
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
+MAX_BATCH = 1_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
 
@@ -93,12 +107,14 @@ class JobService:
         publisher: Publisher,
         registry: HandlerRegistry,
         *,
+        broker_stats: BrokerStats | None = None,
         new_job_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.registry = registry
+        self.broker_stats = broker_stats
         self._new_job_id = new_job_id
         self._clock = clock
 
@@ -187,6 +203,44 @@ class JobService:
         except StoreUnavailable as exc:
             log.warning("job %s published but not marked so: %s", job.job_id, exc)
 
+    def submit_many(self, requests: Sequence[SubmitRequest]) -> builtins.list[SubmitOutcome]:
+        """SubmitJob for up to 1,000 jobs: every one is validated before anything is written (the error names
+        `jobs[<index>]`), then all are written in one transaction and published together. If publishing fails,
+        the batch's new jobs are removed again and the caller gets UNAVAILABLE."""
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise InvalidArgument("jobs", f"must hold 1 to {MAX_BATCH} jobs, got {len(requests)}")
+        news: list[NewJob] = []
+        first_index: dict[str, int] = {}
+        for index, request in enumerate(requests):
+            try:
+                new = self.validate(request)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"jobs[{index}].{exc.field}", exc.problem) from None
+            except PayloadTooLarge as exc:
+                raise PayloadTooLarge(f"jobs[{index}].{exc}") from None
+            if new.job_id in first_index:
+                raise InvalidArgument(
+                    f"jobs[{index}].job_id", f"repeats jobs[{first_index[new.job_id]}].job_id"
+                )
+            first_index[new.job_id] = index
+            news.append(new)
+        results = self.store.create_many(news, self._clock())
+        for index, ((job, created), new) in enumerate(zip(results, news, strict=True)):
+            if not created and job.fingerprint != new.fingerprint:
+                raise JobAlreadyExists(f"jobs[{index}]: {new.job_id}")
+        fresh = [job for job, created in results if created and job.state is JobState.QUEUED]
+        try:
+            self.publisher.publish_many(fresh)
+        except BrokerUnavailable:
+            self.store.discard_many([job.job_id for job, created in results if created])
+            raise
+        if fresh:
+            try:
+                self.store.mark_published([SentMessage.of(job) for job in fresh], self._clock())
+            except StoreUnavailable as exc:
+                log.warning("%d job(s) published but not marked so: %s", len(fresh), exc)
+        return [SubmitOutcome(job=job, created=created) for job, created in results]
+
     def get(self, job_id: str) -> Job:
         job = self.store.get(self.check_job_id(job_id))
         if job is None:
@@ -216,6 +270,30 @@ class JobService:
         self._mark_published(job)
         self.publisher.remove_dead_letter(job_id)
         return job
+
+    def latest_event(self, job_id: str) -> JobEvent:
+        """The job's current state, as the event that put it there (WatchJob's first event)."""
+        event = self.store.latest_event(self.check_job_id(job_id))
+        if event is None:
+            raise JobNotFound(job_id)
+        return event
+
+    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]:
+        return self.store.events_after(job_id, after_seq)
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]:
+        self.get(job_id)
+        return self.store.logs(job_id)
+
+    def queue_stats(self) -> QueueStats:
+        if self.broker_stats is None:
+            raise BrokerUnavailable("broker statistics are not available here")
+        return QueueStats(
+            depths=self.broker_stats.depths(),
+            dead_letter=self.broker_stats.dead_letters(),
+            scheduled=self.store.count_scheduled(),
+            workers=self.broker_stats.workers(),
+        )
 
     def list(self, filter: JobFilter, page_size: int = 0, page_token: str = "") -> JobPage:
         """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""

@@ -8,7 +8,7 @@ at a time. The same code serves SQLite (embedded default) and PostgreSQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -27,8 +27,10 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     CancelOutcome,
     Job,
+    JobEvent,
     JobFilter,
     JobState,
+    LogLine,
     NewJob,
     Priority,
     SentMessage,
@@ -80,6 +82,9 @@ class JobRow(SQLModel, table=True):
     #: When the message the job's state calls for reached the broker. NULL in QUEUED or RETRYING means one is
     #: owed: the gateway or worker died between the commit and the publish, and the scheduler sends it.
     published_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    #: The handler's last progress report in the current attempt.
+    progress_percent: int | None = Field(default=None, nullable=True)
+    progress_message: str = Field(default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""})
 
 
 class JobEventRow(SQLModel, table=True):
@@ -93,10 +98,29 @@ class JobEventRow(SQLModel, table=True):
     state: str = Field(sa_type=sa.String(16))
     attempt: int
     message: str = Field(default="", sa_type=sa.Text)
+    #: Set on progress reports (state RUNNING).
+    progress: int | None = Field(default=None, nullable=True)
+
+
+class JobLogRow(SQLModel, table=True):
+    """A line a handler logged through its `JobContext.logger` (capped per job: `taskapp.joblogs`)."""
+
+    __tablename__ = "job_logs"
+
+    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
+    job_id: str = Field(sa_type=sa.String(128), index=True)
+    attempt: int
+    at: datetime = Field(sa_type=_TIMESTAMP)
+    level: str = Field(sa_type=sa.String(16))
+    message: str = Field(sa_type=sa.Text)
 
 
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
+logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
+#: Called after a commit with the ids of the jobs it changed (`taskapp.notify` publishes them for WatchJob).
+ChangeHook = Callable[[list[str]], None]
+_CHANGED = "taskapp.changed_jobs"
 
 
 class JobStore(Protocol):
@@ -153,6 +177,20 @@ class JobStore(Protocol):
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
         """FAILED/DEAD_LETTER/CANCELLED -> QUEUED with fresh attempts; returns the job and its previous state."""
         ...
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
+        """`create` for a batch, in one transaction; results in the order given."""
+        ...
+
+    def discard_many(self, job_ids: Sequence[str]) -> None: ...
+
+    def latest_event(self, job_id: str) -> JobEvent | None: ...
+
+    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]: ...
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]: ...
+
+    def count_scheduled(self) -> int: ...
 
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         """Undo `requeue` when its message could not be published."""
@@ -231,6 +269,22 @@ def _to_job(row: sa.Row[Any]) -> Job:
         fingerprint=m["fingerprint"],
         lease_expires_at=_aware(m["lease_expires_at"]),
         published_at=_aware(m["published_at"]),
+        progress_percent=m["progress_percent"],
+        progress_message=m["progress_message"],
+    )
+
+
+def _to_event(row: sa.Row[Any]) -> JobEvent:
+    at = _aware(row.at)
+    assert at is not None
+    return JobEvent(
+        job_id=row.job_id,
+        state=JobState(row.state),
+        attempt=row.attempt,
+        at=at,
+        message=row.message,
+        progress_percent=row.progress,
+        seq=row.seq,
     )
 
 
@@ -241,32 +295,46 @@ def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
 class SqlJobStore:
     """`JobStore` on SQLAlchemy Core over the SQLModel tables."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_change: ChangeHook | None = None) -> None:
         self.engine = engine
+        self.on_change = on_change
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
     @classmethod
-    def from_url(cls, url: str) -> SqlJobStore:
-        return cls(create_db_engine(url))
+    def from_url(cls, url: str, on_change: ChangeHook | None = None) -> SqlJobStore:
+        return cls(create_db_engine(url), on_change)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """One transaction; a lost or refused connection becomes `StoreUnavailable`."""
+        """One transaction; a lost or refused connection becomes `StoreUnavailable`. After the commit, the
+        change hook hears which jobs got events."""
+        changed: list[str] = []
         try:
             with self.engine.begin() as conn:
+                conn.info[_CHANGED] = changed
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"job database unavailable: {exc.orig or exc}") from exc
+        if changed and self.on_change is not None:
+            self.on_change(changed)
 
     def _event(
-        self, conn: Connection, job_id: str, state: JobState, attempt: int, at: datetime, message: str = ""
+        self,
+        conn: Connection,
+        job_id: str,
+        state: JobState,
+        attempt: int,
+        at: datetime,
+        message: str = "",
+        progress: int | None = None,
     ) -> None:
         conn.execute(
             events_table.insert().values(
-                job_id=job_id, state=state.value, attempt=attempt, at=at, message=message
+                job_id=job_id, state=state.value, attempt=attempt, at=at, message=message, progress=progress
             )
         )
+        conn.info[_CHANGED].append(job_id)
 
     def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
         scheduled = new.run_at is not None and new.run_at > now
@@ -389,6 +457,8 @@ class SqlJobStore:
                 updated_at=now,
                 worker=worker,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
+                progress_percent=None,
+                progress_message="",
             )
             .returning(*jobs_table.c)
         )
@@ -553,6 +623,7 @@ class SqlJobStore:
                         for job in jobs
                     ],
                 )
+                conn.info[_CHANGED].extend(job.job_id for job in jobs)
         return jobs
 
     def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
@@ -610,7 +681,166 @@ class SqlJobStore:
             ).all()
             purged = [(row.job_id, JobState(row.state)) for row in rows]
             if purged:
-                conn.execute(
-                    events_table.delete().where(events_table.c.job_id.in_([job_id for job_id, _ in purged]))
-                )
+                ids = [job_id for job_id, _ in purged]
+                conn.execute(events_table.delete().where(events_table.c.job_id.in_(ids)))
+                conn.execute(logs_table.delete().where(logs_table.c.job_id.in_(ids)))
         return purged
+
+    # Batches, progress, events and logs (WatchJob, GetJobLogs, SubmitJobs).
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
+        """`create` for many jobs in one transaction and one INSERT; results in the order given."""
+        rows = [
+            {
+                "job_id": new.job_id,
+                "type": new.type,
+                "priority": new.priority.value,
+                "state": (
+                    JobState.SCHEDULED if new.run_at is not None and new.run_at > now else JobState.QUEUED
+                ).value,
+                "payload": new.payload,
+                "attempts": 0,
+                "max_attempts": new.max_attempts,
+                "last_error": "",
+                "timeout_seconds": new.timeout_seconds,
+                "fingerprint": new.fingerprint,
+                "created_at": now,
+                "updated_at": now,
+                "scheduled_at": new.run_at if new.run_at is not None and new.run_at > now else now,
+                "worker": "",
+            }
+            for new in news
+        ]
+        insert = (
+            self._insert(jobs_table)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["job_id"])
+            .returning(*jobs_table.c)
+        )
+        with self._transaction() as conn:
+            created = {job.job_id: job for job in map(_to_job, conn.execute(insert))}
+            if created:
+                conn.execute(
+                    events_table.insert(),
+                    [
+                        {"job_id": job.job_id, "state": job.state.value, "attempt": 0, "at": now}
+                        for job in created.values()
+                    ],
+                )
+                conn.info[_CHANGED].extend(created)
+            others = [new.job_id for new in news if new.job_id not in created]
+            existing = (
+                {
+                    job.job_id: job
+                    for job in map(
+                        _to_job, conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id.in_(others)))
+                    )
+                }
+                if others
+                else {}
+            )
+        return [
+            (created[new.job_id], True) if new.job_id in created else (existing[new.job_id], False)
+            for new in news
+        ]
+
+    def discard_many(self, job_ids: Sequence[str]) -> None:
+        """`discard` for a batch that could not be published."""
+        with self._transaction() as conn:
+            deleted = (
+                conn.execute(
+                    jobs_table.delete()
+                    .where(
+                        jobs_table.c.job_id.in_(job_ids),
+                        jobs_table.c.state.in_([JobState.QUEUED.value, JobState.SCHEDULED.value]),
+                        jobs_table.c.attempts == 0,
+                    )
+                    .returning(jobs_table.c.job_id)
+                )
+                .scalars()
+                .all()
+            )
+            if deleted:
+                conn.execute(events_table.delete().where(events_table.c.job_id.in_(deleted)))
+
+    def latest_event(self, job_id: str) -> JobEvent | None:
+        """The job's newest event: its current state, and where WatchJob resumes."""
+        query = (
+            sa.select(events_table)
+            .where(events_table.c.job_id == job_id)
+            .order_by(events_table.c.seq.desc())
+            .limit(1)
+        )
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _to_event(row)
+
+    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]:
+        """The job's events newer than `after_seq`, oldest first. A job's events commit in `seq` order (each
+        transition locks the job's row), so reading past the last one seen never skips one."""
+        query = (
+            sa.select(events_table)
+            .where(events_table.c.job_id == job_id, events_table.c.seq > after_seq)
+            .order_by(events_table.c.seq)
+        )
+        with self._transaction() as conn:
+            return [_to_event(row) for row in conn.execute(query)]
+
+    def report_progress(self, job_id: str, attempt: int, percent: int, message: str, now: datetime) -> bool:
+        """Record a running attempt's progress on the job and as an event; False if the run is over."""
+        with self._transaction() as conn:
+            updated = conn.execute(
+                jobs_table.update()
+                .where(*self._running(job_id, attempt))
+                .values(progress_percent=percent, progress_message=message)
+            )
+            if updated.rowcount != 1:
+                return False
+            self._event(conn, job_id, JobState.RUNNING, attempt, now, message, progress=percent)
+            return True
+
+    def log_usage(self, job_id: str) -> tuple[int, int]:
+        """Lines and bytes of the job's stored logs, for the cap."""
+        query = sa.select(
+            sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(logs_table.c.message)), 0)
+        ).where(logs_table.c.job_id == job_id)
+        with self._transaction() as conn:
+            lines, size = conn.execute(query).one()
+        return int(lines), int(size)
+
+    def append_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
+        if not lines:
+            return
+        with self._transaction() as conn:
+            conn.execute(
+                logs_table.insert(),
+                [
+                    {
+                        "job_id": job_id,
+                        "attempt": line.attempt,
+                        "at": line.at,
+                        "level": line.level,
+                        "message": line.message,
+                    }
+                    for line in lines
+                ],
+            )
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]:
+        query = sa.select(logs_table).where(logs_table.c.job_id == job_id).order_by(logs_table.c.seq)
+        with self._transaction() as conn:
+            return [
+                LogLine(
+                    at=_aware(row.at) or row.at, level=row.level, attempt=row.attempt, message=row.message
+                )
+                for row in conn.execute(query)
+            ]
+
+    def count_scheduled(self) -> int:
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs_table)
+            .where(jobs_table.c.state == JobState.SCHEDULED.value)
+        )
+        with self._transaction() as conn:
+            return int(conn.execute(query).scalar_one())

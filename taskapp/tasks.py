@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +24,9 @@ from celery.worker.request import Request
 from taskapp import worker_shutdown
 from taskapp.app import app
 from taskapp.errors import PermanentError
+from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
+from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
 from taskapp.routing import queue_for, task_name
@@ -46,7 +49,9 @@ def store_for(celery_app: Celery) -> SqlJobStore:
     key = (os.getpid(), celery_app.conf.taskapp_database_url)
     store = _stores.get(key)
     if store is None:
-        store = _stores[key] = SqlJobStore.from_url(key[1])
+        store = _stores[key] = SqlJobStore.from_url(
+            key[1], on_change=ChangePublisher(celery_app.conf.broker_url)
+        )
     return store
 
 
@@ -180,10 +185,41 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
     # Celery stops retrying when the attempts left in SQL are used up (worker losses count too).
     task.override_max_retries = task.request.retries + job.max_attempts - job.attempts
     payload = task.handler.schema.model_validate(job.payload)
-    context = JobContext(
-        job_id=job_id, attempt=job.attempts, logger=logging.getLogger(f"handlers.{job.type}")
-    )
-    return task.handler.func(payload, context)
+    logger = logging.getLogger(f"handlers.{job.type}")
+    capture = JobLogCapture(store, job_id, job.attempts)
+    logger.addFilter(capture)
+    logger.addHandler(capture)
+    try:
+        context = JobContext(
+            job_id=job_id,
+            attempt=job.attempts,
+            logger=logger,
+            progress_sink=ProgressReporter(store, job_id, job.attempts),
+        )
+        return task.handler.func(payload, context)
+    finally:
+        logger.removeHandler(capture)
+        logger.removeFilter(capture)
+        capture.finish()
+
+
+class ProgressReporter:
+    """Writes a run's progress reports, at most a few per second (and always the 100 % one)."""
+
+    MIN_INTERVAL = 0.25
+
+    def __init__(self, store: SqlJobStore, job_id: str, attempt: int) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.attempt = attempt
+        self._last = 0.0
+
+    def __call__(self, percent: int, message: str) -> None:
+        now = time.monotonic()
+        if percent < 100 and now - self._last < self.MIN_INTERVAL:
+            return
+        self._last = now
+        self.store.report_progress(self.job_id, self.attempt, percent, message, utcnow())
 
 
 def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:

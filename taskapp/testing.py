@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,6 +59,13 @@ class InMemoryJobStore:
             self.jobs[job.job_id] = job
             self.events.append((job.job_id, job.state, 0))
             return job, True
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
+        return [self.create(new, now) for new in news]
+
+    def discard_many(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            self.discard(job_id)
 
     def discard(self, job_id: str) -> None:
         with self._lock:
@@ -189,6 +196,11 @@ class InMemoryPublisher:
         if self.down:
             raise BrokerUnavailable("broker unavailable: (in-memory publisher is down)")
         self.published.append(job)
+
+    def publish_many(self, jobs: Sequence[Job]) -> None:
+        if self.down:
+            raise BrokerUnavailable("broker unavailable: (in-memory publisher is down)")
+        self.published.extend(jobs)
 
     def terminate(self, job_id: str) -> None:
         self.terminated.append(job_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -35,3 +36,35 @@ def fail_while_file(payload: FileGate, job: JobContext) -> str:
     if Path(payload.path).exists():
         raise GateClosed(f"{payload.path} still exists")
     return "gate open"
+
+
+class Chatty(BaseModel):
+    lines: int
+    fail_times: int = 0
+
+
+class ChattyFailure(Exception):
+    """Raised by `chatty` on its first `fail_times` attempts; retryable."""
+
+
+@handler("chatty", schema=Chatty, retry_on=(ChattyFailure,))
+def chatty(payload: Chatty, job: JobContext) -> int:
+    """Logs `lines` lines on each attempt, failing the first `fail_times` attempts."""
+    for n in range(1, payload.lines + 1):
+        job.logger.info("line %d of attempt %d", n, job.attempt)
+    if job.attempt <= payload.fail_times:
+        raise ChattyFailure(f"attempt {job.attempt} fails on purpose")
+    return payload.lines
+
+
+class Steps(BaseModel):
+    steps: list[int]
+    pause: float = 0.3
+
+
+@handler("progress", schema=Steps)
+def progress(payload: Steps, job: JobContext) -> None:
+    """Reports each percent in `steps`, `pause` seconds apart."""
+    for percent in payload.steps:
+        job.report_progress(percent, f"step {percent}")
+        time.sleep(payload.pause)

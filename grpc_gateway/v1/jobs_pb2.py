@@ -26,35 +26,55 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agrpc_gateway/v1/jobs.proto\x12\ntaskapp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x08priority\x18\x03 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x05\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cscheduled_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\x10 \x01(\t\"\x8c\x02\n\x10SubmitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x08priority\x18\x03 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x0cmax_attempts\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0f\n\r_max_attemptsB\x12\n\x10_timeout_seconds\"Y\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.JobState\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x93\x01\n\x0fListJobsRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12&\n\x08priority\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.taskapp.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*v\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xe6\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x16\n\x12JOB_STATE_RETRYING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x19\n\x15JOB_STATE_DEAD_LETTER\x10\x07\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x08\x32\xd7\x02\n\nJobService\x12H\n\tSubmitJob\x12\x1c.taskapp.v1.SubmitJobRequest\x1a\x1d.taskapp.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x19.taskapp.v1.GetJobRequest\x1a\x0f.taskapp.v1.Job\x12H\n\tCancelJob\x12\x1c.taskapp.v1.CancelJobRequest\x1a\x1d.taskapp.v1.CancelJobResponse\x12\x45\n\x08ListJobs\x12\x1b.taskapp.v1.ListJobsRequest\x1a\x1c.taskapp.v1.ListJobsResponse\x12\x38\n\x08RetryJob\x12\x1b.taskapp.v1.RetryJobRequest\x1a\x0f.taskapp.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agrpc_gateway/v1/jobs.proto\x12\ntaskapp.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x08priority\x18\x03 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06result\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\n \x01(\x05\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cscheduled_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\x10 \x01(\t\x12\x1d\n\x10progress_percent\x18\x11 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10progress_message\x18\x12 \x01(\tB\x13\n\x11_progress_percent\"\x8c\x02\n\x10SubmitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x08priority\x18\x03 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x0cmax_attempts\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0ftimeout_seconds\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12*\n\x06run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0f\n\r_max_attemptsB\x12\n\x10_timeout_seconds\"Y\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.JobState\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x93\x01\n\x0fListJobsRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12&\n\x08priority\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.taskapp.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x11SubmitJobsRequest\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.taskapp.v1.SubmitJobRequest\"D\n\x12SubmitJobsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.taskapp.v1.SubmitJobResponse\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xbd\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x1d\n\x10progress_percent\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x13\n\x11_progress_percent\"#\n\x11GetJobLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"b\n\x07LogLine\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"8\n\x12GetJobLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.taskapp.v1.LogLine\"\x16\n\x14GetQueueStatsRequest\"R\n\nQueueDepth\x12\r\n\x05queue\x18\x01 \x01(\t\x12&\n\x08priority\x18\x02 \x01(\x0e\x32\x14.taskapp.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x03\"x\n\x15GetQueueStatsResponse\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.taskapp.v1.QueueDepth\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x02 \x01(\x03\x12\x11\n\tscheduled\x18\x03 \x01(\x03\x12\x0f\n\x07workers\x18\x04 \x03(\t*v\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x14\n\x10PRIORITY_DEFAULT\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xe6\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x16\n\x12JOB_STATE_RETRYING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x19\n\x15JOB_STATE_DEAD_LETTER\x10\x07\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x08\x32\x88\x05\n\nJobService\x12H\n\tSubmitJob\x12\x1c.taskapp.v1.SubmitJobRequest\x1a\x1d.taskapp.v1.SubmitJobResponse\x12\x34\n\x06GetJob\x12\x19.taskapp.v1.GetJobRequest\x1a\x0f.taskapp.v1.Job\x12H\n\tCancelJob\x12\x1c.taskapp.v1.CancelJobRequest\x1a\x1d.taskapp.v1.CancelJobResponse\x12\x45\n\x08ListJobs\x12\x1b.taskapp.v1.ListJobsRequest\x1a\x1c.taskapp.v1.ListJobsResponse\x12\x38\n\x08RetryJob\x12\x1b.taskapp.v1.RetryJobRequest\x1a\x0f.taskapp.v1.Job\x12K\n\nSubmitJobs\x12\x1d.taskapp.v1.SubmitJobsRequest\x1a\x1e.taskapp.v1.SubmitJobsResponse\x12?\n\x08WatchJob\x12\x1b.taskapp.v1.WatchJobRequest\x1a\x14.taskapp.v1.JobEvent0\x01\x12K\n\nGetJobLogs\x12\x1d.taskapp.v1.GetJobLogsRequest\x1a\x1e.taskapp.v1.GetJobLogsResponse\x12T\n\rGetQueueStats\x12 .taskapp.v1.GetQueueStatsRequest\x1a!.taskapp.v1.GetQueueStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpc_gateway.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1415
-  _globals['_PRIORITY']._serialized_end=1533
-  _globals['_JOBSTATE']._serialized_start=1536
-  _globals['_JOBSTATE']._serialized_end=1766
+  _globals['_PRIORITY']._serialized_start=2280
+  _globals['_PRIORITY']._serialized_end=2398
+  _globals['_JOBSTATE']._serialized_start=2401
+  _globals['_JOBSTATE']._serialized_end=2631
   _globals['_JOB']._serialized_start=106
-  _globals['_JOB']._serialized_end=644
-  _globals['_SUBMITJOBREQUEST']._serialized_start=647
-  _globals['_SUBMITJOBREQUEST']._serialized_end=915
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=917
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=1006
-  _globals['_GETJOBREQUEST']._serialized_start=1008
-  _globals['_GETJOBREQUEST']._serialized_end=1039
-  _globals['_CANCELJOBREQUEST']._serialized_start=1041
-  _globals['_CANCELJOBREQUEST']._serialized_end=1075
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1077
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1152
-  _globals['_RETRYJOBREQUEST']._serialized_start=1154
-  _globals['_RETRYJOBREQUEST']._serialized_end=1187
-  _globals['_LISTJOBSREQUEST']._serialized_start=1190
-  _globals['_LISTJOBSREQUEST']._serialized_end=1337
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1339
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1413
-  _globals['_JOBSERVICE']._serialized_start=1769
-  _globals['_JOBSERVICE']._serialized_end=2112
+  _globals['_JOB']._serialized_end=722
+  _globals['_SUBMITJOBREQUEST']._serialized_start=725
+  _globals['_SUBMITJOBREQUEST']._serialized_end=993
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=995
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1084
+  _globals['_GETJOBREQUEST']._serialized_start=1086
+  _globals['_GETJOBREQUEST']._serialized_end=1117
+  _globals['_CANCELJOBREQUEST']._serialized_start=1119
+  _globals['_CANCELJOBREQUEST']._serialized_end=1153
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1155
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1230
+  _globals['_RETRYJOBREQUEST']._serialized_start=1232
+  _globals['_RETRYJOBREQUEST']._serialized_end=1265
+  _globals['_LISTJOBSREQUEST']._serialized_start=1268
+  _globals['_LISTJOBSREQUEST']._serialized_end=1415
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1417
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1491
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=1493
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=1556
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=1558
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=1626
+  _globals['_WATCHJOBREQUEST']._serialized_start=1628
+  _globals['_WATCHJOBREQUEST']._serialized_end=1661
+  _globals['_JOBEVENT']._serialized_start=1664
+  _globals['_JOBEVENT']._serialized_end=1853
+  _globals['_GETJOBLOGSREQUEST']._serialized_start=1855
+  _globals['_GETJOBLOGSREQUEST']._serialized_end=1890
+  _globals['_LOGLINE']._serialized_start=1892
+  _globals['_LOGLINE']._serialized_end=1990
+  _globals['_GETJOBLOGSRESPONSE']._serialized_start=1992
+  _globals['_GETJOBLOGSRESPONSE']._serialized_end=2048
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=2050
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=2072
+  _globals['_QUEUEDEPTH']._serialized_start=2074
+  _globals['_QUEUEDEPTH']._serialized_end=2156
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=2158
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=2278
+  _globals['_JOBSERVICE']._serialized_start=2634
+  _globals['_JOBSERVICE']._serialized_end=3282
 # @@protoc_insertion_point(module_scope)

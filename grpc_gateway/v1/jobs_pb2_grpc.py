@@ -59,6 +59,26 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/taskapp.v1.JobService/SubmitJobs',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/taskapp.v1.JobService/WatchJob',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+                _registered_method=True)
+        self.GetJobLogs = channel.unary_unary(
+                '/taskapp.v1.JobService/GetJobLogs',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsResponse.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/taskapp.v1.JobService/GetQueueStats',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -99,6 +119,35 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitJobs(self, request, context):
+        """Creates up to 1,000 jobs: all are validated first (INVALID_ARGUMENT names the first bad one as
+        jobs[<index>].<field>, and nothing is written), then written in one transaction and published together.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams a job's state: first its current state, then each change; ends after a terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobLogs(self, request, context):
+        """What the job's handler logged through the logger it is given, oldest first, per attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """How many messages wait in each queue, how many jobs are scheduled, which workers answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +175,26 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
+            'GetJobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobLogs,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +332,114 @@ class JobService:
             '/taskapp.v1.JobService/RetryJob',
             grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/SubmitJobs',
+            grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taskapp.v1.JobService/WatchJob',
+            grpc__gateway_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/GetJobLogs',
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetJobLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/GetQueueStats',
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

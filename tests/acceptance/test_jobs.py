@@ -47,7 +47,11 @@ def test_grpcurl_lists_the_job_and_health_services(make_stack: MakeStack) -> Non
     assert "grpc.health.v1.Health" in services
     methods = stack.grpcurl(stack.address, "list", "taskapp.v1.JobService").stdout.split()
     assert set(methods) == {
-        f"taskapp.v1.JobService.{m}" for m in ("SubmitJob", "GetJob", "CancelJob", "ListJobs", "RetryJob")
+        f"taskapp.v1.JobService.{m}"
+        for m in (
+            *("SubmitJob", "GetJob", "CancelJob", "ListJobs", "RetryJob"),
+            *("SubmitJobs", "WatchJob", "GetJobLogs", "GetQueueStats"),
+        )
     }
 
 

@@ -60,6 +60,12 @@ def test_readme_grpcurl_examples_run_as_written(make_stack: Callable[..., Stack]
     listed = json.loads(by_rpc["taskapp.v1.JobService/ListJobs"])
     assert [j["job_id"] for j in listed["jobs"]] == ["welcome-1"]
     assert json.loads(by_rpc["grpc.health.v1.Health/Check"]) == {"status": "SERVING"}
+    watched = json.loads(by_rpc["taskapp.v1.JobService/WatchJob"])
+    assert (watched["job_id"], watched["state"]) == ("welcome-1", "JOB_STATE_SUCCEEDED")
+    assert json.loads(by_rpc["taskapp.v1.JobService/GetJobLogs"]) == {}, "echo logs nothing"
+    stats = json.loads(by_rpc["taskapp.v1.JobService/GetQueueStats"])
+    assert [queue["queue"] for queue in stats["queues"]] == ["critical", "high", "default", "low"]
+    assert len(stats["workers"]) == 1
 
 
 def test_run_script_serves_jobs_and_stops_cleanly(tmp_path: Path, redis_databases: RedisDatabases) -> None:

@@ -266,3 +266,41 @@ def test_retry_with_the_broker_down_leaves_the_job_as_it_was(
         service.retry(job_id)
     assert service.get(job_id).state is JobState.CANCELLED
     assert publisher.dead_letters_removed == []
+
+
+def test_submit_many_names_the_first_bad_job_and_writes_nothing(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    requests = [SubmitRequest(type="echo") for _ in range(5)]
+    requests[3] = SubmitRequest(type="sleep", payload={"seconds": "soon"})
+    with pytest.raises(InvalidArgument, match=r"^jobs\[3\]\.payload\.seconds"):
+        service.submit_many(requests)
+    assert store.jobs == {} and publisher.published == []
+
+
+def test_submit_many_refuses_a_job_id_twice_in_one_batch(
+    service: JobService, store: InMemoryJobStore
+) -> None:
+    requests = [
+        SubmitRequest(type="echo", job_id="a"),
+        SubmitRequest(type="noop"),
+        SubmitRequest(type="echo", job_id="a"),
+    ]
+    with pytest.raises(InvalidArgument, match=r"^jobs\[2\]\.job_id: repeats jobs\[0\]\.job_id"):
+        service.submit_many(requests)
+    assert store.jobs == {}
+
+
+@pytest.mark.parametrize("size", [0, 1_001])
+def test_submit_many_takes_1_to_1000_jobs(service: JobService, size: int) -> None:
+    with pytest.raises(InvalidArgument, match=r"^jobs: must hold 1 to 1000 jobs"):
+        service.submit_many([SubmitRequest(type="noop")] * size)
+
+
+def test_submit_many_with_the_broker_down_leaves_no_job(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    publisher.down = True
+    with pytest.raises(BrokerUnavailable):
+        service.submit_many([SubmitRequest(type="noop", job_id=f"j{n}") for n in range(3)])
+    assert store.jobs == {}

@@ -1,0 +1,399 @@
+"""The `taskapp` command: taskapp's operations commands plus the job commands, which talk to a gateway.
+
+It is put together here rather than in `taskapp/cli.py` because the job commands need grpc, which the domain
+package never imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from grpc_gateway.client import DEFAULT_ADDRESS, JobClient, JobServiceError
+from taskapp import cli as taskapp_cli
+from taskapp.jobs import Job, JobEvent, JobState, Priority
+
+#: The gateway answered an error, or could not be reached.
+EXIT_ERROR = 1
+#: `watch` and `submit --watch`: the job ended FAILED, DEAD_LETTER or CANCELLED.
+EXIT_JOB_UNSUCCESSFUL = 3
+
+#: Fields of taskapp's dataclasses that only the server knows (a client reads 0, "" or None): not shown.
+_SERVER_ONLY_FIELDS = frozenset({"seq", "fingerprint", "lease_expires_at", "published_at"})
+
+#: Columns for tables when stdout is not a terminal: wide enough that a row never wraps.
+_PIPED_WIDTH = 200
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group()
+def main() -> None:
+    """taskapp: durable jobs on Celery, submitted over gRPC."""
+
+
+for _command in taskapp_cli.main.commands.values():
+    main.add_command(_command)
+
+
+def _gateway_options(command: F) -> F:
+    """The options every job command takes: where the gateway is, the token, and the output format."""
+    options = (
+        click.option(
+            "--address",
+            envvar="TASKAPP_ADDRESS",
+            default=DEFAULT_ADDRESS,
+            show_default=True,
+            show_envvar=True,
+            metavar="HOST:PORT",
+            help="The gateway.",
+        ),
+        click.option(
+            "--token",
+            envvar="TASKAPP_TOKEN",
+            show_envvar=True,
+            metavar="TOKEN",
+            help="Bearer token sent with every call.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Machine-readable output: JSON (for watch, one object per line).",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@contextlib.contextmanager
+def _connect(address: str, token: str | None) -> Iterator[JobClient]:
+    """A client of the gateway; an error it answers ends the command with exit code 1 and one line on stderr."""
+    try:
+        with JobClient(address, token) as client:
+            yield client
+    except JobServiceError as exc:
+        # UNAVAILABLE may come from the network or from the gateway: naming the address helps with either.
+        message = f"gateway at {address}: {exc.message}" if exc.code == "UNAVAILABLE" else exc.message
+        click.echo(f"taskapp: {exc.code}: {message}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses as objects (less the server's own fields), datetimes in ISO 8601, states by name."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: _jsonable(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if field.name not in _SERVER_ONLY_FIELDS
+        }
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        # Protobuf's Struct holds every number as a double: show 1 as it was submitted, not as 1.0.
+        return int(value)
+    return value
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), ensure_ascii=False))
+
+
+def _console() -> Console:
+    """Rich's console on stdout. Piped, it does not cut tables to 80 columns: no screen is there to fit."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = _PIPED_WIDTH
+    return console
+
+
+def _when(value: datetime | None) -> str:
+    """A time for people: local, to the second, with its UTC offset."""
+    return value.astimezone().isoformat(sep=" ", timespec="seconds") if value is not None else ""
+
+
+def _describe(event: JobEvent) -> str:
+    if event.progress_percent is None:
+        return event.message
+    return f"{event.progress_percent}% {event.message}".rstrip()
+
+
+def _event_line(event: JobEvent) -> str:
+    return f"{event.state:<11}  attempt {event.attempt}  {_when(event.at)}  {_describe(event)}".rstrip()
+
+
+def _follow(client: JobClient, job_id: str, as_json: bool) -> None:
+    """Show the job's events until it ends, then exit: 0 if it succeeded, 3 if it ended otherwise."""
+    state: JobState | None = None
+    console = Console()
+    if as_json or not console.is_terminal:
+        for event in client.watch(job_id):
+            if as_json:
+                _echo_json(event)
+            else:
+                click.echo(_event_line(event))
+            state = event.state
+    else:
+        table = Table("STATE", "ATTEMPT", "AT", "MESSAGE", title=f"job {job_id}", title_justify="left")
+        with Live(table, console=console, refresh_per_second=8):
+            for event in client.watch(job_id):
+                table.add_row(
+                    *map(Text, (event.state, str(event.attempt), _when(event.at), _describe(event)))
+                )
+                table.title = f"job {job_id}: {event.state}"
+                state = event.state
+    if state is None or not state.is_terminal:
+        click.echo(f"taskapp: the gateway ended the watch before job {job_id} finished", err=True)
+        sys.exit(EXIT_ERROR)
+    sys.exit(0 if state is JobState.SUCCEEDED else EXIT_JOB_UNSUCCESSFUL)
+
+
+def _parse_payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        payload = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise click.BadParameter('must be a JSON object, e.g. \'{"key": "value"}\'')
+    return payload
+
+
+def _parse_run_at(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        run_at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00Z") from None
+    # Without an offset, a person means their own local time.
+    return run_at if run_at.tzinfo is not None else run_at.astimezone()
+
+
+_PRIORITIES = click.Choice([priority.value for priority in reversed(Priority)])
+_STATES = click.Choice([state.value for state in JobState], case_sensitive=False)
+
+
+@main.command()
+@click.argument("type")
+@click.option("--payload", callback=_parse_payload, metavar="JSON", help="The job's input, a JSON object.")
+@click.option("--id", "job_id", metavar="ID", help="Idempotency key: the same submit again makes no new job.")
+@click.option("--priority", type=_PRIORITIES, help="Queue to wait in  [default: default]")
+@click.option("--max-attempts", type=int, metavar="N", help="Runs allowed, retries included.")
+@click.option("--timeout", "timeout_seconds", type=int, metavar="SECONDS", help="Time limit of one run.")
+@click.option(
+    "--run-at", callback=_parse_run_at, metavar="ISO8601", help="Run later (local time without offset)."
+)
+@click.option(
+    "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
+)
+@_gateway_options
+def submit(
+    type: str,
+    payload: dict[str, Any] | None,
+    job_id: str | None,
+    priority: str | None,
+    max_attempts: int | None,
+    timeout_seconds: int | None,
+    run_at: datetime | None,
+    watch: bool,
+    address: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Submit a job of TYPE; print its id."""
+    with _connect(address, token) as client:
+        submitted = client.submit(
+            type,
+            payload,
+            job_id=job_id,
+            priority=Priority(priority) if priority else None,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+            run_at=run_at,
+        )
+        if as_json:
+            _echo_json(submitted)
+        else:
+            again = "" if submitted.created else " (submitted before with this id)"
+            click.echo(f"job {submitted.job_id}: {submitted.state}{again}")
+        if watch:
+            _follow(client, submitted.job_id, as_json)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@_gateway_options
+def get(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Show one job: its state, attempts, result, last error, times and worker."""
+    with _connect(address, token) as client:
+        job = client.get(job_id)
+    if as_json:
+        _echo_json(job)
+    else:
+        _console().print(_job_grid(job))
+
+
+def _job_grid(job: Job) -> Table:
+    progress = f"{job.progress_percent}% {job.progress_message}" if job.progress_percent is not None else ""
+    rows = {
+        "job": job.job_id,
+        "type": job.type,
+        "state": job.state,
+        "priority": job.priority,
+        "attempts": f"{job.attempts} of {job.max_attempts}",
+        "timeout": f"{job.timeout_seconds}s",
+        "payload": json.dumps(_jsonable(job.payload), ensure_ascii=False),
+        "result": json.dumps(_jsonable(job.result), ensure_ascii=False) if job.result is not None else "",
+        "last error": job.last_error,
+        "progress": progress.rstrip(),
+        "created": _when(job.created_at),
+        "scheduled": _when(job.scheduled_at),
+        "started": _when(job.started_at),
+        "finished": _when(job.finished_at),
+        "worker": job.worker,
+    }
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for name, value in rows.items():
+        if value:
+            # Text, not a str: a payload or an error message must never be read as rich markup.
+            grid.add_row(name, Text(value))
+    return grid
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@_gateway_options
+def cancel(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Cancel a job that has not finished.
+
+    A scheduled or queued job never runs; a running one is stopped; a finished one is left as it is."""
+    with _connect(address, token) as client:
+        outcome = client.cancel(job_id)
+    if as_json:
+        _echo_json(outcome)
+    elif outcome.cancelled:
+        click.echo(f"job {job_id}: {outcome.state}")
+    else:
+        click.echo(f"job {job_id} not cancelled: it is {outcome.state}")
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@_gateway_options
+def retry(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Run a job again with fresh attempts.
+
+    Only a FAILED, DEAD_LETTER or CANCELLED job; any other answers FAILED_PRECONDITION."""
+    with _connect(address, token) as client:
+        job = client.retry(job_id)
+    if as_json:
+        _echo_json(job)
+    else:
+        click.echo(f"job {job.job_id}: {job.state}")
+
+
+@main.command("list")
+@click.option("--state", type=_STATES, help="Only jobs in this state.")
+@click.option("--priority", type=_PRIORITIES, help="Only jobs of this priority.")
+@click.option("--type", "job_type", metavar="TYPE", help="Only jobs of this type.")
+@click.option("--page-size", type=int, default=0, metavar="N", help="Jobs per page (1-1000)  [default: 50]")
+@click.option("--page-token", default="", metavar="TOKEN", help="Where the previous page ended.")
+@_gateway_options
+def list_jobs(
+    state: str | None,
+    priority: str | None,
+    job_type: str | None,
+    page_size: int,
+    page_token: str,
+    address: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first, a page at a time."""
+    with _connect(address, token) as client:
+        page = client.list(
+            state=JobState(state) if state else None,
+            priority=Priority(priority) if priority else None,
+            type=job_type,
+            page_size=page_size,
+            page_token=page_token,
+        )
+    if as_json:
+        _echo_json(page)
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for header in ("ID", "TYPE", "STATE", "PRIORITY", "ATTEMPTS", "CREATED"):
+        # One line per job: on a narrow terminal a cell is cut short rather than wrapped.
+        table.add_column(header, no_wrap=True, overflow="ellipsis")
+    for job in page.jobs:
+        row = (job.job_id, job.type, job.state, job.priority, f"{job.attempts}/{job.max_attempts}")
+        table.add_row(*map(Text, (*row, _when(job.created_at))))
+    _console().print(table)
+    if page.next_page_token:
+        click.echo(f"more: --page-token {page.next_page_token}")
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@_gateway_options
+def watch(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Follow a job to its end.
+
+    Exit 0 if it succeeds, 3 if it ends FAILED, DEAD_LETTER or CANCELLED."""
+    with _connect(address, token) as client:
+        _follow(client, job_id, as_json)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@_gateway_options
+def logs(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Print what a job's handler logged, oldest first."""
+    with _connect(address, token) as client:
+        lines = client.logs(job_id)
+    if as_json:
+        _echo_json(lines)
+        return
+    for line in lines:
+        click.echo(f"{_when(line.at)}  {line.level:<8} attempt {line.attempt}  {line.message}")
+
+
+@main.command()
+@_gateway_options
+def stats(address: str, token: str | None, as_json: bool) -> None:
+    """Show queue depths, dead letters and workers.
+
+    Messages waiting per queue, in the dead-letter queue, jobs scheduled for later, workers that answer."""
+    with _connect(address, token) as client:
+        queue_stats = client.stats()
+    if as_json:
+        _echo_json(queue_stats)
+        return
+    table = Table("QUEUE", "WAITING")
+    for priority, depth in queue_stats.depths.items():
+        table.add_row(priority, str(depth))
+    table.add_row("dead_letter", str(queue_stats.dead_letter))
+    _console().print(table)
+    click.echo(f"scheduled: {queue_stats.scheduled}")
+    click.echo(f"workers: {', '.join(queue_stats.workers) or 'none answered'}")

@@ -1,0 +1,340 @@
+"""Python clients of `taskapp.v1.JobService`: its calls as methods on taskapp's dataclasses, errors as one type.
+
+`JobClient` blocks (grpc); `AsyncJobClient` is its asyncio twin (grpc.aio), with the same methods.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from grpc_gateway import convert
+from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+from taskapp.jobs import Job, JobEvent, JobState, LogLine, Priority, QueueStats
+from taskapp.service import JobPage
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "AsyncJobClient",
+    "Cancelled",
+    "JobClient",
+    "JobPage",
+    "JobServiceError",
+    "JobSpec",
+    "Submitted",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+class JobServiceError(Exception):
+    """Raised when the gateway answers a call with an error, or cannot be reached (`code` "UNAVAILABLE")."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        #: The gRPC status name, e.g. "NOT_FOUND".
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job to submit; None means the job type's default (or, for `job_id`, a UUID made by the gateway)."""
+
+    type: str
+    payload: dict[str, Any] | None = None
+    #: An idempotency key: the same spec again answers the existing job with `created` False.
+    job_id: str | None = None
+    priority: Priority | None = None
+    max_attempts: int | None = None
+    timeout_seconds: int | None = None
+    #: When to run; a naive datetime is taken as UTC (protobuf's rule).
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    state: JobState
+    #: False when `job_id` named a job already submitted with the same request.
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    #: False when the job had already finished.
+    cancelled: bool
+    #: The job's state after the call.
+    state: JobState
+
+
+def _error(exc: grpc.RpcError) -> JobServiceError:
+    return JobServiceError(exc.code().name, exc.details() or "")
+
+
+def _state(value: int) -> JobState:
+    state = convert.state_from_pb(value)
+    if state is None:
+        # The gateway always sets a state; a reply without one is as unusable as any malformed answer.
+        raise JobServiceError("INTERNAL", "the gateway answered without a job state")
+    return state
+
+
+def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
+    request = jobs_pb2.SubmitJobRequest(
+        type=spec.type,
+        job_id=spec.job_id or "",
+        max_attempts=spec.max_attempts,
+        timeout_seconds=spec.timeout_seconds,
+    )
+    if spec.priority is not None:
+        request.priority = convert.priority_to_pb(spec.priority)
+    if spec.payload is not None:
+        request.payload.update(spec.payload)
+    if spec.run_at is not None:
+        request.run_at.FromDatetime(spec.run_at)
+    return request
+
+
+def _submitted(reply: jobs_pb2.SubmitJobResponse) -> Submitted:
+    return Submitted(job_id=reply.job_id, state=_state(reply.state), created=reply.created)
+
+
+def _cancelled(reply: jobs_pb2.CancelJobResponse) -> Cancelled:
+    return Cancelled(cancelled=reply.cancelled, state=_state(reply.state))
+
+
+def _list_request(
+    state: JobState | None, priority: Priority | None, type: str | None, page_size: int, page_token: str
+) -> jobs_pb2.ListJobsRequest:
+    return jobs_pb2.ListJobsRequest(
+        state=convert.state_to_pb(state) if state is not None else jobs_pb2.JOB_STATE_UNSPECIFIED,
+        priority=convert.priority_to_pb(priority) if priority is not None else jobs_pb2.PRIORITY_UNSPECIFIED,
+        type=type or "",
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def _page(reply: jobs_pb2.ListJobsResponse) -> JobPage:
+    return JobPage(
+        jobs=[convert.job_from_pb(job) for job in reply.jobs], next_page_token=reply.next_page_token
+    )
+
+
+class _Settings:
+    """What both clients resolve the same way from their arguments and the environment."""
+
+    def __init__(self, address: str | None, token: str | None, timeout: float) -> None:
+        self.address = address or os.environ.get("TASKAPP_ADDRESS") or DEFAULT_ADDRESS
+        token = token if token is not None else os.environ.get("TASKAPP_TOKEN")
+        #: Sent on every call; the gateway ignores it until it enforces tokens.
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        #: Seconds each call may take, but `watch`, which lasts as long as the job.
+        self.timeout = timeout
+
+
+class JobClient:
+    """A blocking client of the gateway at `address` (default: $TASKAPP_ADDRESS, else 127.0.0.1:50051).
+
+    `token` (default: $TASKAPP_TOKEN) goes with every call as a bearer token. Every method raises
+    `JobServiceError`, never a grpc exception. Close it, or use it as a context manager."""
+
+    def __init__(self, address: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+        self._settings = _Settings(address, token, timeout)
+        self.address = self._settings.address
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._settings.timeout, metadata=self._settings.metadata)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    def submit(
+        self,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        priority: Priority | None = None,
+        max_attempts: int | None = None,
+        timeout_seconds: int | None = None,
+        run_at: datetime | None = None,
+    ) -> Submitted:
+        """Submit one job (see `JobSpec` for the arguments)."""
+        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at)
+        return _submitted(self._call(self._stub.SubmitJob, _submit_request(spec)))
+
+    def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:
+        """Submit up to 1,000 jobs at once: all of them, or (on any invalid one) none."""
+        request = jobs_pb2.SubmitJobsRequest(jobs=[_submit_request(spec) for spec in specs])
+        return [_submitted(result) for result in self._call(self._stub.SubmitJobs, request).results]
+
+    def get(self, job_id: str) -> Job:
+        return convert.job_from_pb(self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)))
+
+    def cancel(self, job_id: str) -> Cancelled:
+        return _cancelled(self._call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id)))
+
+    def retry(self, job_id: str) -> Job:
+        """Run a FAILED, DEAD_LETTER or CANCELLED job again with fresh attempts."""
+        return convert.job_from_pb(self._call(self._stub.RetryJob, jobs_pb2.RetryJobRequest(job_id=job_id)))
+
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        priority: Priority | None = None,
+        type: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> JobPage:
+        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next."""
+        request = _list_request(state, priority, type, page_size, page_token)
+        return _page(self._call(self._stub.ListJobs, request))
+
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's current state, then each change, ending after a terminal state.
+
+        No deadline by default (`timeout` seconds for the whole watch): a job may run for hours."""
+        call = self._stub.WatchJob(
+            jobs_pb2.WatchJobRequest(job_id=job_id), timeout=timeout, metadata=self._settings.metadata
+        )
+        try:
+            for event in call:
+                yield convert.event_from_pb(event)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        finally:
+            # A caller that stops iterating early must not leave the stream open on the gateway.
+            call.cancel()
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]:
+        """What the job's handler logged, oldest first."""
+        reply = self._call(self._stub.GetJobLogs, jobs_pb2.GetJobLogsRequest(job_id=job_id))
+        return [convert.log_line_from_pb(line) for line in reply.lines]
+
+    def stats(self) -> QueueStats:
+        return convert.queue_stats_from_pb(
+            self._call(self._stub.GetQueueStats, jobs_pb2.GetQueueStatsRequest())
+        )
+
+
+class AsyncJobClient:
+    """`JobClient` for asyncio: the same arguments and methods, awaitable (`watch` is async-iterable).
+
+    Make it inside the event loop it is used from; close it with `await close()` or `async with`."""
+
+    def __init__(self, address: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+        self._settings = _Settings(address, token, timeout)
+        self.address = self._settings.address
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._settings.timeout, metadata=self._settings.metadata)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    async def submit(
+        self,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        priority: Priority | None = None,
+        max_attempts: int | None = None,
+        timeout_seconds: int | None = None,
+        run_at: datetime | None = None,
+    ) -> Submitted:
+        """Submit one job (see `JobSpec` for the arguments)."""
+        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at)
+        return _submitted(await self._call(self._stub.SubmitJob, _submit_request(spec)))
+
+    async def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:
+        """Submit up to 1,000 jobs at once: all of them, or (on any invalid one) none."""
+        request = jobs_pb2.SubmitJobsRequest(jobs=[_submit_request(spec) for spec in specs])
+        return [_submitted(result) for result in (await self._call(self._stub.SubmitJobs, request)).results]
+
+    async def get(self, job_id: str) -> Job:
+        return convert.job_from_pb(await self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)))
+
+    async def cancel(self, job_id: str) -> Cancelled:
+        return _cancelled(await self._call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id)))
+
+    async def retry(self, job_id: str) -> Job:
+        """Run a FAILED, DEAD_LETTER or CANCELLED job again with fresh attempts."""
+        return convert.job_from_pb(
+            await self._call(self._stub.RetryJob, jobs_pb2.RetryJobRequest(job_id=job_id))
+        )
+
+    async def list(
+        self,
+        *,
+        state: JobState | None = None,
+        priority: Priority | None = None,
+        type: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> JobPage:
+        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next."""
+        request = _list_request(state, priority, type, page_size, page_token)
+        return _page(await self._call(self._stub.ListJobs, request))
+
+    async def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:
+        """The job's current state, then each change, ending after a terminal state.
+
+        No deadline by default (`timeout` seconds for the whole watch): a job may run for hours."""
+        call = self._stub.WatchJob(
+            jobs_pb2.WatchJobRequest(job_id=job_id), timeout=timeout, metadata=self._settings.metadata
+        )
+        try:
+            async for event in call:
+                yield convert.event_from_pb(event)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        finally:
+            # A caller that stops iterating early must not leave the stream open on the gateway.
+            call.cancel()
+
+    async def logs(self, job_id: str) -> builtins.list[LogLine]:
+        """What the job's handler logged, oldest first."""
+        reply = await self._call(self._stub.GetJobLogs, jobs_pb2.GetJobLogsRequest(job_id=job_id))
+        return [convert.log_line_from_pb(line) for line in reply.lines]
+
+    async def stats(self) -> QueueStats:
+        return convert.queue_stats_from_pb(
+            await self._call(self._stub.GetQueueStats, jobs_pb2.GetQueueStatsRequest())
+        )
