@@ -50,7 +50,7 @@ if _settings.worker_concurrency is not None:
 worker_send_task_events = True
 task_send_sent_event = True
 
-imports = ("taskapp.tasks", "taskapp.mirror", "taskapp.worker_shutdown")
+imports = ("taskapp.tasks", "taskapp.mirror", "taskapp.worker_shutdown", "taskapp.worker_logging")
 
 #: taskapp's own keys, read by `taskapp.tasks` (Celery keeps unknown lowercase keys as they are).
 taskapp_database_url = _settings.database_url

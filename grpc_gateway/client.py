@@ -135,7 +135,7 @@ class _Settings:
     def __init__(self, address: str | None, token: str | None, timeout: float) -> None:
         self.address = address or os.environ.get("TASKAPP_ADDRESS") or DEFAULT_ADDRESS
         token = token if token is not None else os.environ.get("TASKAPP_TOKEN")
-        #: Sent on every call; the gateway ignores it until it enforces tokens.
+        #: Sent on every call.
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         #: Seconds each call may take, but `watch`, which lasts as long as the job.
         self.timeout = timeout
@@ -144,13 +144,24 @@ class _Settings:
 class JobClient:
     """A blocking client of the gateway at `address` (default: $TASKAPP_ADDRESS, else 127.0.0.1:50051).
 
-    `token` (default: $TASKAPP_TOKEN) goes with every call as a bearer token. Every method raises
-    `JobServiceError`, never a grpc exception. Close it, or use it as a context manager."""
+    `token` (default: $TASKAPP_TOKEN) goes with every call as a bearer token; `credentials`
+    (`grpc.ssl_channel_credentials(...)`) make it talk TLS. Every method raises `JobServiceError`, never a grpc
+    exception. Close it, or use it as a context manager."""
 
-    def __init__(self, address: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._settings = _Settings(address, token, timeout)
         self.address = self._settings.address
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = (
+            grpc.secure_channel(self.address, credentials)
+            if credentials
+            else grpc.insecure_channel(self.address)
+        )
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 
     def __enter__(self) -> Self:
@@ -245,10 +256,20 @@ class AsyncJobClient:
 
     Make it inside the event loop it is used from; close it with `await close()` or `async with`."""
 
-    def __init__(self, address: str | None = None, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._settings = _Settings(address, token, timeout)
         self.address = self._settings.address
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = (
+            grpc.aio.secure_channel(self.address, credentials)
+            if credentials
+            else grpc.aio.insecure_channel(self.address)
+        )
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 
     async def __aenter__(self) -> Self:

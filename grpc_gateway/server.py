@@ -11,12 +11,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_gateway.auth import TokenAuth
 from grpc_gateway.changes import ChangeListener
+from grpc_gateway.decoding import RequestDecoding
 from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.app import app as celery_app
 from taskapp.broker_stats import RedisBrokerStats
-from taskapp.config import Settings
+from taskapp.config import Settings, is_loopback
 from taskapp.errors import TaskappError
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
@@ -29,6 +31,8 @@ log = logging.getLogger("grpc_gateway")
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 #: Seconds in-flight RPCs get to finish on SIGTERM.
 SHUTDOWN_GRACE = 10.0
+#: Largest request or reply: a SubmitJobs of 1,000 jobs fits; a bigger one is RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Seconds new calls are refused with UNAVAILABLE, once in-flight calls are done, before the listener closes.
 REFUSE_BEFORE_STOP = 0.5
 
@@ -42,9 +46,54 @@ def build_service(settings: Settings) -> JobService:
     )
 
 
+def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """Requests that cannot be parsed are refused clearly; token auth when tokens are set. Without any token,
+    the gateway serves this machine only, and says so."""
+    tokens = settings.auth_tokens
+    if tokens:
+        return [RequestDecoding(), TokenAuth(tokens)]
+    if not is_loopback(settings.grpc_addr):
+        raise SystemExit(
+            f"taskapp gateway: refusing to listen on {settings.grpc_addr} without TASKAPP_AUTH_TOKENS: "
+            "anyone who can reach it could run jobs. Set TASKAPP_AUTH_TOKENS (or TASKAPP_AUTH_TOKENS_FILE), "
+            "or listen on 127.0.0.1."
+        )
+    log.warning(
+        "no TASKAPP_AUTH_TOKENS set: the gateway accepts calls without a token, from this machine only"
+    )
+    return [RequestDecoding()]
+
+
+def listen(server: grpc.aio.Server, settings: Settings) -> None:
+    """TLS when a certificate and key are given (client certificates required with a client CA)."""
+    try:
+        if settings.tls_cert is None and settings.tls_key is None:
+            server.add_insecure_port(settings.grpc_addr)
+            return
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise SystemExit("taskapp gateway: TLS needs both TASKAPP_TLS_CERT and TASKAPP_TLS_KEY")
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        server.add_secure_port(settings.grpc_addr, credentials)
+    except (RuntimeError, OSError) as exc:
+        raise SystemExit(f"taskapp gateway: cannot listen on {settings.grpc_addr}: {exc}") from None
+
+
 async def serve(settings: Settings) -> None:
+    interceptors = interceptors_for(settings)
     service = build_service(settings)
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
     changes = ChangeListener(settings.redis_url)
     listening = asyncio.create_task(changes.run())
     servicer = JobServicer(service, changes)
@@ -54,14 +103,11 @@ async def serve(settings: Settings) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    try:
-        server.add_insecure_port(settings.grpc_addr)
-    except RuntimeError as exc:
-        raise SystemExit(f"taskapp gateway: cannot listen on {settings.grpc_addr}: {exc}") from None
+    listen(server, settings)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("taskapp gateway listening on %s", settings.grpc_addr)
+    log.info("taskapp gateway listening on %s%s", settings.grpc_addr, " (TLS)" if settings.tls_cert else "")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

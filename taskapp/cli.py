@@ -91,3 +91,32 @@ def reconcile() -> None:
         f"taskapp: {report.checked} job(s) waiting to run, {report.in_broker} message(s) in the broker, "
         f"{report.republished} job(s) published again"
     )
+
+
+@main.command()
+def flower() -> None:
+    """Run Flower on TASKAPP_FLOWER_ADDR with the users of TASKAPP_FLOWER_AUTH (required off loopback)."""
+    import os
+
+    from taskapp.config import is_loopback
+
+    settings = Settings()
+    host, _, port = settings.flower_addr.rpartition(":")
+    env = dict(os.environ)
+    if settings.flower_auth:
+        # Through the environment, not argv: command lines are visible to every user of the machine.
+        env["FLOWER_BASIC_AUTH"] = settings.flower_auth
+    elif not is_loopback(settings.flower_addr):
+        click.echo(
+            f"taskapp: refusing to serve Flower on {settings.flower_addr} without TASKAPP_FLOWER_AUTH "
+            "(user:password): it can revoke and inspect every job.",
+            err=True,
+        )
+        sys.exit(1)
+    else:
+        click.echo("taskapp: Flower without TASKAPP_FLOWER_AUTH, on this machine only", err=True)
+    os.execvpe(
+        "celery",
+        ["celery", "-A", "taskapp", "flower", f"--address={host.strip('[]')}", f"--port={port}"],
+        env,
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AliasChoices, BeforeValidator, Field
@@ -25,6 +27,17 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `host:port` (IPv6 in brackets) listens on this machine only."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # A host name: it may resolve to any interface.
 
 
 class Settings(BaseSettings):
@@ -57,6 +70,33 @@ class Settings(BaseSettings):
     #: How long finished jobs (and their events) are kept before the scheduler deletes them.
     retention: Duration = Field(default=timedelta(days=7), validation_alias=AliasChoices("TASKAPP_RETENTION"))
 
+    #: Bearer tokens the gateway accepts (comma separated), and/or a file of them, one per line (# comments).
+    auth_tokens_raw: str = Field(default="", validation_alias=AliasChoices("TASKAPP_AUTH_TOKENS"))
+    auth_tokens_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("TASKAPP_AUTH_TOKENS_FILE")
+    )
+    #: PEM files: the gateway's certificate and key (TLS when both are set), and a CA to require client
+    #: certificates signed by it.
+    tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CERT"))
+    tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_KEY"))
+    tls_client_ca: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CLIENT_CA"))
+    #: Where Flower serves, and its users (`user:password`, comma separated); required off loopback.
+    flower_addr: str = Field(default="127.0.0.1:5555", validation_alias=AliasChoices("TASKAPP_FLOWER_ADDR"))
+    flower_auth: str = Field(default="", validation_alias=AliasChoices("TASKAPP_FLOWER_AUTH"))
+    #: Calls the gateway handles at once (WatchJob streams included); more are answered RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(
+        default=1_000, gt=0, validation_alias=AliasChoices("TASKAPP_MAX_CONCURRENT_RPCS")
+    )
+
     @property
     def handler_modules(self) -> tuple[str, ...]:
         return _split_modules(self.handler_modules_raw)
+
+    @property
+    def auth_tokens(self) -> list[str]:
+        """Every configured token (the gateway reads them once, at start)."""
+        tokens = [token.strip() for token in self.auth_tokens_raw.split(",")]
+        if self.auth_tokens_file is not None:
+            lines = self.auth_tokens_file.read_text().splitlines()
+            tokens += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return [token for token in tokens if token]

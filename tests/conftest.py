@@ -14,8 +14,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from hypothesis import settings
 
 from taskapp.migrate import upgrade
+
+# Fuzz tests (tests/acceptance/test_fuzz.py): a quick profile by default, `--hypothesis-profile=thorough` for
+# 10,000 cases per test.
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.register_profile("thorough", max_examples=10_000, deadline=None)
+settings.load_profile("ci")
 
 REDIS_SERVER = os.environ.get("TASKAPP_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN_DSN = os.environ.get("TASKAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

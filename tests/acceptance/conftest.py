@@ -157,7 +157,8 @@ class Stack:
 def make_stack(
     tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
 ) -> Iterator[Callable[..., Stack]]:
-    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=False, **env)`.
+    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=False, start=True,
+    **env)`; with `start=False` nothing is started.
 
     All stop at teardown."""
     stacks: list[Stack] = []
@@ -168,6 +169,7 @@ def make_stack(
         worker: bool = True,
         concurrency: int = 2,
         scheduler: bool = False,
+        start: bool = True,
         **extra_env: str,
     ) -> Stack:
         workdir = tmp_path / f"stack{len(stacks)}"
@@ -190,6 +192,8 @@ def make_stack(
         }
         stack = Stack(workdir=workdir, env=env, address=f"127.0.0.1:{port}")
         stacks.append(stack)
+        if not start:
+            return stack
         stack.start_gateway()
         if worker:
             stack.start_worker(concurrency)

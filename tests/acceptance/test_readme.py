@@ -77,6 +77,7 @@ def test_run_script_serves_jobs_and_stops_cleanly(tmp_path: Path, redis_database
         "REDIS_URL": redis_url,
         "TASKAPP_GRPC_ADDR": address,
         "TASKAPP_WORKER_CONCURRENCY": "1",
+        "TASKAPP_FLOWER_ADDR": f"127.0.0.1:{free_port()}",
     }
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(

@@ -27,7 +27,7 @@ def terminate_worker_as_honcho_does(stack: Stack) -> int:
 
 
 def test_sigterm_lets_a_running_job_finish_then_the_worker_exits(make_stack: MakeStack) -> None:
-    stack = make_stack()
+    stack = make_stack(TASKAPP_WORKER_SHUTDOWN_TIMEOUT="30")
     job_id = submit(stack, "sleep", {"seconds": 2})
     wait_for(lambda: get(stack, job_id).state == jobs_pb2.JOB_STATE_RUNNING, 10, "the run", interval=0.02)
 
