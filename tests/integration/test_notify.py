@@ -1,0 +1,40 @@
+"""Job change notifications over a real Redis: what a writer announces wakes the gateway's waiters on that job
+only. (WatchJob would still work without them, by its one-second fallback read; this proves the fast path.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from grpc_gateway.changes import ChangeListener
+from taskapp.notify import ChangePublisher, changes_channel
+
+
+def test_a_published_change_wakes_the_waiters_of_that_job_only(redis_url: str) -> None:
+    async def scenario() -> tuple[bool, bool]:
+        listener = ChangeListener(redis_url)
+        listening = asyncio.create_task(listener.run())
+        publisher = ChangePublisher(redis_url)
+        try:
+            with listener.waiting_on("job-a") as woken, listener.waiting_on("job-b") as other:
+                subscribed = redis.Redis.from_url(redis_url)
+                channel = changes_channel(subscribed)
+                for _ in range(100):  # until the listener's subscription is in place
+                    if subscribed.pubsub_numsub(channel)[0][1]:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(publisher, ["job-a", "job-a"])
+                await asyncio.wait_for(woken.wait(), 5)
+                return woken.is_set(), other.is_set()
+        finally:
+            listening.cancel()
+            await listener.close()
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
+def test_channels_are_per_redis_database() -> None:
+    first = redis.Redis.from_url("redis://127.0.0.1:6379/3")
+    second = redis.Redis.from_url("redis://127.0.0.1:6379/4")
+    assert changes_channel(first) != changes_channel(second)
