@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_gateway.auth import TokenAuth
 from grpc_gateway.changes import ChangeListener
 from grpc_gateway.decoding import RequestDecoding
+from grpc_gateway.ops_http import Readiness, serve_ops_http
 from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.app import app as celery_app
@@ -31,15 +32,17 @@ log = logging.getLogger("grpc_gateway")
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 #: Seconds in-flight RPCs get to finish on SIGTERM.
 SHUTDOWN_GRACE = 10.0
+#: Seconds between checks of PostgreSQL and Redis for the gRPC health status.
+HEALTH_CHECK_SECONDS = 2.0
 #: Largest request or reply: a SubmitJobs of 1,000 jobs fits; a bigger one is RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Seconds new calls are refused with UNAVAILABLE, once in-flight calls are done, before the listener closes.
 REFUSE_BEFORE_STOP = 0.5
 
 
-def build_service(settings: Settings) -> JobService:
+def build_service(settings: Settings, store: SqlJobStore) -> JobService:
     return JobService(
-        store=SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url)),
+        store=store,
         publisher=CeleryPublisher(celery_app),
         registry=load_handlers(settings.handler_modules),
         broker_stats=RedisBrokerStats(celery_app),
@@ -85,7 +88,10 @@ def listen(server: grpc.aio.Server, settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     interceptors = interceptors_for(settings)
-    service = build_service(settings)
+    store = SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url))
+    service = build_service(settings, store)
+    readiness = Readiness(store, settings.redis_url)
+    ops_http = serve_ops_http(settings.metrics_addr, readiness)
     server = grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -107,6 +113,7 @@ async def serve(settings: Settings) -> None:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watching_health = asyncio.create_task(report_health(health_servicer, readiness))
     log.info("taskapp gateway listening on %s%s", settings.grpc_addr, " (TLS)" if settings.tls_cert else "")
 
     stop = asyncio.Event()
@@ -119,10 +126,31 @@ async def serve(settings: Settings) -> None:
     await servicer.gate.close(SHUTDOWN_GRACE)
     # Calls the server has accepted but not started when it stops are cancelled (CANCELLED, which clients do
     # not retry): keep answering a clear UNAVAILABLE a little longer, so callers move on first.
+    watching_health.cancel()
     await asyncio.sleep(REFUSE_BEFORE_STOP)
     await server.stop(None)
+    ops_http.shutdown()
     listening.cancel()
     await changes.close()
+
+
+async def report_health(health_servicer: health.aio.HealthServicer, readiness: Readiness) -> None:
+    """Keep gRPC health in step with /readyz: NOT_SERVING while PostgreSQL or Redis does not answer."""
+    serving = True
+    while True:
+        await asyncio.sleep(HEALTH_CHECK_SECONDS)
+        checks = await asyncio.to_thread(readiness.check)
+        ready = all(value == "ok" for value in checks.values())
+        if ready != serving:
+            log.warning("gateway %s: %s", "ready again" if ready else "not ready", checks)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            serving = ready
 
 
 def main() -> None:

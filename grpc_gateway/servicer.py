@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.changes import ChangeListener
+from grpc_gateway.ops_http import RPC_SECONDS, RPCS, SUBMITTED
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.errors import TaskappError
 from taskapp.service import JobService
@@ -60,16 +62,25 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: RequestT, context: grpc.aio.ServicerContext) -> ResponseT:
+        name = method.__name__
         if self.gate.closed:
+            RPCS.labels(name, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
+        started = time.perf_counter()
+        code = "OK"
         try:
             with self.gate.passage():
                 return await method(self, request, context)
         except TaskappError as exc:
+            code = exc.grpc_code
             await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
         except Exception:
-            log.exception("%s failed", method.__name__)
+            code = "INTERNAL"
+            log.exception("%s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            RPCS.labels(name, code).inc()
+            RPC_SECONDS.labels(name).observe(time.perf_counter() - started)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -91,6 +102,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
             convert.submit_request_from_pb(job, f"jobs[{index}].") for index, job in enumerate(request.jobs)
         ]
         outcomes = await asyncio.to_thread(self.service.submit_many, requests)
+        for outcome in outcomes:
+            if outcome.created:
+                SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
         return jobs_pb2.SubmitJobsResponse(
             results=[
                 jobs_pb2.SubmitJobResponse(
@@ -148,6 +162,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitJobResponse:
         outcome = await asyncio.to_thread(self.service.submit, convert.submit_request_from_pb(request))
+        if outcome.created:
+            SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
         return jobs_pb2.SubmitJobResponse(
             job_id=outcome.job.job_id,
             state=convert.state_to_pb(outcome.job.state),

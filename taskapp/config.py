@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CERT"))
     tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_KEY"))
     tls_client_ca: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CLIENT_CA"))
+    #: The gateway's HTTP side: /metrics, /healthz, /readyz.
+    metrics_addr: str = Field(default="127.0.0.1:9464", validation_alias=AliasChoices("TASKAPP_METRICS_ADDR"))
     #: Where Flower serves, and its users (`user:password`, comma separated); required off loopback.
     flower_addr: str = Field(default="127.0.0.1:5555", validation_alias=AliasChoices("TASKAPP_FLOWER_ADDR"))
     flower_auth: str = Field(default="", validation_alias=AliasChoices("TASKAPP_FLOWER_AUTH"))

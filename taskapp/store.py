@@ -213,7 +213,10 @@ def create_db_engine(url: str) -> Engine:
     """An engine tuned per backend: SQLite gets WAL, a busy timeout and write-locking transactions."""
     url = normalize_database_url(url)
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # A host that does not answer must fail a call in seconds, not hang it: the caller gets UNAVAILABLE.
+        return sa.create_engine(
+            url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+        )
 
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -835,6 +838,11 @@ class SqlJobStore:
                 )
                 for row in conn.execute(query)
             ]
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+        with self._transaction() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def count_scheduled(self) -> int:
         query = (

@@ -184,6 +184,7 @@ def make_stack(
             "DATABASE_URL": make_database_url(backend, workdir, request),
             "REDIS_URL": redis_url,
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
+            "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "PYTHONPATH": str(ROOT),
             "TASKAPP_HANDLER_MODULES": "tests.handlers_for_tests",
             # Stopping a stack must not wait out long test jobs.

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.migrate import upgrade
@@ -148,3 +150,46 @@ def test_redis_down_then_back_without_restarting_the_gateway(
     job_id = submit(stack, "echo", {"n": 1}, job_id="during-outage")
     assert stack.wait_terminal(job_id, timeout=60).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert stack.processes["gateway"].poll() is None
+
+
+def health(stack: Stack) -> int:
+    reply = health_pb2_grpc.HealthStub(grpc.insecure_channel(stack.address)).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+    return int(reply.status)
+
+
+def readyz(stack: Stack) -> tuple[int, dict[str, str]]:
+    reply = httpx.get(f"http://{stack.env['TASKAPP_METRICS_ADDR']}/readyz", timeout=10)
+    return reply.status_code, reply.json()
+
+
+def test_readyz_and_grpc_health_follow_postgres_and_redis(
+    make_stack: MakeStack, own_postgres: OwnPostgres, own_redis: OwnRedis
+) -> None:
+    upgrade(own_postgres.url)
+    stack = make_stack(worker=False, DATABASE_URL=own_postgres.url, REDIS_URL=own_redis.url)
+    metrics = f"http://{stack.env['TASKAPP_METRICS_ADDR']}"
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert readyz(stack) == (200, {"database": "ok", "redis": "ok"})
+    assert httpx.get(f"{metrics}/healthz", timeout=10).status_code == 200
+
+    own_postgres.stop()
+    status, checks = readyz(stack)
+    assert status == 503 and checks["redis"] == "ok" and "database unavailable" in checks["database"]
+    wait_for(lambda: health(stack) == not_serving, 10, "gRPC health to say NOT_SERVING")
+    assert httpx.get(f"{metrics}/healthz", timeout=10).status_code == 200, "alive all the same"
+    own_postgres.start()
+    assert readyz(stack)[0] == 200
+    wait_for(lambda: health(stack) == serving, 10, "gRPC health to say SERVING again")
+
+    own_redis.stop()
+    status, checks = readyz(stack)
+    assert status == 503 and checks["database"] == "ok" and "unreachable" in checks["redis"]
+    own_redis.start()
+    assert readyz(stack)[0] == 200
+
+    submit(stack, "noop")
+    scraped = httpx.get(f"{metrics}/metrics", timeout=10).text
+    assert 'taskapp_gateway_rpcs_total{code="OK",method="SubmitJob"} 1.0' in scraped
+    assert 'taskapp_jobs_submitted_total{priority="default",type="noop"} 1.0' in scraped
