@@ -11,6 +11,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from taskapp.errors import StoreUnavailable
 from taskapp.jobs import LogLine
 from taskapp.store import SqlJobStore
 
@@ -39,7 +40,10 @@ class JobLogCapture(logging.Handler):
     def filter(self, record: logging.LogRecord) -> bool:
         """Used as the logger's filter: past the cap the record goes nowhere, not even to the worker's log."""
         if self._room is None:
-            lines, size = self.store.log_usage(self.job_id)
+            try:
+                lines, size = self.store.log_usage(self.job_id)
+            except StoreUnavailable:
+                lines = size = 0  # Logs are best effort: the run goes on, bounded by this attempt's share.
             self._room = (MAX_LINES_PER_JOB - lines, MAX_BYTES_PER_JOB - size)
         if self._room[0] <= 0 or self._room[1] <= 0:
             self.dropped += 1
@@ -64,7 +68,12 @@ class JobLogCapture(logging.Handler):
             self.flush()
 
     def flush(self) -> None:
-        self.store.append_logs(self.job_id, self._buffer)
+        """Write the buffered lines; if the database is away they are counted as dropped, never raised: a
+        job's outcome must not depend on its logs."""
+        try:
+            self.store.append_logs(self.job_id, self._buffer)
+        except StoreUnavailable:
+            self.dropped += len(self._buffer)
         self._buffer = []
         self._last_flush = time.monotonic()
 

@@ -47,7 +47,8 @@ def _job_id(message: object) -> str | None:
 def job_ids_in_broker(client: redis.Redis) -> set[str]:
     """Ids of the jobs with a message in a priority queue or held unacknowledged by a worker."""
     found: set[str] = set()
-    for key in (key for queue in PRIORITY_QUEUES for key in broker_keys(queue)):
+    keys = [key for queue in PRIORITY_QUEUES for key in broker_keys(queue)]
+    for key in keys:
         for start in range(0, int(client.llen(key)), CHUNK):
             for raw in client.lrange(key, start, start + CHUNK - 1):
                 if job_id := _job_id(json.loads(raw)):

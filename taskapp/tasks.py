@@ -23,7 +23,7 @@ from celery.worker.request import Request
 
 from taskapp import worker_shutdown
 from taskapp.app import app
-from taskapp.errors import PermanentError
+from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
 from taskapp.notify import ChangePublisher
@@ -219,7 +219,12 @@ class ProgressReporter:
         if percent < 100 and now - self._last < self.MIN_INTERVAL:
             return
         self._last = now
-        self.store.report_progress(self.job_id, self.attempt, percent, message, utcnow())
+        try:
+            self.store.report_progress(self.job_id, self.attempt, percent, message, utcnow())
+        except StoreUnavailable as exc:
+            log.warning(
+                "job %s: progress not recorded: %s", self.job_id, exc
+            )  # Informational: the run goes on.
 
 
 def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:
