@@ -56,3 +56,4 @@ imports = ("taskapp.tasks", "taskapp.mirror", "taskapp.worker_shutdown", "taskap
 taskapp_database_url = _settings.database_url
 taskapp_handler_modules = _settings.handler_modules
 taskapp_worker_shutdown_timeout = _settings.worker_shutdown_timeout
+taskapp_log_format = _settings.log_format

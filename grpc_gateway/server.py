@@ -21,6 +21,7 @@ from taskapp.app import app as celery_app
 from taskapp.broker_stats import RedisBrokerStats
 from taskapp.config import Settings, is_loopback
 from taskapp.errors import TaskappError
+from taskapp.log_format import setup_process_logging
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
@@ -154,8 +155,9 @@ async def report_health(health_servicer: health.aio.HealthServicer, readiness: R
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    setup_process_logging(settings.log_format)
     try:
-        asyncio.run(serve(Settings()))
+        asyncio.run(serve(settings))
     except TaskappError as exc:
         sys.exit(f"taskapp gateway: {exc}")

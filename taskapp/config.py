@@ -6,7 +6,7 @@ import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CERT"))
     tls_key: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_KEY"))
     tls_client_ca: Path | None = Field(default=None, validation_alias=AliasChoices("TASKAPP_TLS_CLIENT_CA"))
+    #: `text` for people, `json` for log pipelines (one object per line, with job id, type and attempt).
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias=AliasChoices("TASKAPP_LOG_FORMAT")
+    )
     #: The gateway's HTTP side: /metrics, /healthz, /readyz.
     metrics_addr: str = Field(default="127.0.0.1:9464", validation_alias=AliasChoices("TASKAPP_METRICS_ADDR"))
     #: Where Flower serves, and its users (`user:password`, comma separated); required off loopback.

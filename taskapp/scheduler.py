@@ -189,9 +189,10 @@ def main() -> None:
     """`taskapp scheduler`: run until SIGTERM or SIGINT."""
     from taskapp.app import app as celery_app
     from taskapp.config import Settings
+    from taskapp.log_format import setup_process_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    setup_process_logging(settings.log_format)
     store = SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url))
     scheduler = Scheduler(store, CeleryPublisher(celery_app), retention=settings.retention)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)

@@ -8,16 +8,38 @@ warnings.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from taskapp.app import app
+from taskapp.log_format import use_json
 
 
 class HideReturnValues(logging.Filter):
+    """Celery passes the return value twice: in the message's arguments and in the record's `data` extra
+    (which a JSON formatter prints)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, dict) and "return_value" in record.args:
-            size = len(repr(record.args["return_value"]))
-            record.args = {**record.args, "return_value": f"<result, {size} characters>"}
+            record.args = {**record.args, "return_value": _size_of(record.args["return_value"])}
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and "return_value" in data:
+            record.data = {**data, "return_value": _size_of(data["return_value"])}
         return True
 
 
+def _size_of(value: Any) -> str:
+    return f"<result, {len(repr(value))} characters>"
+
+
+def json_when_asked(logger: logging.Logger | None = None, **_: Any) -> None:
+    if logger is not None and app.conf.taskapp_log_format == "json":
+        use_json(logger)
+
+
+after_setup_logger.connect(json_when_asked)
+after_setup_task_logger.connect(json_when_asked)
 logging.getLogger("celery.app.trace").addFilter(HideReturnValues())
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
