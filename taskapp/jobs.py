@@ -58,6 +58,10 @@ class NewJob:
     #: When to run, if later than now: the job waits in SQL as SCHEDULED until then.
     run_at: datetime | None = None
 
+    def waits_until(self, now: datetime) -> datetime | None:
+        """`run_at` if it is still ahead of `now` (the job starts SCHEDULED), else None (it starts QUEUED)."""
+        return self.run_at if self.run_at is not None and self.run_at > now else None
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

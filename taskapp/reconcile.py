@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import redis
 
-from taskapp.jobs import SentMessage
 from taskapp.publisher import CeleryPublisher
 from taskapp.routing import PRIORITY_QUEUES, broker_keys
-from taskapp.scheduler import time_left
+from taskapp.scheduler import publish_owed
 from taskapp.store import SqlJobStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -69,10 +68,7 @@ def reconcile(store: SqlJobStore, publisher: CeleryPublisher, client: redis.Redi
         after_seq = jobs[-1].seq
         checked += len(jobs)
         missing = [job for job in jobs if job.job_id not in in_broker]
-        now = utcnow()
-        for job in missing:
-            publisher.publish(job, countdown=time_left(job, now))
-        store.mark_published([SentMessage.of(job) for job in missing], utcnow())
+        publish_owed(store, publisher, missing)
         republished += len(missing)
     log.info("reconcile: %d job(s) need a message, %d had none and were published", checked, republished)
     return ReconcileReport(in_broker=len(in_broker), checked=checked, republished=republished)

@@ -116,16 +116,22 @@ class Scheduler:
         return len(purged)
 
     def _publish(self, jobs: list[Job]) -> None:
-        """Publish each job (a retry keeps its back-off), then mark what was sent, even if the broker failed."""
-        now = self._clock()
-        sent: list[SentMessage] = []
-        try:
-            for job in jobs:
-                self.publisher.publish(job, countdown=time_left(job, now))
-                sent.append(SentMessage.of(job))
-        finally:
-            if sent:
-                self.store.mark_published(sent, self._clock())
+        publish_owed(self.store, self.publisher, jobs, self._clock)
+
+
+def publish_owed(
+    store: SqlJobStore, publisher: CeleryPublisher, jobs: list[Job], clock: Callable[[], datetime] = utcnow
+) -> None:
+    """Publish each job (a retry keeps its back-off), then mark what was sent, even if the broker failed."""
+    now = clock()
+    sent: list[SentMessage] = []
+    try:
+        for job in jobs:
+            publisher.publish(job, countdown=time_left(job, now))
+            sent.append(SentMessage.of(job))
+    finally:
+        if sent:
+            store.mark_published(sent, clock())
 
 
 def time_left(job: Job, now: datetime) -> float | None:

@@ -192,16 +192,16 @@ class JobService:
             except BrokerUnavailable:
                 self.store.discard(job.job_id)
                 raise
-            self._mark_published(job)
+            self._mark_published([job])
         return SubmitOutcome(job=job, created=True)
 
-    def _mark_published(self, job: Job) -> None:
-        """The job is committed and its message sent; if this write is lost the scheduler sends a harmless
-        duplicate, so the caller still gets its answer."""
+    def _mark_published(self, jobs: Sequence[Job]) -> None:
+        """The jobs are committed and their messages sent; if this write is lost the scheduler sends harmless
+        duplicates, so the caller still gets its answer."""
         try:
-            self.store.mark_published([SentMessage.of(job)], self._clock())
+            self.store.mark_published([SentMessage.of(job) for job in jobs], self._clock())
         except StoreUnavailable as exc:
-            log.warning("job %s published but not marked so: %s", job.job_id, exc)
+            log.warning("%d job(s) published but not marked so: %s", len(jobs), exc)
 
     def submit_many(self, requests: Sequence[SubmitRequest]) -> builtins.list[SubmitOutcome]:
         """SubmitJob for up to 1,000 jobs: every one is validated before anything is written (the error names
@@ -235,10 +235,7 @@ class JobService:
             self.store.discard_many([job.job_id for job, created in results if created])
             raise
         if fresh:
-            try:
-                self.store.mark_published([SentMessage.of(job) for job in fresh], self._clock())
-            except StoreUnavailable as exc:
-                log.warning("%d job(s) published but not marked so: %s", len(fresh), exc)
+            self._mark_published(fresh)
         return [SubmitOutcome(job=job, created=created) for job, created in results]
 
     def get(self, job_id: str) -> Job:
@@ -267,7 +264,7 @@ class JobService:
         except BrokerUnavailable:
             self.store.unqueue(job_id, previous, self._clock())
             raise
-        self._mark_published(job)
+        self._mark_published([job])
         self.publisher.remove_dead_letter(job_id)
         return job
 

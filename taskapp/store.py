@@ -131,7 +131,7 @@ class JobStore(Protocol):
         ...
 
     def discard(self, job_id: str) -> None:
-        """Delete a job that was created but could not be published (it never ran)."""
+        """Delete a job that was created but could not be published (QUEUED or SCHEDULED, never run)."""
         ...
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
@@ -340,48 +340,11 @@ class SqlJobStore:
         conn.info[_CHANGED].append(job_id)
 
     def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
-        scheduled = new.run_at is not None and new.run_at > now
-        state = JobState.SCHEDULED if scheduled else JobState.QUEUED
-        insert = (
-            self._insert(jobs_table)
-            .values(
-                job_id=new.job_id,
-                type=new.type,
-                priority=new.priority.value,
-                state=state.value,
-                payload=new.payload,
-                attempts=0,
-                max_attempts=new.max_attempts,
-                last_error="",
-                timeout_seconds=new.timeout_seconds,
-                fingerprint=new.fingerprint,
-                created_at=now,
-                updated_at=now,
-                scheduled_at=new.run_at if scheduled else now,
-                worker="",
-            )
-            .on_conflict_do_nothing(index_elements=["job_id"])
-            .returning(*jobs_table.c)
-        )
-        with self._transaction() as conn:
-            row = conn.execute(insert).first()
-            if row is not None:
-                self._event(conn, new.job_id, state, 0, now)
-                return _to_job(row), True
-            existing = conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id == new.job_id)).one()
-            return _to_job(existing), False
+        [result] = self.create_many([new], now)
+        return result
 
     def discard(self, job_id: str) -> None:
-        with self._transaction() as conn:
-            deleted = conn.execute(
-                jobs_table.delete().where(
-                    jobs_table.c.job_id == job_id,
-                    jobs_table.c.state == JobState.QUEUED.value,
-                    jobs_table.c.attempts == 0,
-                )
-            )
-            if deleted.rowcount:
-                conn.execute(events_table.delete().where(events_table.c.job_id == job_id))
+        self.discard_many([job_id])
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
         c = jobs_table.c
@@ -698,9 +661,7 @@ class SqlJobStore:
                 "job_id": new.job_id,
                 "type": new.type,
                 "priority": new.priority.value,
-                "state": (
-                    JobState.SCHEDULED if new.run_at is not None and new.run_at > now else JobState.QUEUED
-                ).value,
+                "state": (JobState.QUEUED if new.waits_until(now) is None else JobState.SCHEDULED).value,
                 "payload": new.payload,
                 "attempts": 0,
                 "max_attempts": new.max_attempts,
@@ -709,7 +670,7 @@ class SqlJobStore:
                 "fingerprint": new.fingerprint,
                 "created_at": now,
                 "updated_at": now,
-                "scheduled_at": new.run_at if new.run_at is not None and new.run_at > now else now,
+                "scheduled_at": new.waits_until(now) or now,
                 "worker": "",
             }
             for new in news

@@ -35,12 +35,12 @@ class InMemoryJobStore:
             if new.job_id in self.jobs:
                 return self.jobs[new.job_id], False
             self._seq += 1
-            scheduled = new.run_at is not None and new.run_at > now
+            waits_until = new.waits_until(now)
             job = Job(
                 job_id=new.job_id,
                 type=new.type,
                 priority=new.priority,
-                state=JobState.SCHEDULED if scheduled else JobState.QUEUED,
+                state=JobState.QUEUED if waits_until is None else JobState.SCHEDULED,
                 payload=new.payload,
                 result=None,
                 attempts=0,
@@ -49,7 +49,7 @@ class InMemoryJobStore:
                 timeout_seconds=new.timeout_seconds,
                 created_at=now,
                 updated_at=now,
-                scheduled_at=new.run_at if new.run_at is not None and scheduled else now,
+                scheduled_at=waits_until or now,
                 started_at=None,
                 finished_at=None,
                 worker="",
@@ -70,7 +70,7 @@ class InMemoryJobStore:
     def discard(self, job_id: str) -> None:
         with self._lock:
             job = self.jobs.get(job_id)
-            if job is not None and job.state is JobState.QUEUED and job.attempts == 0:
+            if job is not None and job.state in (JobState.QUEUED, JobState.SCHEDULED) and job.attempts == 0:
                 del self.jobs[job_id]
                 self.events = [e for e in self.events if e[0] != job_id]
 
