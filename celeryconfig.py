@@ -50,10 +50,17 @@ if _settings.worker_concurrency is not None:
 worker_send_task_events = True
 task_send_sent_event = True
 
-imports = ("taskapp.tasks", "taskapp.mirror", "taskapp.worker_shutdown", "taskapp.worker_logging")
+imports = (
+    "taskapp.tasks",
+    "taskapp.mirror",
+    "taskapp.worker_shutdown",
+    "taskapp.worker_logging",
+    "taskapp.worker_metrics",
+)
 
 #: taskapp's own keys, read by `taskapp.tasks` (Celery keeps unknown lowercase keys as they are).
 taskapp_database_url = _settings.database_url
 taskapp_handler_modules = _settings.handler_modules
 taskapp_worker_shutdown_timeout = _settings.worker_shutdown_timeout
 taskapp_log_format = _settings.log_format
+taskapp_worker_metrics_addr = _settings.worker_metrics_addr

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 RPCS = Counter("taskapp_gateway_rpcs", "RPCs handled, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram("taskapp_gateway_rpc_seconds", "Time to handle an RPC", ["method"])
-SUBMITTED = Counter("taskapp_jobs_submitted", "Jobs created through the gateway", ["type", "priority"])
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 

@@ -10,6 +10,7 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
 from grpc_gateway.auth import TokenAuth
 from grpc_gateway.changes import ChangeListener
@@ -22,6 +23,7 @@ from taskapp.broker_stats import RedisBrokerStats
 from taskapp.config import Settings, is_loopback
 from taskapp.errors import TaskappError
 from taskapp.log_format import setup_process_logging
+from taskapp.metrics import QueueCollector, record_changes
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
@@ -39,15 +41,6 @@ HEALTH_CHECK_SECONDS = 2.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Seconds new calls are refused with UNAVAILABLE, once in-flight calls are done, before the listener closes.
 REFUSE_BEFORE_STOP = 0.5
-
-
-def build_service(settings: Settings, store: SqlJobStore) -> JobService:
-    return JobService(
-        store=store,
-        publisher=CeleryPublisher(celery_app),
-        registry=load_handlers(settings.handler_modules),
-        broker_stats=RedisBrokerStats(celery_app),
-    )
 
 
 def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
@@ -89,8 +82,17 @@ def listen(server: grpc.aio.Server, settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     interceptors = interceptors_for(settings)
-    store = SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url))
-    service = build_service(settings, store)
+    store = SqlJobStore.from_url(
+        settings.database_url, change_hooks=[ChangePublisher(settings.redis_url), record_changes]
+    )
+    broker_stats = RedisBrokerStats(celery_app)
+    service = JobService(
+        store=store,
+        publisher=CeleryPublisher(celery_app),
+        registry=load_handlers(settings.handler_modules),
+        broker_stats=broker_stats,
+    )
+    REGISTRY.register(QueueCollector(broker_stats, store))
     readiness = Readiness(store, settings.redis_url)
     ops_http = serve_ops_http(settings.metrics_addr, readiness)
     server = grpc.aio.server(

@@ -14,9 +14,10 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.changes import ChangeListener
-from grpc_gateway.ops_http import RPC_SECONDS, RPCS, SUBMITTED
+from grpc_gateway.ops_http import RPC_SECONDS, RPCS
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.errors import TaskappError
+from taskapp.metrics import JOBS_SUBMITTED
 from taskapp.service import JobService
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         outcomes = await asyncio.to_thread(self.service.submit_many, requests)
         for outcome in outcomes:
             if outcome.created:
-                SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
+                JOBS_SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
         return jobs_pb2.SubmitJobsResponse(
             results=[
                 jobs_pb2.SubmitJobResponse(
@@ -163,7 +164,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     ) -> jobs_pb2.SubmitJobResponse:
         outcome = await asyncio.to_thread(self.service.submit, convert.submit_request_from_pb(request))
         if outcome.created:
-            SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
+            JOBS_SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
         return jobs_pb2.SubmitJobResponse(
             job_id=outcome.job.job_id,
             state=convert.state_to_pb(outcome.job.state),

@@ -117,6 +117,50 @@ def flower() -> None:
         click.echo("taskapp: Flower without TASKAPP_FLOWER_AUTH, on this machine only", err=True)
     os.execvpe(
         "celery",
-        ["celery", "-A", "taskapp", "flower", f"--address={host.strip('[]')}", f"--port={port}"],
+        [
+            "celery",
+            "-A",
+            "taskapp",
+            "flower",
+            f"--address={host.strip('[]')}",
+            f"--port={port}",
+            # What Flower has seen survives its restarts: saved every 10 s and when it stops.
+            "--persistent=True",
+            f"--db={settings.flower_db}",
+            "--state_save_interval=10000",
+        ],
         env,
     )
+
+
+@main.command()
+def exporter() -> None:
+    """Run the Celery exporter (danihodovic/celery-exporter) on TASKAPP_EXPORTER_ADDR, reading REDIS_URL."""
+    import os
+
+    from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
+
+    settings = Settings()
+    host, _, port = settings.exporter_addr.rpartition(":")
+    # The broker URL through the environment, not argv: it may hold a password.
+    env = {**os.environ, "CE_BROKER_URL": settings.redis_url}
+    if settings.log_format == "json":
+        env["LOGURU_SERIALIZE"] = "true"  # celery-exporter logs through loguru: one JSON object per line
+    argv = [
+        "celery-exporter",
+        f"--host={host.strip('[]')}",
+        f"--port={port}",
+        # Every queue from the start, `dead_letter` too, which no worker consumes.
+        f"--queues={','.join((*PRIORITY_QUEUES, DEAD_LETTER_QUEUE))}",
+        # Keep going through a broker restart instead of exiting.
+        "--retry-interval=5",
+    ]
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        click.echo(
+            "taskapp: celery-exporter is not installed: scripts/setup installs it (in .venv-exporter), "
+            "or run scripts/install-celery-exporter VENV_DIR BIN_DIR",
+            err=True,
+        )
+        sys.exit(1)

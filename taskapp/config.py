@@ -86,9 +86,19 @@ class Settings(BaseSettings):
     )
     #: The gateway's HTTP side: /metrics, /healthz, /readyz.
     metrics_addr: str = Field(default="127.0.0.1:9464", validation_alias=AliasChoices("TASKAPP_METRICS_ADDR"))
+    #: A worker's /metrics (its job metrics, all its processes summed); empty: not served.
+    worker_metrics_addr: str = Field(
+        default="127.0.0.1:9465", validation_alias=AliasChoices("TASKAPP_WORKER_METRICS_ADDR")
+    )
+    #: Where `taskapp exporter` (the Celery exporter) serves /metrics.
+    exporter_addr: str = Field(
+        default="127.0.0.1:9808", validation_alias=AliasChoices("TASKAPP_EXPORTER_ADDR")
+    )
     #: Where Flower serves, and its users (`user:password`, comma separated); required off loopback.
     flower_addr: str = Field(default="127.0.0.1:5555", validation_alias=AliasChoices("TASKAPP_FLOWER_ADDR"))
     flower_auth: str = Field(default="", validation_alias=AliasChoices("TASKAPP_FLOWER_AUTH"))
+    #: Flower's saved state (tasks and workers it has seen), kept across its restarts.
+    flower_db: Path = Field(default=Path("flower.db"), validation_alias=AliasChoices("TASKAPP_FLOWER_DB"))
     #: Calls the gateway handles at once (WatchJob streams included); more are answered RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(
         default=1_000, gt=0, validation_alias=AliasChoices("TASKAPP_MAX_CONCURRENT_RPCS")

@@ -153,6 +153,19 @@ class JobEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class JobChange:
+    """A job's event as the store's change hooks hear it after the commit: WatchJob's wake-ups, job metrics."""
+
+    job_id: str
+    type: str
+    state: JobState
+    #: A progress report: the job is still RUNNING, its state did not change.
+    progress: bool = False
+    #: Seconds from the claim to this change, when it is the outcome of a run.
+    run_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogLine:
     at: datetime
     level: str

@@ -8,8 +8,11 @@ event: watchers also look again every second on their own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import redis
+
+from taskapp.jobs import JobChange
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +25,17 @@ def changes_channel(client: redis.Redis) -> str:
 
 
 class ChangePublisher:
-    """The store's change hook: publishes each changed job id, best effort."""
+    """A change hook of the store: publishes each changed job's id, best effort."""
 
     def __init__(self, redis_url: str) -> None:
         self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.channel = changes_channel(self._client)
 
-    def __call__(self, job_ids: list[str]) -> None:
+    def __call__(self, changes: Sequence[JobChange]) -> None:
+        job_ids = dict.fromkeys(change.job_id for change in changes)
         try:
             pipeline = self._client.pipeline(transaction=False)
-            for job_id in dict.fromkeys(job_ids):
+            for job_id in job_ids:
                 pipeline.publish(self.channel, job_id)
             pipeline.execute()
         except redis.RedisError as exc:

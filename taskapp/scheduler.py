@@ -199,7 +199,7 @@ def main() -> None:
 
     settings = Settings()
     setup_process_logging(settings.log_format)
-    store = SqlJobStore.from_url(settings.database_url, on_change=ChangePublisher(settings.redis_url))
+    store = SqlJobStore.from_url(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
     scheduler = Scheduler(store, CeleryPublisher(celery_app), retention=settings.retention)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")

@@ -27,6 +27,7 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     CancelOutcome,
     Job,
+    JobChange,
     JobEvent,
     JobFilter,
     JobState,
@@ -118,8 +119,9 @@ class JobLogRow(SQLModel, table=True):
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
-#: Called after a commit with the ids of the jobs it changed (`taskapp.notify` publishes them for WatchJob).
-ChangeHook = Callable[[list[str]], None]
+#: Called after a commit with the events it wrote: `taskapp.notify` publishes the job ids for WatchJob,
+#: `taskapp.metrics` counts what happened.
+ChangeHook = Callable[[list[JobChange]], None]
 _CHANGED = "taskapp.changed_jobs"
 
 
@@ -298,46 +300,59 @@ def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
 class SqlJobStore:
     """`JobStore` on SQLAlchemy Core over the SQLModel tables."""
 
-    def __init__(self, engine: Engine, on_change: ChangeHook | None = None) -> None:
+    def __init__(self, engine: Engine, change_hooks: Sequence[ChangeHook] = ()) -> None:
         self.engine = engine
-        self.on_change = on_change
+        self.change_hooks = tuple(change_hooks)
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
     @classmethod
-    def from_url(cls, url: str, on_change: ChangeHook | None = None) -> SqlJobStore:
-        return cls(create_db_engine(url), on_change)
+    def from_url(cls, url: str, change_hooks: Sequence[ChangeHook] = ()) -> SqlJobStore:
+        return cls(create_db_engine(url), change_hooks)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """One transaction; a lost or refused connection becomes `StoreUnavailable`. After the commit, the
-        change hook hears which jobs got events."""
-        changed: list[str] = []
+        change hooks hear the events it wrote."""
+        changed: list[JobChange] = []
         try:
             with self.engine.begin() as conn:
                 conn.info[_CHANGED] = changed
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"job database unavailable: {exc.orig or exc}") from exc
-        if changed and self.on_change is not None:
-            self.on_change(changed)
+        if changed:
+            for hook in self.change_hooks:
+                hook(changed)
 
     def _event(
         self,
         conn: Connection,
         job_id: str,
+        job_type: str,
         state: JobState,
         attempt: int,
         at: datetime,
         message: str = "",
         progress: int | None = None,
+        run_started: datetime | None = None,
     ) -> None:
+        """Write a job's event; `run_started` is the claim time when the event is the outcome of a run."""
         conn.execute(
             events_table.insert().values(
                 job_id=job_id, state=state.value, attempt=attempt, at=at, message=message, progress=progress
             )
         )
-        conn.info[_CHANGED].append(job_id)
+        started = _aware(run_started)
+        conn.info[_CHANGED].append(
+            JobChange(
+                job_id,
+                job_type,
+                state,
+                progress=progress is not None,
+                run_seconds=None if started is None else (at - started).total_seconds(),
+            )
+        )
 
     def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
         [result] = self.create_many([new], now)
@@ -380,7 +395,9 @@ class SqlJobStore:
         with self._transaction() as conn:
             while True:
                 row = conn.execute(
-                    sa.select(jobs_table.c.state, jobs_table.c.attempts).where(jobs_table.c.job_id == job_id)
+                    sa.select(jobs_table.c.state, jobs_table.c.attempts, jobs_table.c.type).where(
+                        jobs_table.c.job_id == job_id
+                    )
                 ).first()
                 if row is None:
                     return None
@@ -399,7 +416,7 @@ class SqlJobStore:
                     )
                 )
                 if updated.rowcount == 1:
-                    self._event(conn, job_id, JobState.CANCELLED, row.attempts, now, "cancelled")
+                    self._event(conn, job_id, row.type, JobState.CANCELLED, row.attempts, now, "cancelled")
                     return CancelOutcome(cancelled=True, previous_state=seen, state=JobState.CANCELLED)
 
     def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
@@ -433,7 +450,7 @@ class SqlJobStore:
             if row is None:
                 return None
             job = _to_job(row)
-            self._event(conn, job_id, JobState.RUNNING, job.attempts, now, worker)
+            self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
             return job
 
     def release(self, job_id: str, worker: str, now: datetime) -> bool:
@@ -452,12 +469,18 @@ class SqlJobStore:
                     lease_expires_at=None,
                     published_at=now,
                 )
-                .returning(c.attempts)
+                .returning(c.attempts, c.type)
             ).first()
             if row is None:
                 return False
             self._event(
-                conn, job_id, JobState.QUEUED, row.attempts, now, "returned to the queue: worker shut down"
+                conn,
+                job_id,
+                row.type,
+                JobState.QUEUED,
+                row.attempts,
+                now,
+                "returned to the queue: worker shut down",
             )
             return True
 
@@ -469,8 +492,9 @@ class SqlJobStore:
         return (*guard, jobs_table.c.attempts == attempt)
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        c = jobs_table.c
         with self._transaction() as conn:
-            updated = conn.execute(
+            row = conn.execute(
                 jobs_table.update()
                 .where(*self._running(job_id, attempt))
                 .values(
@@ -480,10 +504,11 @@ class SqlJobStore:
                     finished_at=now,
                     lease_expires_at=None,
                 )
-            )
-            if updated.rowcount != 1:
+                .returning(c.type, c.started_at)
+            ).first()
+            if row is None:
                 return False
-            self._event(conn, job_id, JobState.SUCCEEDED, attempt, now)
+            self._event(conn, job_id, row.type, JobState.SUCCEEDED, attempt, now, run_started=row.started_at)
             return True
 
     def fail_run(
@@ -516,12 +541,14 @@ class SqlJobStore:
                 jobs_table.update()
                 .where(*self._running(job_id, attempt))
                 .values(**values)
-                .returning(c.state, c.attempts)
+                .returning(c.state, c.attempts, c.type, c.started_at)
             ).first()
             if row is None:
                 return None
             new_state = JobState(row.state)
-            self._event(conn, job_id, new_state, row.attempts, now, error)
+            self._event(
+                conn, job_id, row.type, new_state, row.attempts, now, error, run_started=row.started_at
+            )
             return new_state
 
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
@@ -544,8 +571,9 @@ class SqlJobStore:
             ).first()
             if updated is None:
                 return None
-            self._event(conn, job_id, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
-            return _to_job(updated), previous
+            job = _to_job(updated)
+            self._event(conn, job_id, job.type, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
+            return job, previous
 
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         with self._transaction() as conn:
@@ -557,9 +585,10 @@ class SqlJobStore:
                     jobs_table.c.attempts == 0,
                 )
                 .values(state=back_to.value, updated_at=now)
-            )
-            if updated.rowcount:
-                self._event(conn, job_id, back_to, 0, now, "retry could not be published")
+                .returning(jobs_table.c.type)
+            ).first()
+            if updated is not None:
+                self._event(conn, job_id, updated.type, back_to, 0, now, "retry could not be published")
 
     # The scheduler's and `taskapp reconcile`'s queries.
     # (`builtins.list`: this class's own `list` method shadows the builtin in annotations below it.)
@@ -589,7 +618,7 @@ class SqlJobStore:
                         for job in jobs
                     ],
                 )
-                conn.info[_CHANGED].extend(job.job_id for job in jobs)
+                conn.info[_CHANGED].extend(JobChange(job.job_id, job.type, job.state) for job in jobs)
         return jobs
 
     def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
@@ -691,7 +720,9 @@ class SqlJobStore:
                         for job in created.values()
                     ],
                 )
-                conn.info[_CHANGED].extend(created)
+                conn.info[_CHANGED].extend(
+                    JobChange(job.job_id, job.type, job.state) for job in created.values()
+                )
             others = [new.job_id for new in news if new.job_id not in created]
             existing = (
                 {
@@ -753,14 +784,15 @@ class SqlJobStore:
     def report_progress(self, job_id: str, attempt: int, percent: int, message: str, now: datetime) -> bool:
         """Record a running attempt's progress on the job and as an event; False if the run is over."""
         with self._transaction() as conn:
-            updated = conn.execute(
+            row = conn.execute(
                 jobs_table.update()
                 .where(*self._running(job_id, attempt))
                 .values(progress_percent=percent, progress_message=message)
-            )
-            if updated.rowcount != 1:
+                .returning(jobs_table.c.type)
+            ).first()
+            if row is None:
                 return False
-            self._event(conn, job_id, JobState.RUNNING, attempt, now, message, progress=percent)
+            self._event(conn, job_id, row.type, JobState.RUNNING, attempt, now, message, progress=percent)
             return True
 
     def log_usage(self, job_id: str) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from taskapp.app import app
 from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
+from taskapp.metrics import record_changes
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
@@ -50,7 +51,7 @@ def store_for(celery_app: Celery) -> SqlJobStore:
     store = _stores.get(key)
     if store is None:
         store = _stores[key] = SqlJobStore.from_url(
-            key[1], on_change=ChangePublisher(celery_app.conf.broker_url)
+            key[1], change_hooks=[ChangePublisher(celery_app.conf.broker_url), record_changes]
         )
     return store
 

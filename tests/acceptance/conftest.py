@@ -185,6 +185,10 @@ def make_stack(
             "REDIS_URL": redis_url,
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
             "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "TASKAPP_WORKER_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "TASKAPP_EXPORTER_ADDR": f"127.0.0.1:{free_port()}",
+            "TASKAPP_FLOWER_ADDR": f"127.0.0.1:{free_port()}",
+            "TASKAPP_FLOWER_DB": str(workdir / "flower.db"),
             "PYTHONPATH": str(ROOT),
             "TASKAPP_HANDLER_MODULES": "tests.handlers_for_tests",
             # Stopping a stack must not wait out long test jobs.

@@ -1,5 +1,5 @@
 """Issue 7, done-when 4: with TASKAPP_LOG_FORMAT=json every worker log line about a job is a JSON object
-carrying the job's id (and its type), and the gateway and scheduler log JSON too."""
+carrying the job's id (and its type), and the gateway, scheduler and exporter log JSON too."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ MakeStack = Callable[..., Stack]
 
 def test_json_logs_carry_the_job_id_on_every_line_about_a_job(make_stack: MakeStack) -> None:
     stack = make_stack(scheduler=True, TASKAPP_LOG_FORMAT="json")
+    stack.start("exporter")
     ids = [
         submit(stack, "echo", {"secret": "echo-payload-s3cret"}),
         submit(stack, "chatty", {"lines": 2, "fail_times": 1}, max_attempts=2),
@@ -40,3 +41,6 @@ def test_json_logs_carry_the_job_id_on_every_line_about_a_job(make_stack: MakeSt
     for name in ("gateway", "scheduler"):
         records = [json.loads(line) for line in stack.log(name).splitlines() if line.strip()]
         assert records and all({"time", "level", "message"} <= record.keys() for record in records), name
+    # celery-exporter logs through loguru, whose JSON puts the fields under "record".
+    exported = [json.loads(line)["record"] for line in stack.log("exporter").splitlines() if line.strip()]
+    assert exported and all({"time", "level", "message"} <= record.keys() for record in exported)

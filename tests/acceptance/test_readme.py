@@ -78,7 +78,10 @@ def test_run_script_serves_jobs_and_stops_cleanly(tmp_path: Path, redis_database
         "TASKAPP_GRPC_ADDR": address,
         "TASKAPP_WORKER_CONCURRENCY": "1",
         "TASKAPP_FLOWER_ADDR": f"127.0.0.1:{free_port()}",
+        "TASKAPP_FLOWER_DB": str(tmp_path / "flower.db"),
         "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "TASKAPP_WORKER_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "TASKAPP_EXPORTER_ADDR": f"127.0.0.1:{free_port()}",
     }
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(

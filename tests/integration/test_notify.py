@@ -8,6 +8,7 @@ import asyncio
 import redis
 
 from grpc_gateway.changes import ChangeListener
+from taskapp.jobs import JobChange, JobState
 from taskapp.notify import ChangePublisher, changes_channel
 
 
@@ -24,7 +25,11 @@ def test_a_published_change_wakes_the_waiters_of_that_job_only(redis_url: str) -
                     if subscribed.pubsub_numsub(channel)[0][1]:
                         break
                     await asyncio.sleep(0.05)
-                await asyncio.to_thread(publisher, ["job-a", "job-a"])
+                changes = [
+                    JobChange("job-a", "echo", JobState.RUNNING),
+                    JobChange("job-a", "echo", JobState.SUCCEEDED),
+                ]
+                await asyncio.to_thread(publisher, changes)
                 await asyncio.wait_for(woken.wait(), 5)
                 return woken.is_set(), other.is_set()
         finally:

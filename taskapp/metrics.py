@@ -1,0 +1,84 @@
+"""Job metrics for Prometheus, counted where SQL records what happened to a job.
+
+`record_changes` is a change hook of the store (`SqlJobStore(change_hooks=...)`): every committed change of a
+job's state passes through it, in whichever process made it (the gateway cancels, workers finish runs), so a
+count here is a count of what SQL says, never of what a process merely tried. In a worker, whose pool processes
+are separate processes, the values go to files that the worker's main process sums (`taskapp.worker_metrics`).
+
+`QueueCollector` reads the broker and SQL when Prometheus scrapes: how much is waiting, never a stale copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from taskapp.broker_stats import BrokerStats
+from taskapp.errors import TaskappError
+from taskapp.jobs import JobChange, JobState
+from taskapp.routing import DEAD_LETTER_QUEUE, queue_for
+from taskapp.store import SqlJobStore
+
+log = logging.getLogger(__name__)
+
+JOBS_SUBMITTED = Counter("taskapp_jobs_submitted", "Jobs created through the gateway", ["type", "priority"])
+JOBS_FINISHED = Counter(
+    "taskapp_jobs_finished",
+    "Jobs that reached a final state (SUCCEEDED, FAILED, DEAD_LETTER or CANCELLED)",
+    ["type", "state"],
+)
+JOB_RETRIES = Counter("taskapp_job_retries", "Failed runs followed by another attempt (RETRYING)", ["type"])
+JOB_RUN_SECONDS = Histogram(
+    "taskapp_job_run_seconds",
+    "How long a job's run took, from its claim to its outcome",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3_600, 21_600),
+)
+
+
+def record_changes(changes: Sequence[JobChange]) -> None:
+    """The store's change hook: count final states, retries, and the length of runs that ended."""
+    for change in changes:
+        if change.progress:
+            continue
+        if change.state.is_terminal:
+            JOBS_FINISHED.labels(change.type, change.state.value).inc()
+        elif change.state is JobState.RETRYING:
+            JOB_RETRIES.labels(change.type).inc()
+        if change.run_seconds is not None:
+            JOB_RUN_SECONDS.labels(change.type).observe(change.run_seconds)
+
+
+class QueueCollector(Collector):
+    """Messages waiting in each priority queue (with kombu's priority sub-lists) and in `dead_letter`, and
+    jobs waiting in SQL for their `run_at`, read at each scrape. A dependency that does not answer leaves its
+    gauge out of that scrape (and /readyz says why) rather than failing the whole scrape."""
+
+    def __init__(self, broker_stats: BrokerStats, store: SqlJobStore) -> None:
+        self.broker_stats = broker_stats
+        self.store = store
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "taskapp_queue_depth", "Messages waiting in a broker queue", labels=["queue"]
+        )
+        try:
+            for priority, count in self.broker_stats.depths().items():
+                depth.add_metric([queue_for(priority)], count)
+            depth.add_metric([DEAD_LETTER_QUEUE], self.broker_stats.dead_letters())
+        except TaskappError as exc:
+            log.debug("queue depths left out of this scrape: %s", exc)
+        else:
+            yield depth
+        try:
+            scheduled = self.store.count_scheduled()
+        except TaskappError as exc:
+            log.debug("scheduled jobs left out of this scrape: %s", exc)
+        else:
+            yield GaugeMetricFamily(
+                "taskapp_jobs_scheduled", "Jobs waiting in SQL for their run_at", scheduled
+            )
