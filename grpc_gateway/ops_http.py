@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import redis
 from prometheus_client import Counter, Histogram, make_wsgi_app
 
+from taskapp.config import split_address
 from taskapp.errors import StoreUnavailable
 from taskapp.store import SqlJobStore
 
@@ -81,10 +82,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve_ops_http(address: str, readiness: Readiness) -> WSGIServer:
-    host, _, port = address.rpartition(":")
+    host, port = split_address(address)
     try:
         server = make_server(
-            host.strip("[]"),
+            host,
             int(port),
             ops_app(readiness),
             server_class=_ThreadingServer,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from taskapp.config import Settings
+from taskapp.config import Settings, is_loopback, split_address
 from taskapp.errors import TaskappError
 
 
@@ -98,10 +98,8 @@ def flower() -> None:
     """Run Flower on TASKAPP_FLOWER_ADDR with the users of TASKAPP_FLOWER_AUTH (required off loopback)."""
     import os
 
-    from taskapp.config import is_loopback
-
     settings = Settings()
-    host, _, port = settings.flower_addr.rpartition(":")
+    host, port = split_address(settings.flower_addr)
     env = dict(os.environ)
     if settings.flower_auth:
         # Through the environment, not argv: command lines are visible to every user of the machine.
@@ -122,7 +120,7 @@ def flower() -> None:
             "-A",
             "taskapp",
             "flower",
-            f"--address={host.strip('[]')}",
+            f"--address={host}",
             f"--port={port}",
             # What Flower has seen survives its restarts: saved every 10 s and when it stops.
             "--persistent=True",
@@ -141,14 +139,14 @@ def exporter() -> None:
     from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
     settings = Settings()
-    host, _, port = settings.exporter_addr.rpartition(":")
+    host, port = split_address(settings.exporter_addr)
     # The broker URL through the environment, not argv: it may hold a password.
     env = {**os.environ, "CE_BROKER_URL": settings.redis_url}
     if settings.log_format == "json":
         env["LOGURU_SERIALIZE"] = "true"  # celery-exporter logs through loguru: one JSON object per line
     argv = [
         "celery-exporter",
-        f"--host={host.strip('[]')}",
+        f"--host={host}",
         f"--port={port}",
         # Every queue from the start, `dead_letter` too, which no worker consumes.
         f"--queues={','.join((*PRIORITY_QUEUES, DEAD_LETTER_QUEUE))}",

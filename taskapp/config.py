@@ -29,9 +29,15 @@ def parse_duration(value: object) -> object:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def split_address(address: str) -> tuple[str, str]:
+    """`host:port` (an IPv6 host in brackets) as the host, without brackets, and the port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
 def is_loopback(address: str) -> bool:
-    """Whether `host:port` (IPv6 in brackets) listens on this machine only."""
-    host = address.rsplit(":", 1)[0].strip("[]")
+    """Whether `host:port` listens on this machine only."""
+    host, _ = split_address(address)
     if host == "localhost":
         return True
     try:

@@ -18,6 +18,7 @@ from celery.signals import worker_init, worker_shutdown
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
 
 from taskapp.app import app
+from taskapp.config import split_address
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ def serve_metrics(**_: Any) -> None:
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    host, _, port = address.rpartition(":")
+    host, port = split_address(address)
     try:
-        start_http_server(int(port), host.strip("[]"), registry)
+        start_http_server(int(port), host, registry)
     except (OSError, ValueError) as exc:
         # Metrics are for watching jobs, not for running them: the worker goes on without them.
         log.error("worker metrics not served on %s (TASKAPP_WORKER_METRICS_ADDR): %s", address, exc)
