@@ -1,0 +1,246 @@
+"""`scripts/bench` (`python -m bench`): taskapp against raw Celery, measured in one run on this machine.
+
+Raw Celery is Celery with taskapp's Celery settings and a task that does nothing (`bench.raw_celery`); taskapp
+is the gateway and worker as the Procfile runs them, on PostgreSQL. Every process runs on its own database,
+Redis database number and ports. Prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import celery
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench import phases, raw_celery
+from bench.env import World, free_port, procfile, wait_until
+
+#: Callers at once for SubmitJob, and for SubmitJobs of `BATCH` jobs each.
+SUBMIT_CONCURRENCY = 50
+BATCH = 100
+BATCH_CONCURRENCY = 4
+#: The steady rate of the latency phase, jobs per second.
+LATENCY_RATE = 100.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    publish: int  #: raw send_task calls (and the raw drain)
+    submit: int  #: SubmitJob calls
+    batches: int  #: SubmitJobs calls of BATCH jobs
+    latency: int  #: jobs submitted at LATENCY_RATE
+    rows: tuple[int, int]  #: table sizes for the read phase
+    reads: int  #: calls per read measurement
+
+
+SIZES = {
+    # Proves the benchmark works (CI runs it); its figures mean little.
+    "tiny": Sizes(publish=200, submit=200, batches=2, latency=20, rows=(1_000, 3_000), reads=10),
+    "full": Sizes(
+        publish=10_000, submit=10_000, batches=100, latency=1_000, rows=(10_000, 1_000_000), reads=300
+    ),
+}
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def worker_answers() -> bool:
+    return bool(raw_celery.app.control.ping(timeout=0.5))
+
+
+def start_worker(world: World, name: str, app_module: str) -> None:
+    """The Procfile's worker line, with `-A` naming the app to run."""
+    world.start(name, procfile()["worker"].replace("-A taskapp", f"-A {app_module}"))
+    wait_until(worker_answers, 60, f"the {name} to answer")
+
+
+def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
+    raw_celery.app.conf.broker_url = world.redis_url
+    figures: dict[str, Any] = {"raw": {}, "taskapp": {}}
+
+    start_worker(world, "raw-worker", "bench.raw_celery")
+    phases.pause_consuming(raw_celery.app)
+    figures["raw"]["publish_per_s"] = phases.raw_publish(raw_celery.app, sizes.publish, progress)
+    figures["raw"]["drain_per_s"] = phases.drain(
+        raw_celery.app, lambda: phases.raw_drained(world), sizes.publish, "raw Celery: drain", progress
+    )
+    world.stop("raw-worker")
+    world.redis().flushdb()
+
+    address = f"127.0.0.1:{free_port()}"
+    world.start(
+        "gateway",
+        procfile()["gateway"],
+        TASKAPP_GRPC_ADDR=address,
+        TASKAPP_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+    )
+    wait_until(lambda: serving(address), 60, "the gateway to serve")
+    start_worker(world, "worker", "taskapp")
+    phases.pause_consuming(raw_celery.app)
+    with phases.progress_of(
+        progress, f"taskapp: SubmitJob, {SUBMIT_CONCURRENCY} callers", sizes.submit
+    ) as advance:
+        figures["taskapp"]["submit_per_s"] = phases.submit_jobs(
+            address, sizes.submit, SUBMIT_CONCURRENCY, advance
+        )
+    with phases.progress_of(progress, f"taskapp: SubmitJobs of {BATCH}", sizes.batches * BATCH) as advance:
+        figures["taskapp"]["submit_batch_per_s"] = phases.submit_batches(
+            address, sizes.batches, BATCH, BATCH_CONCURRENCY, advance
+        )
+    total = phases.job_count(world)
+    figures["taskapp"]["drain_per_s"] = phases.drain(
+        raw_celery.app,
+        lambda: phases.succeeded(world) == total,
+        total,
+        "taskapp: drain to SUCCEEDED",
+        progress,
+    )
+    with phases.progress_of(
+        progress, f"taskapp: submit → RUNNING at {LATENCY_RATE:.0f}/s", sizes.latency
+    ) as advance:
+        figures["taskapp"]["latency_ms"] = phases.latency_to_running(
+            world, address, sizes.latency, LATENCY_RATE, advance
+        )
+    world.stop("worker")
+
+    world.sql("TRUNCATE jobs, job_events, job_logs")
+    figures["taskapp"]["reads_ms"] = {}
+    for rows in sizes.rows:
+        phases.fill_rows(world, rows, progress)
+        with phases.progress_of(progress, f"taskapp: reads at {rows:,} rows", None):
+            figures["taskapp"]["reads_ms"][str(rows)] = phases.read_latencies(world, address, sizes.reads)
+    world.stop("gateway")
+    return figures
+
+
+def targets(figures: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured value."""
+    raw, ours = figures["raw"], figures["taskapp"]
+    small, large = (ours["reads_ms"][str(rows)] for rows in sizes.rows)
+    rows = [
+        ("P1 SubmitJob c=50 / raw send_task", ours["submit_per_s"] / raw["publish_per_s"], ">=", 1.0),
+        ("P1 SubmitJobs(100) / raw send_task", ours["submit_batch_per_s"] / raw["publish_per_s"], ">=", 3.0),
+        ("P2 drain to SUCCEEDED / raw drain", ours["drain_per_s"] / raw["drain_per_s"], ">=", 0.8),
+        ("P3 submit → RUNNING p50 (ms)", ours["latency_ms"]["p50"], "<=", 5.0),
+        ("P3 submit → RUNNING p99 (ms)", ours["latency_ms"]["p99"], "<=", 25.0),
+    ]
+    for read in small:
+        rows.append(
+            (f"P4 {read}: {sizes.rows[1]:,} / {sizes.rows[0]:,} rows", large[read] / small[read], "<=", 1.5)
+        )
+    return [
+        {
+            "measure": name,
+            "value": value,
+            "target": f"{op} {bound}",
+            "met": value >= bound if op == ">=" else value <= bound,
+        }
+        for name, value, op, bound in rows
+    ]
+
+
+def report(figures: dict[str, Any], checks: list[dict[str, Any]], console: Console) -> None:
+    raw, ours = figures["raw"], figures["taskapp"]
+    rates = Table(title="Rates (per second)")
+    for column in ("", "taskapp", "raw Celery", "ratio"):
+        rates.add_column(column, justify="right" if column else "left")
+    rates.add_row(
+        "publish: SubmitJob c=50 / send_task",
+        f"{ours['submit_per_s']:,.0f}",
+        f"{raw['publish_per_s']:,.0f}",
+        f"{ours['submit_per_s'] / raw['publish_per_s']:.2f}x",
+    )
+    rates.add_row(
+        "publish: SubmitJobs(100) / send_task",
+        f"{ours['submit_batch_per_s']:,.0f}",
+        f"{raw['publish_per_s']:,.0f}",
+        f"{ours['submit_batch_per_s'] / raw['publish_per_s']:.2f}x",
+    )
+    rates.add_row(
+        "drain noop (to SUCCEEDED in SQL)",
+        f"{ours['drain_per_s']:,.0f}",
+        f"{raw['drain_per_s']:,.0f}",
+        f"{ours['drain_per_s'] / raw['drain_per_s']:.2f}x",
+    )
+    console.print(rates)
+    latency = ours["latency_ms"]
+    console.print(
+        f"submit → RUNNING at {LATENCY_RATE:.0f} jobs/s: p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms, "
+        f"p99 {latency['p99']:.1f} ms"
+    )
+    reads = Table(title="Reads (ms per call, one caller)")
+    reads.add_column("rows")
+    names = list(next(iter(ours["reads_ms"].values())))
+    for name in names:
+        reads.add_column(name, justify="right")
+    for rows, figures_at in ours["reads_ms"].items():
+        reads.add_row(f"{int(rows):,}", *(f"{figures_at[name]:.2f}" for name in names))
+    console.print(reads)
+    verdicts = Table(title="Targets")
+    for column in ("measure", "value", "target", "met"):
+        verdicts.add_column(column)
+    for check in checks:
+        verdicts.add_row(
+            check["measure"], f"{check['value']:.2f}", check["target"], "yes" if check["met"] else "NO"
+        )
+    console.print(verdicts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny only proves it runs")
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
+    args = parser.parse_args()
+    sizes = SIZES[args.size]
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="taskapp-bench-"))
+    world = World(workdir)
+    world.open()
+    try:
+        with Progress(console=console, transient=True) as progress:
+            figures = measure(world, sizes, progress)
+    except BaseException:
+        console.print(f"[red]benchmark failed; the processes' logs are in {workdir}[/red]")
+        raise
+    finally:
+        world.close()
+    checks = targets(figures, sizes)
+    report(figures, checks, console)
+    result = {
+        "size": args.size,
+        "sizes": asdict(sizes),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "celery": celery.__version__,
+            "platform": platform.platform(),
+        },
+        **figures,
+        "targets": checks,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"figures written to {args.out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

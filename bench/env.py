@@ -1,0 +1,131 @@
+"""The benchmark's own world: a PostgreSQL database, a Redis database number and ports of its own, and the
+Procfile's processes started on them, so a run shares the machine with tests or another run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+from taskapp.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG_ADMIN = os.environ.get("TASKAPP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_SERVER = os.environ.get("TASKAPP_BENCH_REDIS", "redis://127.0.0.1:6379")
+#: The same lock keys the tests use to share the Redis server's database numbers.
+REDIS_LOCK = "taskapp:test-lock:{}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+@dataclass
+class World:
+    """One PostgreSQL database and one Redis database, claimed for the run and given back at its end."""
+
+    workdir: Path
+    database: str = field(default_factory=lambda: f"taskapp_bench_{uuid.uuid4().hex[:10]}")
+    redis_url: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def database_url(self) -> str:
+        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{base}/{self.database}"
+
+    def open(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')  # type: ignore[arg-type]
+        upgrade(self.database_url)
+        admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+        for number in range(1, 16):
+            if admin.set(REDIS_LOCK.format(number), self._token, nx=True, ex=3600):
+                self.redis_url = f"{REDIS_SERVER}/{number}"
+                self.redis().flushdb()
+                return
+        raise RuntimeError("all Redis databases 1-15 are taken by tests or other runs")
+
+    def close(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+        if self.redis_url:
+            self.redis().flushdb()
+            number = self.redis_url.rsplit("/", 1)[1]
+            admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+            if admin.get(REDIS_LOCK.format(number)) == self._token.encode():
+                admin.delete(REDIS_LOCK.format(number))
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')  # type: ignore[arg-type]
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def sql(self, query: str) -> list[tuple[object, ...]]:
+        dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.database}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cursor = conn.execute(query)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "TASKAPP_WORKER_METRICS_ADDR": "",
+            **extra,
+        }
+
+    def start(self, name: str, command: str, **extra_env: str) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.processes[name] = subprocess.Popen(
+            shlex.split(command),
+            cwd=self.workdir,
+            env=self.env(**extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

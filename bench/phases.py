@@ -1,0 +1,232 @@
+"""The measurements: each phase drives the real processes from outside, as a client would, and returns figures.
+
+Rates are jobs (or messages) per second of wall time; latencies are in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+from celery import Celery
+from rich.progress import Progress
+
+from bench import raw_celery
+from bench.env import World, wait_until
+from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+
+QUEUE = "default"
+#: The queues a worker consumes, as the Procfile says.
+WORKER_QUEUES = "critical,high,default,low"
+#: How often a drain checks whether it is done: often enough not to blur the rate, rarely enough to be free.
+POLL_SECONDS = 0.02
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+Advance = Callable[[int], None]
+
+
+@contextlib.contextmanager
+def progress_of(progress: Progress, label: str, total: int | None) -> Iterator[Advance]:
+    """A bar for a phase (a spinner when its length is unknown); the phase calls the given function as it goes."""
+    task = progress.add_task(label, total=total)
+    yield lambda done: progress.advance(task, done)
+    progress.update(task, total=total or 1, completed=total or 1)
+
+
+def pause_consuming(app: Celery) -> None:
+    """The worker stops taking from the queue, so it can be filled first and then drained at full speed."""
+    app.control.cancel_consumer(QUEUE, reply=True, limit=1, timeout=5)
+
+
+def raw_publish(app: Celery, count: int, progress: Progress) -> float:
+    """`send_task` in a loop from one thread: the raw publish rate."""
+    with progress_of(progress, "raw Celery: send_task loop", count) as advance:
+        started = time.perf_counter()
+        for n in range(count):
+            app.send_task(raw_celery.NOOP, queue=QUEUE)
+            if n % 100 == 99:
+                advance(100)
+        return count / (time.perf_counter() - started)
+
+
+def drain(app: Celery, done: Callable[[], bool], count: int, label: str, progress: Progress) -> float:
+    """Let the paused worker at its full queue, and time it until `done` says all `count` are through."""
+    with progress_of(progress, label, None):
+        started = time.perf_counter()
+        # `limit`: back as soon as the one worker answers, not after the whole timeout.
+        app.control.add_consumer(QUEUE, reply=True, limit=1, timeout=5)
+        wait_until(done, 600, label, interval=POLL_SECONDS)
+        return count / (time.perf_counter() - started)
+
+
+def raw_drained(world: World) -> bool:
+    client = world.redis()
+    pipeline = client.pipeline(transaction=False)
+    pipeline.llen(QUEUE)
+    pipeline.hlen("unacked")
+    waiting, unacked = pipeline.execute()
+    return waiting == 0 and unacked == 0
+
+
+def succeeded(world: World) -> int:
+    return int(world.sql("SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")[0][0])  # type: ignore[call-overload]
+
+
+def job_count(world: World) -> int:
+    return int(world.sql("SELECT count(*) FROM jobs")[0][0])  # type: ignore[call-overload]
+
+
+async def _submit_calls(
+    address: str,
+    count: int,
+    concurrency: int,
+    request: Callable[[], object],
+    method: str,
+    per_call: int,
+    advance: Advance,
+) -> float:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        call = getattr(stub, method)
+        await call(request(), timeout=30)  # the connection is up before the clock starts
+        calls = itertools.count()
+
+        async def caller() -> None:
+            while (n := next(calls)) < count:
+                await call(request(), timeout=60)
+                if n % 100 == 99 or per_call > 1:
+                    advance(100 if per_call == 1 else per_call)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return count * per_call / (time.perf_counter() - started)
+
+
+def submit_jobs(address: str, count: int, concurrency: int, advance: Advance) -> float:
+    """SubmitJob for `count` noop jobs from `concurrency` callers at once: jobs created per second."""
+
+    def request() -> jobs_pb2.SubmitJobRequest:
+        return jobs_pb2.SubmitJobRequest(type="noop")
+
+    return asyncio.run(_submit_calls(address, count, concurrency, request, "SubmitJob", 1, advance))
+
+
+def submit_batches(address: str, batches: int, batch_size: int, concurrency: int, advance: Advance) -> float:
+    """SubmitJobs with `batch_size` noop jobs per call: jobs created per second."""
+
+    def request() -> jobs_pb2.SubmitJobsRequest:
+        return jobs_pb2.SubmitJobsRequest(jobs=[jobs_pb2.SubmitJobRequest(type="noop")] * batch_size)
+
+    return asyncio.run(
+        _submit_calls(address, batches, concurrency, request, "SubmitJobs", batch_size, advance)
+    )
+
+
+async def _steady_submits(address: str, count: int, per_second: float, advance: Advance) -> dict[str, float]:
+    """Submit at a steady rate (each call on its own, so a slow one does not delay the next); job id -> the
+    wall-clock time it was sent."""
+    sent: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        await stub.SubmitJob(jobs_pb2.SubmitJobRequest(type="noop"), timeout=30)
+
+        async def one(n: int) -> None:
+            job_id = f"latency-{n}"
+            at = time.time()
+            await stub.SubmitJob(jobs_pb2.SubmitJobRequest(type="noop", job_id=job_id), timeout=30)
+            sent[job_id] = at
+            advance(1)
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        calls = []
+        for n in range(count):
+            await asyncio.sleep(max(0.0, start + n / per_second - loop.time()))
+            calls.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*calls)
+    return sent
+
+
+def latency_to_running(
+    world: World, address: str, count: int, per_second: float, advance: Advance
+) -> dict[str, float]:
+    """Submit → RUNNING (the claim's time in SQL) at a steady rate: p50, p95, p99 in milliseconds."""
+    sent = asyncio.run(_steady_submits(address, count, per_second, advance))
+    started = "SELECT count(*) FROM jobs WHERE job_id LIKE 'latency-%' AND started_at IS NOT NULL"
+    wait_until(lambda: world.sql(started)[0][0] == count, 120, "the latency jobs to start")
+    rows = world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'")
+    latencies = [
+        (started.timestamp() - sent[job_id]) * 1_000  # type: ignore[union-attr]
+        for job_id, started in rows
+    ]
+    return {f"p{q}": percentile(latencies, q) for q in (50, 95, 99)}
+
+
+FILL_ROWS = """
+INSERT INTO jobs (job_id, type, priority, state, payload, attempts, max_attempts, last_error, timeout_seconds,
+                  fingerprint, created_at, updated_at, scheduled_at, started_at, finished_at, worker,
+                  published_at, progress_message)
+SELECT 'row-' || g,
+       (ARRAY['echo', 'noop', 'sleep', 'fail'])[1 + g % 4],
+       (ARRAY['low', 'default', 'high', 'critical'])[1 + (g / 4) % 4],
+       CASE WHEN g % 50 = 0 THEN 'FAILED' WHEN g % 97 = 0 THEN 'QUEUED' ELSE 'SUCCEEDED' END,
+       jsonb_build_object('n', g), 1, 3, '', 300, md5(g::text),
+       ts, ts, ts, ts, ts, 'bench@host', ts, ''
+FROM generate_series(%(start)s, %(stop)s) AS g,
+     LATERAL (SELECT now() - make_interval(secs => %(stop)s - g) AS ts) AS t
+"""
+
+
+def fill_rows(world: World, rows: int, progress: Progress) -> None:
+    """Bring `jobs` to `rows` rows with plain SQL (a mix of types, priorities and states), then ANALYZE."""
+    have = int(world.sql("SELECT count(*) FROM jobs")[0][0])  # type: ignore[arg-type]
+    task = progress.add_task(f"filling jobs to {rows:,} rows", total=rows, completed=have)
+    step = 100_000
+    for start in range(have + 1, rows + 1, step):
+        stop = min(rows, start + step - 1)
+        world.sql(FILL_ROWS.replace("%(start)s", str(start)).replace("%(stop)s", str(stop)))
+        progress.update(task, completed=stop)
+    world.sql("VACUUM ANALYZE jobs")
+
+
+def read_latencies(world: World, address: str, calls: int) -> dict[str, float]:
+    """Mean milliseconds per call, one caller: GetJob of random jobs, and a ListJobs page (50, newest first)
+    with no filter, with a state filter, and with state and type."""
+    ids = [row[0] for row in world.sql(f"SELECT job_id FROM jobs ORDER BY random() LIMIT {calls}")]
+    channel = grpc.insecure_channel(address)
+    stub = jobs_pb2_grpc.JobServiceStub(channel)
+    pages = {
+        "ListJobs": jobs_pb2.ListJobsRequest(page_size=50),
+        "ListJobs state": jobs_pb2.ListJobsRequest(page_size=50, state=jobs_pb2.JOB_STATE_FAILED),
+        "ListJobs state+type": jobs_pb2.ListJobsRequest(
+            page_size=50, state=jobs_pb2.JOB_STATE_FAILED, type="echo"
+        ),
+    }
+    figures = {}
+    stub.GetJob(jobs_pb2.GetJobRequest(job_id=ids[0]), timeout=10)
+    timings = []
+    for job_id in random.sample(ids, len(ids)):
+        started = time.perf_counter()
+        stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+        timings.append(time.perf_counter() - started)
+    figures["GetJob"] = statistics.mean(timings) * 1_000
+    for name, request in pages.items():
+        timings = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.ListJobs(request, timeout=10)
+            timings.append(time.perf_counter() - started)
+        figures[name] = statistics.mean(timings) * 1_000
+    channel.close()
+    return figures

@@ -1,0 +1,37 @@
+"""The benchmark runs (issue 8): once, at its tiny size, to prove every phase works end to end. Its figures
+are not checked against anything: timings belong to the benchmark's own runs, never to a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.acceptance.conftest import ROOT
+
+
+def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    rates = [
+        figures["raw"]["publish_per_s"],
+        figures["raw"]["drain_per_s"],
+        figures["taskapp"]["submit_per_s"],
+        figures["taskapp"]["submit_batch_per_s"],
+        figures["taskapp"]["drain_per_s"],
+    ]
+    assert all(rate > 0 for rate in rates), figures
+    assert set(figures["taskapp"]["latency_ms"]) == {"p50", "p95", "p99"}
+    assert list(figures["taskapp"]["reads_ms"]) == ["1000", "3000"]
+    measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
+    assert measures == {"P1", "P2", "P3", "P4"}
+    assert "Targets" in done.stdout and "raw Celery" in done.stdout
