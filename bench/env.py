@@ -56,6 +56,8 @@ class World:
     redis_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _redis: redis.Redis | None = None
+    _sql: psycopg.Connection[tuple[object, ...]] | None = None
 
     @property
     def database_url(self) -> str:
@@ -77,6 +79,8 @@ class World:
     def close(self) -> None:
         for name in list(self.processes):
             self.stop(name)
+        if self._sql is not None:
+            self._sql.close()
         if self.redis_url:
             self.redis().flushdb()
             number = self.redis_url.rsplit("/", 1)[1]
@@ -87,13 +91,19 @@ class World:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')  # type: ignore[arg-type]
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+        """One client for the run: the drains poll through it, and a connection per poll would cost the
+        machine more than the poll."""
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.redis_url)
+        return self._redis
 
     def sql(self, query: str) -> list[tuple[object, ...]]:
-        dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.database}"
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            cursor = conn.execute(query)  # type: ignore[arg-type]
-            return cursor.fetchall() if cursor.description else []
+        """A query on the run's database, over one connection for the run (the drains poll through it)."""
+        if self._sql is None:
+            dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.database}"
+            self._sql = psycopg.connect(dsn, autocommit=True)
+        cursor = self._sql.execute(query)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
 
     def env(self, **extra: str) -> dict[str, str]:
         return {

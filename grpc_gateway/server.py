@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
 from grpc_gateway.auth import TokenAuth
+from grpc_gateway.batching import SubmitBatcher
 from grpc_gateway.changes import ChangeListener
 from grpc_gateway.decoding import RequestDecoding
 from grpc_gateway.ops_http import Readiness, serve_ops_http
@@ -105,7 +106,9 @@ async def serve(settings: Settings) -> None:
     )
     changes = ChangeListener(settings.redis_url)
     listening = asyncio.create_task(changes.run())
-    servicer = JobServicer(service, changes)
+    batcher = SubmitBatcher(service.submit_validated)
+    batching = asyncio.create_task(batcher.run())
+    servicer = JobServicer(service, changes, batcher)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
 
     health_servicer = health.aio.HealthServicer()
@@ -133,6 +136,7 @@ async def serve(settings: Settings) -> None:
     await asyncio.sleep(REFUSE_BEFORE_STOP)
     await server.stop(None)
     ops_http.shutdown()
+    batching.cancel()
     listening.cancel()
     await changes.close()
 

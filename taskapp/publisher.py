@@ -68,13 +68,16 @@ class CeleryPublisher:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
     def publish_many(self, jobs: Sequence[Job]) -> None:
+        """All the messages (and their task-sent events) in one Redis pipeline, through kombu's publish batch.
+        If the pipeline fails, some may have gone out: the caller discards the jobs, and a message for a job
+        that does not exist is dropped by the worker that receives it."""
         if not jobs:
             return
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_or_acquire() as producer, producer.batch():
                 for job in jobs:
                     self.publish(job, producer=producer)
-        except _BROKER_ERRORS as exc:
+        except (*_BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
     def dead_letter(self, job_id: str, name: str, origin_queue: str, error: str) -> None:

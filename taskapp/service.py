@@ -179,21 +179,50 @@ class JobService:
         this process dies between the commit and the publish, the row says a message is owed and the scheduler
         sends it (the outbox). A SCHEDULED job is published by the scheduler when it is due.
         """
-        new = self.validate(request)
-        job, created = self.store.create(new, self._clock())
-        if not created:
+        [outcome] = self.submit_validated([self.validate(request)])
+        if isinstance(outcome, JobAlreadyExists):
+            raise outcome
+        return outcome
+
+    def submit_validated(self, news: Sequence[NewJob]) -> builtins.list[SubmitOutcome | JobAlreadyExists]:
+        """`submit` for jobs of independent callers, written together: one INSERT, one publish batch, one
+        UPDATE, however many there are. Each caller gets its own outcome; a job_id that comes twice is created
+        once, the second caller getting it with `created` false (or ALREADY_EXISTS if the requests differ). A
+        database or broker failure fails them all, with nothing half-created."""
+        first: dict[str, NewJob] = {}
+        for new in news:
+            first.setdefault(new.job_id, new)
+        written = {
+            job.job_id: (job, created) for job, created in self._create_and_publish(list(first.values()))
+        }
+        outcomes: builtins.list[SubmitOutcome | JobAlreadyExists] = []
+        for new in news:
+            job, created = written[new.job_id]
             if job.fingerprint != new.fingerprint:
-                raise JobAlreadyExists(new.job_id)
-            return SubmitOutcome(job=job, created=False)
-        if job.state is JobState.QUEUED:
+                outcomes.append(JobAlreadyExists(new.job_id))
+            else:
+                outcomes.append(SubmitOutcome(job=job, created=created and first[new.job_id] is new))
+        return outcomes
+
+    def _create_and_publish(
+        self, news: Sequence[NewJob], check: Callable[[builtins.list[tuple[Job, bool]]], None] | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        """Insert the jobs (existing ids are left as they are), run `check` on the result, then publish the new
+        QUEUED ones together and mark them published. If publishing fails, the new rows are removed again."""
+        results = self.store.create_many(news, self._clock())
+        if check is not None:
+            check(results)
+        fresh = [job for job, created in results if created and job.state is JobState.QUEUED]
+        if fresh:
             fault_point(AFTER_COMMIT_BEFORE_PUBLISH)
-            try:
-                self.publisher.publish(job)
-            except BrokerUnavailable:
-                self.store.discard(job.job_id)
-                raise
-            self._mark_published([job])
-        return SubmitOutcome(job=job, created=True)
+        try:
+            self.publisher.publish_many(fresh)
+        except BrokerUnavailable:
+            self.store.discard_many([job.job_id for job, created in results if created])
+            raise
+        if fresh:
+            self._mark_published(fresh)
+        return results
 
     def _mark_published(self, jobs: Sequence[Job]) -> None:
         """The jobs are committed and their messages sent; if this write is lost the scheduler sends harmless
@@ -224,18 +253,13 @@ class JobService:
                 )
             first_index[new.job_id] = index
             news.append(new)
-        results = self.store.create_many(news, self._clock())
-        for index, ((job, created), new) in enumerate(zip(results, news, strict=True)):
-            if not created and job.fingerprint != new.fingerprint:
-                raise JobAlreadyExists(f"jobs[{index}]: {new.job_id}")
-        fresh = [job for job, created in results if created and job.state is JobState.QUEUED]
-        try:
-            self.publisher.publish_many(fresh)
-        except BrokerUnavailable:
-            self.store.discard_many([job.job_id for job, created in results if created])
-            raise
-        if fresh:
-            self._mark_published(fresh)
+
+        def refuse_conflicts(results: builtins.list[tuple[Job, bool]]) -> None:
+            for index, ((job, created), new) in enumerate(zip(results, news, strict=True)):
+                if not created and job.fingerprint != new.fingerprint:
+                    raise JobAlreadyExists(f"jobs[{index}]: {new.job_id}")
+
+        results = self._create_and_publish(news, check=refuse_conflicts)
         return [SubmitOutcome(job=job, created=created) for job, created in results]
 
     def get(self, job_id: str) -> Job:

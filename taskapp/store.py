@@ -8,7 +8,7 @@ at a time. The same code serves SQLite (embedded default) and PostgreSQL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -247,8 +247,8 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _to_job(row: sa.Row[Any]) -> Job:
-    m = row._mapping
+def _to_job(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
+    m = row._mapping if isinstance(row, sa.Row) else row
     created_at = _aware(m["created_at"])
     updated_at = _aware(m["updated_at"])
     scheduled_at = _aware(m["scheduled_at"])
@@ -308,7 +308,19 @@ class SqlJobStore:
 
     @classmethod
     def from_url(cls, url: str, change_hooks: Sequence[ChangeHook] = ()) -> SqlJobStore:
-        return cls(create_db_engine(url), change_hooks)
+        """The store for a database URL: on PostgreSQL, the one whose hot transitions are single statements."""
+        engine = create_db_engine(url)
+        if engine.dialect.name == "postgresql":
+            from taskapp.store_postgres import PostgresJobStore
+
+            return PostgresJobStore(engine, change_hooks)
+        return cls(engine, change_hooks)
+
+    def _announce(self, changes: list[JobChange]) -> None:
+        """After a commit: the change hooks hear what it did."""
+        if changes:
+            for hook in self.change_hooks:
+                hook(changes)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -321,9 +333,7 @@ class SqlJobStore:
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"job database unavailable: {exc.orig or exc}") from exc
-        if changed:
-            for hook in self.change_hooks:
-                hook(changed)
+        self._announce(changed)
 
     def _event(
         self,

@@ -1,0 +1,218 @@
+"""`SqlJobStore` on PostgreSQL, with what every job goes through as single statements: created (with the
+others of its batch), marked published, claimed, succeeded.
+
+These set the pace of the whole service. The portable code spends four round trips and most of a millisecond of
+SQLAlchemy on each (a pool ping, the statement, the event INSERT, the COMMIT), and compiles a multi-row INSERT
+anew for every batch. Here each is one prepared statement on an autocommit connection, batches passed as arrays:
+a data-modifying CTE makes the guarded change and its `job_events` rows one atomic statement, so the guarantees
+are the portable code's. Every other operation is inherited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy.engine import Engine
+
+from taskapp.errors import StoreUnavailable
+from taskapp.jobs import Job, JobChange, JobState, NewJob, SentMessage
+from taskapp.store import ChangeHook, SqlJobStore, _to_job
+
+#: A claimable job (QUEUED or RETRYING, or RUNNING past its lease) -> RUNNING, counting the attempt.
+CLAIM = """
+WITH claimed AS (
+    UPDATE jobs
+    SET state = 'RUNNING', attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, result = NULL,
+        updated_at = %(now)s, worker = %(worker)s, lease_expires_at = %(lease_expires_at)s,
+        progress_percent = NULL, progress_message = ''
+    WHERE job_id = %(job_id)s AND attempts < max_attempts
+      AND (state IN ('QUEUED', 'RETRYING') OR (state = 'RUNNING' AND lease_expires_at < %(now)s))
+    RETURNING *
+), event AS (
+    INSERT INTO job_events (job_id, at, state, attempt, message)
+    SELECT job_id, %(now)s, 'RUNNING', attempts, %(worker)s FROM claimed
+)
+SELECT * FROM claimed
+"""
+
+#: RUNNING on this attempt -> SUCCEEDED with the result.
+SUCCEED = """
+WITH succeeded AS (
+    UPDATE jobs
+    SET state = 'SUCCEEDED', result = %(result)s, updated_at = %(now)s, finished_at = %(now)s,
+        lease_expires_at = NULL
+    WHERE job_id = %(job_id)s AND state = 'RUNNING' AND attempts = %(attempt)s
+    RETURNING job_id, type, started_at
+), event AS (
+    INSERT INTO job_events (job_id, at, state, attempt, message)
+    SELECT job_id, %(now)s, 'SUCCEEDED', %(attempt)s, '' FROM succeeded
+)
+SELECT type, started_at FROM succeeded
+"""
+
+
+#: New jobs (arrays, one element per job) -> rows and their first events, in one statement. Ids that exist are
+#: left as they are and come back as they are, with `created` false: a data-modifying CTE's sibling queries see
+#: the table as it was before the statement, so the second SELECT finds only the rows that were already there.
+CREATE = """
+WITH new AS (
+    SELECT *
+    FROM unnest(
+        %(job_id)s::text[], %(type)s::text[], %(priority)s::text[], %(state)s::text[], %(payload)s::jsonb[],
+        %(max_attempts)s::int[], %(timeout_seconds)s::int[], %(fingerprint)s::text[],
+        %(scheduled_at)s::timestamptz[]
+    ) WITH ORDINALITY AS n(job_id, type, priority, state, payload, max_attempts, timeout_seconds, fingerprint,
+                           scheduled_at, position)
+), inserted AS (
+    INSERT INTO jobs (job_id, type, priority, state, payload, attempts, max_attempts, last_error,
+                      timeout_seconds, fingerprint, created_at, updated_at, scheduled_at, worker,
+                      progress_message)
+    SELECT job_id, type, priority, state, payload, 0, max_attempts, '', timeout_seconds, fingerprint,
+           %(now)s, %(now)s, scheduled_at, '', ''
+    FROM new ORDER BY position
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING *
+), event AS (
+    INSERT INTO job_events (job_id, at, state, attempt, message)
+    SELECT job_id, %(now)s, state, 0, '' FROM inserted
+)
+SELECT true AS created, * FROM inserted
+UNION ALL
+SELECT false AS created, jobs.* FROM jobs JOIN new USING (job_id)
+"""
+
+#: Rows that a concurrent statement inserted after `CREATE` took its snapshot.
+EXISTING = "SELECT * FROM jobs WHERE job_id = ANY(%(job_id)s::text[])"
+
+#: Each (job, state, attempts) whose message was sent -> published, if the job has not moved on since.
+MARK_PUBLISHED = """
+UPDATE jobs SET published_at = %(now)s
+FROM unnest(%(job_id)s::text[], %(state)s::text[], %(attempts)s::int[]) AS sent(job_id, state, attempts)
+WHERE jobs.job_id = sent.job_id AND jobs.state = sent.state AND jobs.attempts = sent.attempts
+  AND jobs.published_at IS NULL
+"""
+
+
+class PostgresJobStore(SqlJobStore):
+    def __init__(self, engine: Engine, change_hooks: Sequence[ChangeHook] = ()) -> None:
+        super().__init__(engine, change_hooks)
+        # Its own small pool of autocommit connections: one statement is one transaction, with no BEGIN,
+        # COMMIT or ping around it, and nothing to reset when a connection goes back.
+        self._autocommit = sa.create_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_reset_on_return=None,
+            pool_size=5,
+            max_overflow=20,
+            connect_args={"connect_timeout": 5},
+        )
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one statement and return its rows. A pooled connection that turns out broken (the server
+        restarted) is dropped and the statement tried once more on a new one: each statement here is guarded
+        or idempotent, so running it twice cannot do anything twice."""
+        for attempt in (1, 2):
+            try:
+                connection = self._autocommit.raw_connection()
+            except (psycopg.OperationalError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                raise StoreUnavailable(f"job database unavailable: {exc}") from exc
+            try:
+                driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
+                with driver.cursor(row_factory=dict_row) as cursor:
+                    cursor.execute(sql, params)
+                    rows: list[dict[str, Any]] = cursor.fetchall() if cursor.description else []
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                connection.invalidate()
+                if attempt == 2:
+                    raise StoreUnavailable(f"job database unavailable: {exc}") from exc
+                continue
+            finally:
+                connection.close()
+            return rows
+        raise AssertionError("unreachable")
+
+    def _one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
+        """One statement for any number of jobs; results in the order given."""
+        rows = self._rows(
+            CREATE,
+            {
+                "now": now,
+                "job_id": [new.job_id for new in news],
+                "type": [new.type for new in news],
+                "priority": [new.priority.value for new in news],
+                "state": [
+                    (JobState.QUEUED if new.waits_until(now) is None else JobState.SCHEDULED).value
+                    for new in news
+                ],
+                "payload": [Jsonb(new.payload) for new in news],
+                "max_attempts": [new.max_attempts for new in news],
+                "timeout_seconds": [new.timeout_seconds for new in news],
+                "fingerprint": [new.fingerprint for new in news],
+                "scheduled_at": [new.waits_until(now) or now for new in news],
+            },
+        )
+        written = {row["job_id"]: (_to_job(row), bool(row["created"])) for row in rows}
+        raced = [new.job_id for new in news if new.job_id not in written]
+        if raced:
+            # Inserted by a concurrent statement that committed after this one began: look again.
+            for row in self._rows(EXISTING, {"job_id": raced}):
+                written[row["job_id"]] = (_to_job(row), False)
+        self._announce(
+            [JobChange(job.job_id, job.type, job.state) for job, created in written.values() if created]
+        )
+        return [written[new.job_id] for new in news]
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        messages = list(sent)
+        if messages:
+            self._rows(
+                MARK_PUBLISHED,
+                {
+                    "now": now,
+                    "job_id": [message.job_id for message in messages],
+                    "state": [message.state.value for message in messages],
+                    "attempts": [message.attempts for message in messages],
+                },
+            )
+
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+        row = self._one(
+            CLAIM,
+            {
+                "job_id": job_id,
+                "worker": worker,
+                "now": now,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            },
+        )
+        if row is None:
+            return None
+        job = _to_job(row)
+        self._announce([JobChange(job_id, job.type, JobState.RUNNING)])
+        return job
+
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        row = self._one(
+            SUCCEED,
+            {
+                "job_id": job_id,
+                "attempt": attempt,
+                "now": now,
+                "result": None if result is None else Jsonb(result),
+            },
+        )
+        if row is None:
+            return False
+        run_seconds = (now - row["started_at"]).total_seconds()
+        self._announce([JobChange(job_id, row["type"], JobState.SUCCEEDED, run_seconds=run_seconds)])
+        return True
