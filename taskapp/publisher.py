@@ -51,18 +51,22 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def publish(self, job: Job, countdown: float | None = None, producer: Any = None) -> None:
+    def publish(self, job: Job, countdown: float | None = None, producer: Any = None, **options: Any) -> None:
         try:
             self.app.send_task(
                 task_name(job.type),
                 task_id=job.job_id,
                 queue=queue_for(job.priority),
-                # The worker reads the payload from SQL at claim time: messages carry no user data.
+                # The worker reads the payload from SQL at claim time: messages carry no user data, so there
+                # is nothing for Celery to render for logs and Flower either.
                 kwargs={},
+                argsrepr="()",
+                kwargsrepr="{}",
                 soft_time_limit=job.timeout_seconds,
                 time_limit=hard_time_limit(job.timeout_seconds),
                 countdown=countdown,
                 producer=producer,
+                **options,
             )
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
@@ -73,10 +77,15 @@ class CeleryPublisher:
         that does not exist is dropped by the worker that receives it."""
         if not jobs:
             return
+        queues = self.app.amqp.queues
         try:
             with self.app.producer_or_acquire() as producer, producer.batch():
+                # Each queue is declared once per batch rather than once per message (kombu binds a copy of
+                # the queue to check its cache every time it is asked).
+                for name in {queue_for(job.priority) for job in jobs}:
+                    producer.maybe_declare(queues[name])
                 for job in jobs:
-                    self.publish(job, producer=producer)
+                    self.publish(job, producer=producer, declare=[])
         except (*_BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 

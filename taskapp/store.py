@@ -119,8 +119,8 @@ class JobLogRow(SQLModel, table=True):
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
-#: Called after a commit with the events it wrote: `taskapp.notify` publishes the job ids for WatchJob,
-#: `taskapp.metrics` counts what happened.
+#: Called after a commit with the changes it made to existing jobs (creations are not announced):
+#: `taskapp.notify` publishes the job ids for WatchJob, `taskapp.metrics` counts what happened.
 ChangeHook = Callable[[list[JobChange]], None]
 _CHANGED = "taskapp.changed_jobs"
 
@@ -730,9 +730,7 @@ class SqlJobStore:
                         for job in created.values()
                     ],
                 )
-                conn.info[_CHANGED].extend(
-                    JobChange(job.job_id, job.type, job.state) for job in created.values()
-                )
+                # Not announced: nothing can be watching a job that did not exist, nor count it yet.
             others = [new.job_id for new in news if new.job_id not in created]
             existing = (
                 {

@@ -167,9 +167,7 @@ class PostgresJobStore(SqlJobStore):
             # Inserted by a concurrent statement that committed after this one began: look again.
             for row in self._rows(EXISTING, {"job_id": raced}):
                 written[row["job_id"]] = (_to_job(row), False)
-        self._announce(
-            [JobChange(job.job_id, job.type, job.state) for job, created in written.values() if created]
-        )
+        # Creations are not announced: nothing can be watching a job that did not exist, nor count it yet.
         return [written[new.job_id] for new in news]
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
