@@ -304,3 +304,32 @@ def test_submit_many_with_the_broker_down_leaves_no_job(
     with pytest.raises(BrokerUnavailable):
         service.submit_many([SubmitRequest(type="noop", job_id=f"j{n}") for n in range(3)])
     assert store.jobs == {}
+
+
+def test_jobs_of_independent_callers_are_written_together_each_with_its_own_outcome(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    service.submit(SubmitRequest(job_id="taken", type="echo", payload={"a": 1}))
+    requests = [
+        SubmitRequest(job_id="new", type="echo", payload={"a": 1}),
+        SubmitRequest(job_id="new", type="echo", payload={"a": 1}),  # the same call, sent twice
+        SubmitRequest(job_id="new", type="echo", payload={"a": 2}),  # another request with that id
+        SubmitRequest(job_id="taken", type="echo", payload={"a": 1}),
+        SubmitRequest(job_id="taken", type="noop"),
+    ]
+    outcomes = service.submit_validated([service.validate(request) for request in requests])
+    assert [getattr(outcome, "created", None) for outcome in outcomes] == [True, False, None, False, None]
+    assert isinstance(outcomes[2], JobAlreadyExists) and isinstance(outcomes[4], JobAlreadyExists)
+    assert [job.job_id for job in publisher.published] == ["taken", "new"], "each new job published once"
+    assert store.get("new") is not None and store.get("new").payload == {"a": 1}
+
+
+def test_a_batch_of_callers_with_the_broker_down_leaves_no_job(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    publisher.down = True
+    with pytest.raises(BrokerUnavailable):
+        service.submit_validated(
+            [service.validate(SubmitRequest(job_id=f"j{n}", type="noop")) for n in range(3)]
+        )
+    assert all(store.get(f"j{n}") is None for n in range(3))
