@@ -230,7 +230,7 @@ FROM generate_series(%(start)s, %(stop)s) AS g,
 
 def fill_rows(world: World, rows: int, progress: Progress) -> None:
     """Bring `jobs` to `rows` rows with plain SQL (a mix of types, priorities and states), then ANALYZE."""
-    have = int(world.sql("SELECT count(*) FROM jobs")[0][0])  # type: ignore[arg-type]
+    have = job_count(world)
     task = progress.add_task(f"filling jobs to {rows:,} rows", total=rows, completed=have)
     step = 100_000
     for start in range(have + 1, rows + 1, step):

@@ -62,6 +62,9 @@ class NewJob:
         """`run_at` if it is still ahead of `now` (the job starts SCHEDULED), else None (it starts QUEUED)."""
         return self.run_at if self.run_at is not None and self.run_at > now else None
 
+    def first_state(self, now: datetime) -> JobState:
+        return JobState.QUEUED if self.waits_until(now) is None else JobState.SCHEDULED
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

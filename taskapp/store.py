@@ -2,7 +2,8 @@
 
 Every state change is one guarded UPDATE (`... WHERE state IN (allowed predecessors)`) plus a `job_events` row,
 in one transaction, so a late or duplicate event never moves a job backwards and a job is claimed by one run
-at a time. The same code serves SQLite (embedded default) and PostgreSQL.
+at a time. The same code serves SQLite (embedded default) and PostgreSQL, where `taskapp.store_postgres` runs
+the transitions every job goes through as single statements.
 """
 
 from __future__ import annotations
@@ -700,7 +701,7 @@ class SqlJobStore:
                 "job_id": new.job_id,
                 "type": new.type,
                 "priority": new.priority.value,
-                "state": (JobState.QUEUED if new.waits_until(now) is None else JobState.SCHEDULED).value,
+                "state": new.first_state(now).value,
                 "payload": new.payload,
                 "attempts": 0,
                 "max_attempts": new.max_attempts,

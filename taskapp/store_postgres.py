@@ -150,10 +150,7 @@ class PostgresJobStore(SqlJobStore):
                 "job_id": [new.job_id for new in news],
                 "type": [new.type for new in news],
                 "priority": [new.priority.value for new in news],
-                "state": [
-                    (JobState.QUEUED if new.waits_until(now) is None else JobState.SCHEDULED).value
-                    for new in news
-                ],
+                "state": [new.first_state(now).value for new in news],
                 "payload": [Jsonb(new.payload) for new in news],
                 "max_attempts": [new.max_attempts for new in news],
                 "timeout_seconds": [new.timeout_seconds for new in news],

@@ -40,7 +40,7 @@ class InMemoryJobStore:
                 job_id=new.job_id,
                 type=new.type,
                 priority=new.priority,
-                state=JobState.QUEUED if waits_until is None else JobState.SCHEDULED,
+                state=new.first_state(now),
                 payload=new.payload,
                 result=None,
                 attempts=0,
