@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from functools import cached_property
+from typing import Any, Protocol
 
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
+from celery.events import Event, EventDispatcher
+from celery.utils.time import utcoffset
+from kombu.messaging import Producer
 
 from taskapp.errors import BrokerUnavailable
 from taskapp.jobs import Job, hard_time_limit
@@ -66,13 +70,19 @@ class CeleryPublisher:
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
+    @cached_property
+    def _events(self) -> EventDispatcher:
+        """What `send_task` sends its task-sent events through (a dispatcher used only for its settings)."""
+        return self.app.events.Dispatcher(enabled=False)
+
     def publish_many(self, jobs: Sequence[Job]) -> None:
-        """All the messages (and their task-sent events) in one Redis pipeline, through kombu's publish batch.
-        If the pipeline fails, some may have gone out: the caller discards the jobs, and a message for a job
-        that does not exist is dropped by the worker that receives it."""
+        """All the messages, and one message of their task-sent events, in one Redis pipeline through kombu's
+        publish batch. If the pipeline fails, some may have gone out: the caller discards the jobs, and a
+        message for a job that does not exist is dropped by the worker that receives it."""
         if not jobs:
             return
         amqp = self.app.amqp
+        sent_events = SentEvents(self._events) if self.app.conf.task_send_sent_event else None
         try:
             with self.app.producer_or_acquire() as producer, producer.batch():
                 # Each queue is declared once per batch rather than once per message (kombu binds a copy of
@@ -91,15 +101,22 @@ class CeleryPublisher:
                         reply_to=self.app.thread_oid,
                         soft_time_limit=job.timeout_seconds,
                         time_limit=hard_time_limit(job.timeout_seconds),
-                        create_sent_event=self.app.conf.task_send_sent_event,
+                        create_sent_event=sent_events is not None,
                         ignore_result=None,
                         # What Celery would render for these arguments, without rendering them each time.
                         argsrepr="()",
                         kwargsrepr="{}",
                     )
                     amqp.send_task_message(
-                        producer, task_name(job.type), message, queue=queue_for(job.priority), declare=[]
+                        producer,
+                        task_name(job.type),
+                        message,
+                        queue=queue_for(job.priority),
+                        declare=[],
+                        event_dispatcher=sent_events,
                     )
+                if sent_events is not None:
+                    sent_events.send(producer)
         except (*_BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
@@ -133,3 +150,42 @@ class CeleryPublisher:
         except _BROKER_ERRORS as exc:
             # The job is CANCELLED in SQL already; its run's outcome will not be recorded over that.
             log.warning("could not broadcast termination of job %s: %s", job_id, exc)
+
+
+class SentEvents:
+    """Takes the place of Celery's event dispatcher in `send_task_message` for a batch: keeps each task-sent
+    event (as the dispatcher would make it), then sends them as one message. That is the grouped form Celery's
+    own workers send their task events in (a list, routing key `task.multi`), which every event receiver reads
+    (Flower, the exporter, `celery events`): one message instead of one per job, which took the gateway's CPU
+    per job in SubmitJobs of 100 from about 420 to 250 µs."""
+
+    def __init__(self, dispatcher: EventDispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Producer, **_: Any) -> None:
+        dispatcher = self.dispatcher
+        self.events.append(
+            Event(
+                type,
+                hostname=dispatcher.hostname,
+                utcoffset=utcoffset(),
+                pid=dispatcher.pid,
+                clock=dispatcher.clock.forward(),
+                **fields,
+            )
+        )
+
+    def send(self, producer: Producer) -> None:
+        if not self.events:
+            return
+        dispatcher = self.dispatcher
+        producer.publish(  # type: ignore[no-untyped-call]
+            self.events,
+            routing_key="task.multi",
+            exchange=dispatcher.exchange.name,
+            declare=[dispatcher.exchange],
+            serializer=dispatcher.serializer,
+            headers=dispatcher.headers,
+            delivery_mode=dispatcher.delivery_mode,
+        )

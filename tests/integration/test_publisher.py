@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -72,3 +74,61 @@ def test_a_batch_reaches_every_queue_it_names(redis_url: str) -> None:
     publisher.publish_many(jobs)
     depths = {priority.value: client.llen(priority.value) for priority in Priority}
     assert depths == {"critical": 1, "high": 1, "default": 1, "low": 3}
+
+
+class EventWatcher:
+    """Celery's own event receiver (what Flower and the exporter use) on a thread, keeping what it hears."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.heard: list[dict] = []
+        self._connection = app.connection_for_read()
+        self._receiver = app.events.Receiver(self._connection, handlers={"*": self.heard.append})
+        self._thread = threading.Thread(target=self._receiver.capture, kwargs={"wakeup": False}, daemon=True)
+
+    def __enter__(self) -> EventWatcher:
+        self._thread.start()
+        # Subscribed once it hears an event sent after it started.
+        with self.app.events.default_dispatcher() as dispatcher:
+            deadline = time.monotonic() + 10
+            while not any(event["type"] == "probe-heard" for event in self.heard):
+                assert time.monotonic() < deadline, "the event receiver never heard the probe"
+                dispatcher.send("probe-heard")
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(5)
+        self._connection.release()
+
+    def sent(self, job_id: str, count: int = 1) -> list[dict]:
+        """The task-sent events of the job, once `count` have been heard."""
+        deadline = time.monotonic() + 10
+        while True:
+            events = [e for e in self.heard if e["type"] == "task-sent" and e["uuid"] == job_id]
+            if len(events) >= count:
+                return events
+            assert time.monotonic() < deadline, f"heard {len(events)} task-sent events of {job_id}"
+            time.sleep(0.02)
+
+
+#: Fields that differ between any two events: when, and the sender's logical clock.
+VOLATILE = {"timestamp", "clock", "local_received"}
+
+
+def test_a_batch_sends_the_task_sent_events_send_task_sends(redis_url: str) -> None:
+    app = celery_app(redis_url)
+    publisher = CeleryPublisher(app)
+    jobs = [job(f"j{n}", priority) for n, priority in enumerate(Priority)]
+    with EventWatcher(app) as watcher:
+        publisher.publish(jobs[0])
+        publisher.publish_many(jobs)
+        singly, batched = watcher.sent("j0", count=2)
+        assert {k: v for k, v in batched.items() if k not in VOLATILE} == {
+            k: v for k, v in singly.items() if k not in VOLATILE
+        }
+        assert batched["queue"] == jobs[0].priority.value and batched["name"] == "handlers.echo"
+        for one in jobs[1:]:
+            (event,) = watcher.sent(one.job_id)
+            assert event["queue"] == one.priority.value
