@@ -50,7 +50,8 @@ class ChangeListener:
                     await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self._wake(message["data"].decode())
+                            for job_id in message["data"].decode().split():
+                                self._wake(job_id)
             except (RedisError, OSError) as exc:
                 log.warning("job change notifications lost (%s): watchers fall back to polling", exc)
                 # Changes made while unsubscribed: every watcher looks again.

@@ -1,7 +1,8 @@
 """Job change notifications over Redis pub/sub: SQL keeps the events, this only says "look again".
 
-Every writer (gateway, worker, scheduler) publishes the ids of the jobs a commit gave events to; the gateway's
-WatchJob streams wake on them and read `job_events` from SQL. A lost notification costs latency, never an
+Every writer (gateway, worker, scheduler) publishes the ids of the jobs a commit gave events to, several to a
+message (separated by spaces: job ids have none); the gateway's WatchJob streams wake on them and read
+`job_events` from SQL. A lost notification costs latency, never an
 event: watchers also look again every second on their own.
 """
 
@@ -62,10 +63,9 @@ class ChangePublisher:
             self.publish(list(job_ids))
 
     def publish(self, job_ids: list[str]) -> None:
+        """One message for them all: per job, a message cost Redis and every gateway as much as the rest of
+        the job's notification path."""
         try:
-            pipeline = self._client.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipeline.publish(self.channel, job_id)
-            pipeline.execute()
+            self._client.publish(self.channel, " ".join(job_ids))
         except redis.RedisError as exc:
             log.debug("could not announce changes of %d job(s): %s", len(job_ids), exc)

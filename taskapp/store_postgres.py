@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import Engine
 
@@ -112,6 +111,7 @@ class PostgresJobStore(SqlJobStore):
             max_overflow=20,
             connect_args={"connect_timeout": 5},
         )
+        self._names: dict[str, tuple[str, ...]] = {}
 
     def _rows(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run one statement and return its rows. A pooled connection that turns out broken (the server
@@ -124,9 +124,10 @@ class PostgresJobStore(SqlJobStore):
                 raise StoreUnavailable(f"job database unavailable: {exc}") from exc
             try:
                 driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
-                with driver.cursor(row_factory=dict_row) as cursor:
+                with driver.cursor() as cursor:
                     cursor.execute(sql, params)
-                    rows: list[dict[str, Any]] = cursor.fetchall() if cursor.description else []
+                    names = self._column_names(sql, cursor)
+                    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 connection.invalidate()
                 if attempt == 2:
@@ -136,6 +137,14 @@ class PostgresJobStore(SqlJobStore):
                 connection.close()
             return rows
         raise AssertionError("unreachable")
+
+    def _column_names(self, sql: str, cursor: psycopg.Cursor[Any]) -> tuple[str, ...]:
+        """The result's column names, read once per statement: psycopg builds its description anew for every
+        result, which cost as much as the rest of a claim's client side."""
+        names = self._names.get(sql)
+        if names is None:
+            names = self._names[sql] = tuple(column.name for column in cursor.description or ())
+        return names
 
     def _one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
         rows = self._rows(sql, params)

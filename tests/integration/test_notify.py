@@ -12,13 +12,17 @@ from taskapp.jobs import JobChange, JobState
 from taskapp.notify import ChangePublisher, changes_channel
 
 
-def test_a_published_change_wakes_the_waiters_of_that_job_only(redis_url: str) -> None:
-    async def scenario() -> tuple[bool, bool]:
+def test_a_published_change_wakes_the_waiters_of_those_jobs_only(redis_url: str) -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
         listener = ChangeListener(redis_url)
         listening = asyncio.create_task(listener.run())
         publisher = ChangePublisher(redis_url)
         try:
-            with listener.waiting_on("job-a") as woken, listener.waiting_on("job-b") as other:
+            with (
+                listener.waiting_on("job-a") as woken,
+                listener.waiting_on("job-c") as also_woken,
+                listener.waiting_on("job-b") as other,
+            ):
                 subscribed = redis.Redis.from_url(redis_url)
                 channel = changes_channel(subscribed)
                 for _ in range(100):  # until the listener's subscription is in place
@@ -28,15 +32,17 @@ def test_a_published_change_wakes_the_waiters_of_that_job_only(redis_url: str) -
                 changes = [
                     JobChange("job-a", "echo", JobState.RUNNING),
                     JobChange("job-a", "echo", JobState.SUCCEEDED),
+                    JobChange("job-c", "noop", JobState.RUNNING),
                 ]
                 await asyncio.to_thread(publisher, changes)
                 await asyncio.wait_for(woken.wait(), 5)
-                return woken.is_set(), other.is_set()
+                await asyncio.wait_for(also_woken.wait(), 5)
+                return woken.is_set(), also_woken.is_set(), other.is_set()
         finally:
             listening.cancel()
             await listener.close()
 
-    assert asyncio.run(scenario()) == (True, False)
+    assert asyncio.run(scenario()) == (True, True, False)
 
 
 def test_channels_are_per_redis_database() -> None:
