@@ -10,12 +10,12 @@ are the portable code's. Every other operation is inherited.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import Engine
 
@@ -101,41 +101,38 @@ WHERE jobs.job_id = sent.job_id AND jobs.state = sent.state AND jobs.attempts = 
 class PostgresJobStore(SqlJobStore):
     def __init__(self, engine: Engine, change_hooks: Sequence[ChangeHook] = ()) -> None:
         super().__init__(engine, change_hooks)
-        # Its own small pool of autocommit connections: one statement is one transaction, with no BEGIN,
-        # COMMIT or ping around it, and nothing to reset when a connection goes back.
-        self._autocommit = sa.create_engine(
-            engine.url,
-            isolation_level="AUTOCOMMIT",
-            pool_reset_on_return=None,
-            pool_size=5,
-            max_overflow=20,
-            connect_args={"connect_timeout": 5},
-        )
+        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._local = threading.local()
         self._names: dict[str, tuple[str, ...]] = {}
 
-    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Run one statement and return its rows. A pooled connection that turns out broken (the server
-        restarted) is dropped and the statement tried once more on a new one: each statement here is guarded
-        or idempotent, so running it twice cannot do anything twice."""
-        for attempt in (1, 2):
+    def _connection(self) -> psycopg.Connection[Any]:
+        """This thread's autocommit connection: one statement is one transaction, with no BEGIN, COMMIT, pool
+        checkout or ping around it. A thread keeps its own, so none waits on another's statement. (A store is
+        used in the process that made it: `taskapp.tasks.store_for` makes one per pool process.)"""
+        connection: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
+        if connection is None or connection.closed:
             try:
-                connection = self._autocommit.raw_connection()
-            except (psycopg.OperationalError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                connection = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+            except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"job database unavailable: {exc}") from exc
+            self._local.connection = connection
+        return connection
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one statement and return its rows. A connection that turns out broken (the server restarted) is
+        dropped and the statement tried once more on a new one: each statement here is guarded or idempotent,
+        so running it twice cannot do anything twice."""
+        for attempt in (1, 2):
+            connection = self._connection()
             try:
-                driver: psycopg.Connection[Any] = connection.driver_connection  # type: ignore[assignment]
-                with driver.cursor() as cursor:
+                with connection.cursor() as cursor:
                     cursor.execute(sql, params)
                     names = self._column_names(sql, cursor)
-                    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+                    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                connection.invalidate()
+                connection.close()
                 if attempt == 2:
                     raise StoreUnavailable(f"job database unavailable: {exc}") from exc
-                continue
-            finally:
-                connection.close()
-            return rows
         raise AssertionError("unreachable")
 
     def _column_names(self, sql: str, cursor: psycopg.Cursor[Any]) -> tuple[str, ...]:
