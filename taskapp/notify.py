@@ -2,8 +2,8 @@
 
 Every writer (gateway, worker, scheduler) publishes the ids of the jobs a commit gave events to, several to a
 message (separated by spaces: job ids have none); the gateway's WatchJob streams wake on them and read
-`job_events` from SQL. A lost notification costs latency, never an
-event: watchers also look again every second on their own.
+`job_events` from SQL. A lost notification costs latency, never an event: watchers also look again every second
+on their own.
 """
 
 from __future__ import annotations

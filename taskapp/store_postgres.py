@@ -141,7 +141,7 @@ class PostgresJobStore(SqlJobStore):
 
     def _column_names(self, sql: str, cursor: psycopg.Cursor[Any]) -> tuple[str, ...]:
         """The result's column names, read once per statement: psycopg builds its description anew for every
-        result, which cost as much as the rest of a claim's client side."""
+        result (a quarter of a claim's client CPU, with `dict_row`)."""
         names = self._names.get(sql)
         if names is None:
             names = self._names[sql] = tuple(column.name for column in cursor.description or ())
