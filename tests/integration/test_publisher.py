@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import UTC, datetime
 
 import redis
@@ -12,6 +11,7 @@ from celery import Celery
 
 from taskapp.jobs import Job, JobState, Priority
 from taskapp.publisher import CeleryPublisher
+from tests.conftest import wait_for
 
 
 def job(job_id: str, priority: Priority = Priority.DEFAULT, type: str = "echo") -> Job:
@@ -90,11 +90,12 @@ class EventWatcher:
         self._thread.start()
         # Subscribed once it hears an event sent after it started.
         with self.app.events.default_dispatcher() as dispatcher:
-            deadline = time.monotonic() + 10
-            while not any(event["type"] == "probe-heard" for event in self.heard):
-                assert time.monotonic() < deadline, "the event receiver never heard the probe"
+
+            def probe_heard() -> bool:
                 dispatcher.send("probe-heard")
-                time.sleep(0.05)
+                return any(event["type"] == "probe-heard" for event in self.heard)
+
+            wait_for(probe_heard, 10, "the event receiver to hear a probe")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -104,13 +105,12 @@ class EventWatcher:
 
     def sent(self, job_id: str, count: int = 1) -> list[dict]:
         """The task-sent events of the job, once `count` have been heard."""
-        deadline = time.monotonic() + 10
-        while True:
+
+        def heard() -> list[dict]:
             events = [e for e in self.heard if e["type"] == "task-sent" and e["uuid"] == job_id]
-            if len(events) >= count:
-                return events
-            assert time.monotonic() < deadline, f"heard {len(events)} task-sent events of {job_id}"
-            time.sleep(0.02)
+            return events if len(events) >= count else []
+
+        return wait_for(heard, 10, f"{count} task-sent event(s) of {job_id}", interval=0.02)  # type: ignore[return-value]
 
 
 #: Fields that differ between any two events: when, and the sender's logical clock.
