@@ -1,16 +1,16 @@
 """Celery settings for every taskapp process, built from the one `Settings` object.
 
-See DESIGN.md §3 and §7 for why each setting is what it is.
+docs/celery-on-redis.md says why each setting is what it is.
 """
 
 from __future__ import annotations
 
 from kombu import Queue
 
-from taskapp.config import Settings
+from taskapp.config import get_settings
 from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
-_settings = Settings()
+_settings = get_settings()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
@@ -57,10 +57,3 @@ imports = (
     "taskapp.worker_logging",
     "taskapp.worker_metrics",
 )
-
-#: taskapp's own keys, read by `taskapp.tasks` (Celery keeps unknown lowercase keys as they are).
-taskapp_database_url = _settings.database_url
-taskapp_handler_modules = _settings.handler_modules
-taskapp_worker_shutdown_timeout = _settings.worker_shutdown_timeout
-taskapp_log_format = _settings.log_format
-taskapp_worker_metrics_addr = _settings.worker_metrics_addr

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -57,7 +58,7 @@ class World:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _token: str = field(default_factory=lambda: uuid.uuid4().hex)
     _redis: redis.Redis | None = None
-    _sql: psycopg.Connection[tuple[object, ...]] | None = None
+    _sql: psycopg.Connection[tuple[Any, ...]] | None = None
 
     @property
     def database_url(self) -> str:
@@ -66,7 +67,7 @@ class World:
 
     def open(self) -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.database}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{self.database}"')
         upgrade(self.database_url)
         admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
         for number in range(1, 16):
@@ -88,7 +89,7 @@ class World:
             if admin.get(REDIS_LOCK.format(number)) == self._token.encode():
                 admin.delete(REDIS_LOCK.format(number))
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def redis(self) -> redis.Redis:
         """One client for the run: the drains poll through it, and a connection per poll would cost the
@@ -97,12 +98,12 @@ class World:
             self._redis = redis.Redis.from_url(self.redis_url)
         return self._redis
 
-    def sql(self, query: str) -> list[tuple[object, ...]]:
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
         """A query on the run's database, over one connection for the run (the drains poll through it)."""
         if self._sql is None:
             dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.database}"
             self._sql = psycopg.connect(dsn, autocommit=True)
-        cursor = self._sql.execute(query)  # type: ignore[arg-type]
+        cursor = self._sql.execute(query)
         return cursor.fetchall() if cursor.description else []
 
     def env(self, **extra: str) -> dict[str, str]:

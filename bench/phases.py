@@ -76,15 +76,15 @@ def raw_drained(world: World) -> bool:
     pipeline.llen(QUEUE)
     pipeline.hlen("unacked")
     waiting, unacked = pipeline.execute()
-    return waiting == 0 and unacked == 0
+    return bool(waiting == 0 and unacked == 0)
 
 
 def succeeded(world: World) -> int:
-    return int(world.sql("SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")[0][0])  # type: ignore[call-overload]
+    return int(world.sql("SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")[0][0])
 
 
 def job_count(world: World) -> int:
-    return int(world.sql("SELECT count(*) FROM jobs")[0][0])  # type: ignore[call-overload]
+    return int(world.sql("SELECT count(*) FROM jobs")[0][0])
 
 
 async def _submit_calls(
@@ -184,7 +184,10 @@ def raw_latency(
     steady_sends(WARM_UP, "warm-up-", lambda n: None)
     client.delete(raw_celery.STARTED)
     sent = steady_sends(count, "latency-", advance)
-    started = {key.decode(): float(value) for key, value in client.hgetall(raw_celery.STARTED).items()}
+    started = {
+        key.decode() if isinstance(key, bytes) else key: float(value)
+        for key, value in client.hgetall(raw_celery.STARTED).items()
+    }
     return quantiles([(started[task_id] - at) * 1_000 for task_id, at in sent.items()])
 
 
@@ -206,10 +209,7 @@ def latency_to_running(
     sent = asyncio.run(_steady_submits(address, count, per_second, advance, "latency-"))
     wait_until(lambda: world.sql(started.format("latency-"))[0][0] == count, 120, "the latency jobs to start")
     rows = world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'")
-    latencies = [
-        (started.timestamp() - sent[job_id]) * 1_000  # type: ignore[union-attr]
-        for job_id, started in rows
-    ]
+    latencies = [(started.timestamp() - sent[job_id]) * 1_000 for job_id, started in rows]
     return quantiles(latencies)
 
 

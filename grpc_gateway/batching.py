@@ -13,19 +13,18 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from taskapp.errors import JobAlreadyExists
-from taskapp.jobs import NewJob
-from taskapp.service import SubmitOutcome
+from taskapp.jobs import NewJob, SubmitOutcome
 
 log = logging.getLogger(__name__)
 
 #: The most jobs written in one batch; more wait for the next.
-MAX_BATCH = 500
+MAX_JOBS_PER_WRITE = 500
 
 WriteBatch = Callable[[Sequence[NewJob]], Sequence[SubmitOutcome | JobAlreadyExists]]
 
 
 class SubmitBatcher:
-    def __init__(self, write: WriteBatch, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, write: WriteBatch, max_batch: int = MAX_JOBS_PER_WRITE) -> None:
         self._write = write
         self._max_batch = max_batch
         self._waiting: list[tuple[NewJob, asyncio.Future[SubmitOutcome]]] = []

@@ -48,6 +48,14 @@ for _command in taskapp_cli.main.commands.values():
     main.add_command(_command)
 
 
+@main.command()
+def gateway() -> None:
+    """Run the gRPC gateway on TASKAPP_GRPC_ADDR (same as `taskapp-gateway`)."""
+    from grpc_gateway.server import main as serve_main
+
+    serve_main()
+
+
 def _gateway_options(command: F) -> F:
     """The options every job command takes: where the gateway is, the token, and the output format."""
     options = (

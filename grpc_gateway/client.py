@@ -17,8 +17,7 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from taskapp.jobs import Job, JobEvent, JobState, LogLine, Priority, QueueStats
-from taskapp.service import JobPage
+from taskapp.jobs import Job, JobEvent, JobPage, JobState, LogLine, Priority, QueueStats
 
 __all__ = [
     "DEFAULT_ADDRESS",

@@ -9,8 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
-from taskapp.jobs import Job, JobEvent, JobFilter, JobState, LogLine, Priority, QueueStats
-from taskapp.service import SubmitRequest
+from taskapp.jobs import Job, JobEvent, JobFilter, JobState, LogLine, Priority, QueueStats, SubmitRequest
 
 _PRIORITY_TO_PB = {
     Priority.LOW: jobs_pb2.PRIORITY_LOW,

@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram, make_wsgi_app
 
 from taskapp.config import split_address
 from taskapp.errors import StoreUnavailable
-from taskapp.store import SqlJobStore
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 class Readiness:
     """Whether the gateway's dependencies answer, each within a second or two."""
 
-    def __init__(self, store: SqlJobStore, redis_url: str) -> None:
+    def __init__(self, store: JobStore, redis_url: str) -> None:
         self.store = store
         self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
 

@@ -21,7 +21,7 @@ from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.app import app as celery_app
 from taskapp.broker_stats import RedisBrokerStats
-from taskapp.config import Settings, is_loopback
+from taskapp.config import Settings, get_settings, is_loopback
 from taskapp.errors import TaskappError
 from taskapp.log_format import setup_process_logging
 from taskapp.metrics import QueueCollector, record_changes
@@ -29,7 +29,7 @@ from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
 from taskapp.service import JobService
-from taskapp.store import SqlJobStore
+from taskapp.store.engine import open_store
 
 log = logging.getLogger("grpc_gateway")
 
@@ -47,7 +47,7 @@ REFUSE_BEFORE_STOP = 0.5
 def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     """Requests that cannot be parsed are refused clearly; token auth when tokens are set. Without any token,
     the gateway serves this machine only, and says so."""
-    tokens = settings.auth_tokens
+    tokens = settings.accepted_tokens()
     if tokens:
         return [RequestDecoding(), TokenAuth(tokens)]
     if not is_loopback(settings.grpc_addr):
@@ -83,7 +83,7 @@ def listen(server: grpc.aio.Server, settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     interceptors = interceptors_for(settings)
-    store = SqlJobStore.from_url(
+    store = open_store(
         settings.database_url, change_hooks=[ChangePublisher(settings.redis_url), record_changes]
     )
     broker_stats = RedisBrokerStats(celery_app)
@@ -161,7 +161,7 @@ async def report_health(health_servicer: health.aio.HealthServicer, readiness: R
 
 
 def main() -> None:
-    settings = Settings()
+    settings = get_settings()
     setup_process_logging(settings.log_format)
     try:
         asyncio.run(serve(settings))

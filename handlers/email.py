@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from taskapp.config import Settings
+from taskapp.config import get_settings
 from taskapp.errors import PermanentError
 from taskapp.registry import JobContext, handler
 
@@ -92,7 +92,7 @@ class SmtpServer:
 
 @handler("email", schema=EmailPayload, retry_on=(EmailRetryable,))
 def email(payload: EmailPayload, job: JobContext) -> dict[str, list[str]]:
-    server = SmtpServer.from_url(Settings().smtp_url)
+    server = SmtpServer.from_url(get_settings().smtp_url)
     local_hostname = socket.getfqdn()
     sender = payload.from_addr or f"taskapp@{local_hostname}"
     message = EmailMessage()

@@ -1,7 +1,5 @@
-"""taskapp: a job service on Celery. `celery -A taskapp worker` finds the Celery app here."""
+"""taskapp: a job service on Celery. `celery -A taskapp worker` finds the Celery app in `taskapp.celery`.
 
-from __future__ import annotations
-
-from taskapp.app import app
-
-__all__ = ["app"]
+Nothing is imported here: a program that only needs taskapp's values (`taskapp.jobs`) or its client loads no
+Celery.
+"""

@@ -1,4 +1,5 @@
-"""The `taskapp` command: operate the service (database migrations, the gateway, the scheduler, reconcile)."""
+"""The `taskapp` command's operations commands: database migrations, the scheduler, reconcile, Flower, the
+exporter. `grpc_gateway.cli` adds the gateway and the job commands to them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import click
 
-from taskapp.config import Settings, is_loopback, split_address
+from taskapp.config import get_settings, is_loopback, split_address
 from taskapp.errors import TaskappError
 
 
@@ -27,7 +28,7 @@ def upgrade() -> None:
 
     from taskapp.migrate import upgrade as run_upgrade
 
-    settings = Settings()
+    settings = get_settings()
     try:
         run_upgrade(settings.database_url)
     except (sqlalchemy.exc.OperationalError, TaskappError) as exc:
@@ -42,21 +43,13 @@ def ping_redis(quiet: bool) -> None:
     """Check that the broker at REDIS_URL answers (exit 1 with a clear message if not)."""
     import redis
 
-    url = Settings().redis_url
+    url = get_settings().redis_url
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError) as exc:
         if not quiet:
             click.echo(f"taskapp: Redis at {url} is unreachable: {exc}", err=True)
         sys.exit(1)
-
-
-@main.command()
-def gateway() -> None:
-    """Run the gRPC gateway on TASKAPP_GRPC_ADDR (same as `python -m grpc_gateway`)."""
-    from grpc_gateway.server import main as serve_main
-
-    serve_main()
 
 
 @main.command()
@@ -75,12 +68,12 @@ def reconcile() -> None:
     from taskapp.app import app as celery_app
     from taskapp.publisher import CeleryPublisher
     from taskapp.reconcile import reconcile as run_reconcile
-    from taskapp.store import SqlJobStore
+    from taskapp.store.engine import open_store
 
-    settings = Settings()
+    settings = get_settings()
     try:
         report = run_reconcile(
-            SqlJobStore.from_url(settings.database_url),
+            open_store(settings.database_url),
             CeleryPublisher(celery_app),
             redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30),
         )
@@ -98,7 +91,7 @@ def flower() -> None:
     """Run Flower on TASKAPP_FLOWER_ADDR with the users of TASKAPP_FLOWER_AUTH (required off loopback)."""
     import os
 
-    settings = Settings()
+    settings = get_settings()
     host, port = split_address(settings.flower_addr)
     env = dict(os.environ)
     if settings.flower_auth:
@@ -138,7 +131,7 @@ def exporter() -> None:
 
     from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
-    settings = Settings()
+    settings = get_settings()
     host, port = split_address(settings.exporter_addr)
     # The broker URL through the environment, not argv: it may hold a password.
     env = {**os.environ, "CE_BROKER_URL": settings.redis_url}

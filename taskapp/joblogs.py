@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import LogLine
-from taskapp.store import SqlJobStore
+from taskapp.store.port import JobStore
 
 MAX_LINES_PER_JOB = 1_000
 MAX_BYTES_PER_JOB = 256 * 1024
@@ -26,7 +26,7 @@ class JobLogCapture(logging.Handler):
     """Attached to the handler's logger for one run: a filter that drops records past the cap, and a handler
     that buffers the rest and writes them to SQL."""
 
-    def __init__(self, store: SqlJobStore, job_id: str, attempt: int) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int) -> None:
         super().__init__(level=logging.NOTSET)
         self.setFormatter(logging.Formatter("%(message)s"))
         self.store = store

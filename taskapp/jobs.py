@@ -32,6 +32,14 @@ RETRYABLE_BY_REQUEST = frozenset({JobState.FAILED, JobState.DEAD_LETTER, JobStat
 AWAITING_MESSAGE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States CancelJob moves to CANCELLED.
 CANCELLABLE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
+#: States a failed run may end in: another attempt later, or a final failure.
+RUN_FAILURE_STATES = frozenset({JobState.RETRYING, JobState.FAILED, JobState.DEAD_LETTER})
+
+
+def check_run_failure(outcome: JobState, retry_at: datetime | None) -> None:
+    """A failed run ends RETRYING with the time of its next attempt, or FAILED or DEAD_LETTER without one."""
+    if outcome not in RUN_FAILURE_STATES or (retry_at is not None) != (outcome is JobState.RETRYING):
+        raise ValueError(f"a failed run cannot end {outcome} with retry_at {retry_at}")
 
 
 class Priority(enum.StrEnum):
@@ -123,6 +131,11 @@ class SentMessage(NamedTuple):
     def of(cls, job: Job) -> SentMessage:
         return cls(job.job_id, job.state, job.attempts)
 
+    @classmethod
+    def retry_of(cls, run: Job) -> SentMessage:
+        """The message for the next attempt after `run` (the job as its claim left it)."""
+        return cls(run.job_id, JobState.RETRYING, run.attempts)
+
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
@@ -183,3 +196,30 @@ class QueueStats:
     dead_letter: int
     scheduled: int
     workers: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """SubmitJob as the client sent it; None means "not given"."""
+
+    type: str
+    job_id: str | None = None
+    priority: Priority | None = None
+    payload: dict[str, Any] | None = None
+    max_attempts: int | None = None
+    timeout_seconds: int | None = None
+    #: Timezone-aware; in the future it makes the job SCHEDULED, in the past it means now.
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    #: Empty on the last page.
+    next_page_token: str

@@ -26,9 +26,9 @@ class JobFields(logging.Filter):
         if isinstance(job_id, str) and isinstance(name, str) and name.startswith(TASK_PREFIX):
             record.job_id = job_id
             record.job_type = name.removeprefix(TASK_PREFIX)
-            attempt = getattr(request, "taskapp_attempt", None)
-            if attempt is not None:
-                record.attempt = attempt
+            run = getattr(request, "taskapp_run", None)
+            if run is not None:
+                record.attempt = run.attempts
         return True
 
 

@@ -21,7 +21,7 @@ from taskapp.broker_stats import BrokerStats
 from taskapp.errors import TaskappError
 from taskapp.jobs import JobChange, JobState
 from taskapp.routing import DEAD_LETTER_QUEUE, queue_for
-from taskapp.store import SqlJobStore
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class QueueCollector(Collector):
     jobs waiting in SQL for their `run_at`, read at each scrape. A dependency that does not answer leaves its
     gauge out of that scrape (and /readyz says why) rather than failing the whole scrape."""
 
-    def __init__(self, broker_stats: BrokerStats, store: SqlJobStore) -> None:
+    def __init__(self, broker_stats: BrokerStats, store: JobStore) -> None:
         self.broker_stats = broker_stats
         self.store = store
 

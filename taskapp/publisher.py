@@ -44,8 +44,8 @@ class Publisher(Protocol):
         """Ask the workers to stop the job's current run (best effort: SQL already says CANCELLED)."""
         ...
 
-    def remove_dead_letter(self, job_id: str) -> None:
-        """Take the job's message out of the dead-letter queue (it is being run again)."""
+    def remove_dead_letters(self, job_ids: Collection[str]) -> None:
+        """Take these jobs' messages out of the dead-letter queue (they are run again, or deleted)."""
         ...
 
 
@@ -129,9 +129,6 @@ class CeleryPublisher:
             queue=DEAD_LETTER_QUEUE,
             headers={"x-taskapp-origin-queue": origin_queue, "x-taskapp-error": error[:1_000]},
         )
-
-    def remove_dead_letter(self, job_id: str) -> None:
-        self.remove_dead_letters({job_id})
 
     def remove_dead_letters(self, job_ids: Collection[str]) -> None:
         """One pass over the dead-letter queue, removing the messages of these jobs."""

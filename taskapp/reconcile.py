@@ -16,17 +16,20 @@ from dataclasses import dataclass
 
 import redis
 
-from taskapp.publisher import CeleryPublisher
+from taskapp.clock import utcnow
+from taskapp.publisher import Publisher
 from taskapp.routing import PRIORITY_QUEUES, broker_keys
 from taskapp.scheduler import publish_owed
-from taskapp.store import SqlJobStore, utcnow
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
 #: Where kombu's Redis transport keeps a delivered message until its worker acknowledges it.
 UNACKED_KEY = "unacked"
-CHUNK = 1_000
-BATCH = 1_000
+#: Messages read from a broker list per command.
+MESSAGES_PER_READ = 1_000
+#: Jobs read from SQL per query.
+JOBS_PER_PAGE = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +51,11 @@ def job_ids_in_broker(client: redis.Redis) -> set[str]:
     found: set[str] = set()
     keys = [key for queue in PRIORITY_QUEUES for key in broker_keys(queue)]
     for key in keys:
-        for start in range(0, int(client.llen(key)), CHUNK):
-            for raw in client.lrange(key, start, start + CHUNK - 1):
+        for start in range(0, int(client.llen(key)), MESSAGES_PER_READ):
+            for raw in client.lrange(key, start, start + MESSAGES_PER_READ - 1):
                 if job_id := _job_id(json.loads(raw)):
                     found.add(job_id)
-    for _, raw in client.hscan_iter(UNACKED_KEY, count=CHUNK):
+    for _, raw in client.hscan_iter(UNACKED_KEY, count=MESSAGES_PER_READ):
         # Each entry is [message, exchange, routing_key].
         entry = json.loads(raw)
         if isinstance(entry, list) and entry and (job_id := _job_id(entry[0])):
@@ -60,11 +63,11 @@ def job_ids_in_broker(client: redis.Redis) -> set[str]:
     return found
 
 
-def reconcile(store: SqlJobStore, publisher: CeleryPublisher, client: redis.Redis) -> ReconcileReport:
+def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> ReconcileReport:
     in_broker = job_ids_in_broker(client)
     checked = republished = 0
     after_seq = 0
-    while jobs := store.awaiting_run(utcnow(), after_seq, BATCH):
+    while jobs := store.awaiting_run(utcnow(), after_seq, JOBS_PER_PAGE):
         after_seq = jobs[-1].seq
         checked += len(jobs)
         missing = [job for job in jobs if job.job_id not in in_broker]

@@ -1,7 +1,9 @@
 """Job types: the `@handler` decorator, the registry it fills, and loading handler modules.
 
 The registry is plain Python: the gateway reads it to validate payloads, the worker turns each entry into a
-Celery task (`taskapp.tasks`). Neither side needs the other.
+Celery task (`taskapp.tasks`). Neither side needs the other. Modules of job types are found two ways: the
+`taskapp.handlers` entry points of installed packages (taskapp's own built-in types are declared so in
+pyproject.toml), and the modules named in `TASKAPP_HANDLER_MODULES`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -20,15 +23,8 @@ from taskapp.errors import HandlerModuleError
 
 #: Job type names become Celery task names (`handlers.<type>`): keep them plain.
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-#: The handlers shipped with taskapp, one module each.
-BUILTIN_MODULES = (
-    "handlers.noop",
-    "handlers.echo",
-    "handlers.sleep",
-    "handlers.fail",
-    "handlers.http_call",
-    "handlers.email",
-)
+#: The entry point group under which packages declare modules of job types.
+ENTRY_POINT_GROUP = "taskapp.handlers"
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT_SECONDS = 300
@@ -119,9 +115,16 @@ registry = HandlerRegistry()
 handler = registry.handler
 
 
+def handler_modules(extra_modules: Iterable[str] = ()) -> list[str]:
+    """The modules of job types: those installed packages declare, in the order of their names, then
+    `extra_modules`."""
+    declared = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
+    return [point.value for point in declared] + list(extra_modules)
+
+
 def load_handlers(extra_modules: Iterable[str] = ()) -> HandlerRegistry:
-    """Import the built-in handler modules and the user's, so their `@handler`s register, and return the registry."""
-    for name in (*BUILTIN_MODULES, *extra_modules):
+    """Import every module of job types, so their `@handler`s register, and return the registry."""
+    for name in handler_modules(extra_modules):
         try:
             importlib.import_module(name)
         except ImportError as exc:

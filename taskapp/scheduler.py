@@ -27,11 +27,13 @@ import redis
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
+from taskapp.clock import utcnow
 from taskapp.errors import BrokerUnavailable, StoreUnavailable
 from taskapp.jobs import Job, JobState, SentMessage
 from taskapp.notify import ChangePublisher
-from taskapp.publisher import CeleryPublisher
-from taskapp.store import SqlJobStore, utcnow
+from taskapp.publisher import CeleryPublisher, Publisher
+from taskapp.store.engine import open_store
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ ACTIVE_POLL_SECONDS = 0.25
 STANDBY_POLL_SECONDS = 0.5
 #: How long the gateway or a worker has to publish what it committed before the scheduler does it instead.
 OUTBOX_GRACE = timedelta(seconds=5)
-#: Rows per query: a pass stays short however large the backlog.
-BATCH = 500
-PURGE_BATCH = 1_000
+#: Jobs each query of a pass reads or changes at most: a pass stays short however large the backlog.
+JOBS_PER_QUERY = 500
+#: Finished jobs each retention sweep deletes at most.
+JOBS_PER_PURGE = 1_000
 #: Seconds between retention sweeps when the last one found nothing more to delete.
 PURGE_INTERVAL_SECONDS = 60.0
 
@@ -63,8 +66,8 @@ class Scheduler:
 
     def __init__(
         self,
-        store: SqlJobStore,
-        publisher: CeleryPublisher,
+        store: JobStore,
+        publisher: Publisher,
         *,
         retention: timedelta,
         clock: Callable[[], datetime] = utcnow,
@@ -85,16 +88,16 @@ class Scheduler:
     def publish_due(self) -> int:
         """SCHEDULED -> QUEUED for every job whose time has come, then publish them."""
         total = 0
-        while due := self.store.promote_due(self._clock(), BATCH):
+        while due := self.store.promote_due(self._clock(), JOBS_PER_QUERY):
             self._publish(due)
             total += len(due)
-            if len(due) < BATCH:
+            if len(due) < JOBS_PER_QUERY:
                 break
         return total
 
     def publish_owed(self) -> int:
         """Publish what the outbox says is owed and was not sent within the grace period."""
-        owed = self.store.unpublished(self._clock() - OUTBOX_GRACE, BATCH)
+        owed = self.store.unpublished(self._clock() - OUTBOX_GRACE, JOBS_PER_QUERY)
         if owed:
             log.warning("publishing %d job(s) whose message was never sent", len(owed))
             self._publish(owed)
@@ -105,13 +108,13 @@ class Scheduler:
         now = self._clock()
         if self._next_purge is not None and now < self._next_purge:
             return 0
-        purged = self.store.purge_finished(now - self.retention, PURGE_BATCH)
+        purged = self.store.purge_finished(now - self.retention, JOBS_PER_PURGE)
         dead = [job_id for job_id, state in purged if state is JobState.DEAD_LETTER]
         if dead:
             self.publisher.remove_dead_letters(set(dead))
         if purged:
             log.info("deleted %d finished job(s) older than %s", len(purged), self.retention)
-        full = len(purged) == PURGE_BATCH
+        full = len(purged) == JOBS_PER_PURGE
         self._next_purge = None if full else now + timedelta(seconds=PURGE_INTERVAL_SECONDS)
         return len(purged)
 
@@ -120,7 +123,7 @@ class Scheduler:
 
 
 def publish_owed(
-    store: SqlJobStore, publisher: CeleryPublisher, jobs: list[Job], clock: Callable[[], datetime] = utcnow
+    store: JobStore, publisher: Publisher, jobs: list[Job], clock: Callable[[], datetime] = utcnow
 ) -> None:
     """Publish each job (a retry keeps its back-off), then mark what was sent, even if the broker failed."""
     now = clock()
@@ -194,12 +197,12 @@ def run_scheduler(scheduler: Scheduler, lease: Lease, stop: threading.Event) -> 
 def main() -> None:
     """`taskapp scheduler`: run until SIGTERM or SIGINT."""
     from taskapp.app import app as celery_app
-    from taskapp.config import Settings
+    from taskapp.config import get_settings
     from taskapp.log_format import setup_process_logging
 
-    settings = Settings()
+    settings = get_settings()
     setup_process_logging(settings.log_format)
-    store = SqlJobStore.from_url(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
+    store = open_store(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
     scheduler = Scheduler(store, CeleryPublisher(celery_app), retention=settings.retention)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")

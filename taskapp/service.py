@@ -11,13 +11,13 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
 
 from taskapp.broker_stats import BrokerStats
+from taskapp.clock import utcnow
 from taskapp.errors import (
     BrokerUnavailable,
     InvalidArgument,
@@ -33,16 +33,19 @@ from taskapp.jobs import (
     Job,
     JobEvent,
     JobFilter,
+    JobPage,
     JobState,
     LogLine,
     NewJob,
     Priority,
     QueueStats,
     SentMessage,
+    SubmitOutcome,
+    SubmitRequest,
 )
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
-from taskapp.store import JobStore, utcnow
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -51,36 +54,10 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ATTEMPTS_RANGE = (1, 100)
 TIMEOUT_SECONDS_RANGE = (1, 86_400)
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
-MAX_BATCH = 1_000
+#: Jobs one SubmitJobs call may carry.
+MAX_JOBS_PER_SUBMIT = 1_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitRequest:
-    """SubmitJob as the client sent it; None means "not given"."""
-
-    type: str
-    job_id: str | None = None
-    priority: Priority | None = None
-    payload: dict[str, Any] | None = None
-    max_attempts: int | None = None
-    timeout_seconds: int | None = None
-    #: Timezone-aware; in the future it makes the job SCHEDULED, in the past it means now.
-    run_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitOutcome:
-    job: Job
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class JobPage:
-    jobs: list[Job]
-    #: Empty on the last page.
-    next_page_token: str
 
 
 def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
@@ -236,8 +213,8 @@ class JobService:
         """SubmitJob for up to 1,000 jobs: every one is validated before anything is written (the error names
         `jobs[<index>]`), then all are written in one transaction and published together. If publishing fails,
         the batch's new jobs are removed again and the caller gets UNAVAILABLE."""
-        if not 1 <= len(requests) <= MAX_BATCH:
-            raise InvalidArgument("jobs", f"must hold 1 to {MAX_BATCH} jobs, got {len(requests)}")
+        if not 1 <= len(requests) <= MAX_JOBS_PER_SUBMIT:
+            raise InvalidArgument("jobs", f"must hold 1 to {MAX_JOBS_PER_SUBMIT} jobs, got {len(requests)}")
         news: list[NewJob] = []
         first_index: dict[str, int] = {}
         for index, request in enumerate(requests):
@@ -289,7 +266,7 @@ class JobService:
             self.store.unqueue(job_id, previous, self._clock())
             raise
         self._mark_published([job])
-        self.publisher.remove_dead_letter(job_id)
+        self.publisher.remove_dead_letters({job_id})
         return job
 
     def latest_event(self, job_id: str) -> JobEvent:

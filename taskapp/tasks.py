@@ -2,9 +2,10 @@
 
 The claim (QUEUED/RETRYING -> RUNNING, one atomic UPDATE that counts the attempt) is the gate: a message for a
 job that is cancelled, finished or out of attempts is acknowledged and dropped without running the handler, and
-a second delivery while a run is live is put off until that run's lease ends. Retries use Celery's
-`autoretry_for` with exponential back-off, bounded by the attempts left in SQL. Outcomes are written by
-`taskapp.mirror`; a pool process that dies mid-run is noticed by `JobRequest` in the worker's main process.
+a second delivery while a run is live is put off until that run's lease ends. A failed run's fate is decided by
+`taskapp.policy` and applied here: retries go through Celery's `autoretry_for` (`JobTask.retry`), final failures
+through the failure signal (`taskapp.mirror`), and a pool process that dies mid-run is noticed by `JobRequest`
+in the worker's main process.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker.request import Request
 
-from taskapp import worker_shutdown
+from taskapp import policy, worker_shutdown
 from taskapp.app import app
+from taskapp.clock import utcnow
+from taskapp.config import get_settings
 from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
@@ -31,27 +33,21 @@ from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
 from taskapp.routing import queue_for, task_name
-from taskapp.store import SqlJobStore, utcnow
+from taskapp.store.engine import open_store
+from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
-#: Exponential back-off: 1 s, 2 s, 4 s ... capped, each stretched by up to this fraction at random. Celery's own
-#: full jitter (anywhere from 0 to the back-off) could make a later wait shorter than an earlier one.
-RETRY_BACKOFF_MAX = 600
-RETRY_JITTER = 0.25
-#: Failures that another attempt may cure, whatever the handler declares.
-TIMEOUTS = (SoftTimeLimitExceeded, TimeLimitExceeded)
-
-_stores: dict[tuple[int, str], SqlJobStore] = {}
+_stores: dict[int, JobStore] = {}
 
 
-def store_for(celery_app: Celery) -> SqlJobStore:
+def worker_store() -> JobStore:
     """This process's store: connections must not cross a fork, so each pool process opens its own."""
-    key = (os.getpid(), celery_app.conf.taskapp_database_url)
-    store = _stores.get(key)
+    store = _stores.get(os.getpid())
     if store is None:
-        store = _stores[key] = SqlJobStore.from_url(
-            key[1], change_hooks=[ChangePublisher(celery_app.conf.broker_url), record_changes]
+        settings = get_settings()
+        store = _stores[os.getpid()] = open_store(
+            settings.database_url, change_hooks=[ChangePublisher(settings.redis_url), record_changes]
         )
     return store
 
@@ -68,28 +64,57 @@ def describe(exc: BaseException | None, timeout_seconds: int | None = None) -> s
     return f"{type(exc).__name__}: {exc}"
 
 
+def end_failed_run(
+    celery_app: Celery, run: Job, failure: policy.Failure, error: str, *, worker: str = ""
+) -> policy.Decision | None:
+    """Apply the policy's decision for `run` (the job as its claim left it), which ended in `failure`.
+
+    Returns the decision, or None when the job had already moved on (the write's guard refused it). A retry's
+    message is the caller's to see to, since how it comes depends on what ended the run.
+    """
+    decision = policy.decide(failure, run.attempts, run.max_attempts, random.random())
+    store = worker_store()
+    now = utcnow()
+    match decision:
+        case policy.Retry(delay):
+            retry_at = now + timedelta(seconds=delay)
+            moved = store.fail_run(run.job_id, run.attempts, JobState.RETRYING, error, now, retry_at=retry_at)
+        case policy.Finish(state):
+            moved = store.fail_run(run.job_id, run.attempts, state, error, now)
+            if moved and state is JobState.DEAD_LETTER:
+                CeleryPublisher(celery_app).dead_letter(
+                    run.job_id, task_name(run.type), queue_for(run.priority), error
+                )
+        case policy.Release():
+            moved = store.release(run.job_id, worker, now)
+        case policy.Nothing():
+            moved = True
+    return decision if moved else None
+
+
+def current_run(job_id: str) -> Job | None:
+    """The job if it is RUNNING: the worker's main process does not know which attempt its pool process ran."""
+    job = worker_store().get(job_id)
+    return job if job is not None and job.state is JobState.RUNNING else None
+
+
 class JobRequest(Request):  # type: ignore[misc]
     """A delivery of a job's message, as the worker's main process sees it."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        if self._already_cancelled or worker_shutdown.stopping_runs.is_set():
-            # The worker itself stopped this run to shut down (`taskapp.worker_shutdown`, or a cold shutdown):
-            # not the job's failure. Back to QUEUED, the attempt uncounted; Celery gives the message back.
-            store_for(self.task.app).release(self.id, self.hostname, utcnow())
-            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-            return
-        # Billiard may report the child's exit (SystemExit) before Celery turns it into WorkerLostError.
-        if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
-            # The pool process died mid-run; Celery gives the message back (reject_on_worker_lost). Count the
-            # run as a failed attempt first, so a job that kills its worker every time ends in the dead letters.
-            state = end_failed_run(self.task, self.id, None, f"worker process lost: {exc}", retry_in=0.0)
-            if state is JobState.RETRYING:
+        stopped_by_worker = self._already_cancelled or worker_shutdown.stopping_runs.is_set()
+        failure = policy.classify(exc, (), stopped_by_worker=stopped_by_worker)
+        # A pool process that died (or that this worker stopped) never reported: record its run here, before
+        # Celery gives the message back (reject_on_worker_lost), so a job that kills its worker every time
+        # ends in the dead letters. Other failures were reported by the run itself (`taskapp.mirror`).
+        if failure in (policy.Failure.WORKER_LOST, policy.Failure.SHUTDOWN) and (run := current_run(self.id)):
+            decision = end_failed_run(
+                self.task.app, run, failure, f"worker process lost: {exc}", worker=self.hostname
+            )
+            if isinstance(decision, policy.Retry):
                 # The broker keeps this very message for the next attempt: none is owed.
-                store = store_for(self.task.app)
-                job = store.get(self.id)
-                if job is not None:
-                    store.mark_published([SentMessage.of(job)], utcnow())
+                worker_store().mark_published([SentMessage.retry_of(run)], utcnow())
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
@@ -101,90 +126,55 @@ class JobTask(Task):  # type: ignore[misc]
     #: Messages carry only the job id; nothing to check against the function signature.
     typing = False
 
-    def is_retryable(self, exc: BaseException | None) -> bool:
-        if exc is None or isinstance(exc, PermanentError):
-            return False
-        return isinstance(exc, (*self.handler.retry_on, *TIMEOUTS))
-
-    def retry(
-        self, *args: Any, exc: BaseException | None = None, countdown: float | None = None, **options: Any
-    ) -> Any:
-        """Record RETRYING in SQL, with the error and the time of the next attempt, before Celery publishes it."""
-        attempt = getattr(self.request, "taskapp_attempt", None)
-        max_retries = options.get("max_retries", self.max_retries)
-        out_of_retries = max_retries is not None and self.request.retries + 1 > max_retries
-        if attempt is None or countdown is None or out_of_retries:
-            return super().retry(*args, exc=exc, countdown=countdown, **options)
-        countdown *= 1 + random.uniform(0, RETRY_JITTER)
-        now = utcnow()
-        state = store_for(self.app).fail_run(
-            self.request.id,
-            attempt,
-            describe(exc, self.request.timelimit[1]),
-            now,
-            retry_at=now + timedelta(seconds=countdown),
-        )
-        if state is not JobState.RETRYING:
-            log.info("job %s moved on (%s) while failing: no retry", self.request.id, state)
+    def retry(self, *args: Any, exc: BaseException | None = None, **options: Any) -> Any:
+        """`autoretry_for` caught a retryable error or a timeout: ask the policy. A retry is recorded in SQL (the
+        error and the time of the next attempt) before Celery publishes its message; anything else goes on
+        to the failure signal as the error it is."""
+        run: Job | None = getattr(self.request, "taskapp_run", None)
+        if run is None or exc is None:
+            return super().retry(*args, exc=exc, **options)
+        failure = policy.classify(exc, self.handler.retry_on)
+        timeout = (self.request.timelimit or (None, None))[1]
+        decision = end_failed_run(self.app, run, failure, describe(exc, timeout))
+        if decision is None:
+            log.info("job %s moved on while failing: no retry", run.job_id)
             raise Ignore()
+        if not isinstance(decision, policy.Retry):
+            raise exc  # Out of attempts: the failure signal records the final state.
+        # The policy's delay and its leave to retry replace Celery's own count and back-off.
+        options.update(countdown=decision.delay, max_retries=self.request.retries + 1)
         try:
-            return super().retry(*args, exc=exc, countdown=countdown, **options)
+            return super().retry(*args, exc=exc, **options)
         except Retry:
             # Celery raises Retry once the next attempt's message is sent. Had sending failed, the job would stay
             # owed a message, and the scheduler would send it.
-            sent = SentMessage(self.request.id, JobState.RETRYING, attempt)
-            store_for(self.app).mark_published([sent], utcnow())
+            worker_store().mark_published([SentMessage.retry_of(run)], utcnow())
             raise
-
-
-def end_failed_run(
-    task: JobTask, job_id: str, attempt: int | None, error: str, *, retry_in: float | None
-) -> JobState | None:
-    """Write a failed run's outcome; park the message in the dead letters if the job has no attempts left.
-
-    `retry_in` None means retrying cannot help (FAILED). Otherwise the job is RETRYING (and the caller sees to
-    it that a message follows) or, out of attempts, DEAD_LETTER.
-    """
-    now = utcnow()
-    retry_at = None if retry_in is None else now + timedelta(seconds=retry_in)
-    store = store_for(task.app)
-    state = store.fail_run(job_id, attempt, error, now, retry_at=retry_at)
-    if state is JobState.DEAD_LETTER:
-        job = store.get(job_id)
-        origin = queue_for(job.priority) if job else ""
-        CeleryPublisher(task.app).dead_letter(job_id, task.name, origin, error)
-    return state
-
-
-def _put_off(task: JobTask, job: Job) -> None:
-    """Another run of the job may still be live: look again when its lease ends, never drop the message."""
-    assert job.lease_expires_at is not None
-    wait = max(1.0, (job.lease_expires_at - utcnow()).total_seconds() + 1)
-    log.info("job %s is running elsewhere: checking again in %.0f s", job.job_id, wait)
-    CeleryPublisher(task.app).publish(job, countdown=wait)
 
 
 def run_job(task: JobTask, **_ignored: Any) -> Any:
     job_id = task.request.id
-    store = store_for(task.app)
+    store = worker_store()
     hard_limit = (task.request.timelimit or (None, None))[0] or hard_time_limit(task.handler.timeout_seconds)
     now = utcnow()
     job = store.claim(job_id, task.request.hostname or "", now, lease_seconds(hard_limit))
     if job is None:
         current = store.get(job_id)
-        if current is not None and current.state is JobState.RUNNING:
-            if current.lease_expires_at is None or current.lease_expires_at < now:
-                # Its last run's worker died and no attempts are left.
-                end_failed_run(task, job_id, None, "worker lost during the last attempt", retry_in=0.0)
-            else:
-                _put_off(task, current)
-        else:
-            log.info("job %s is not claimable (cancelled, finished or unknown): message dropped", job_id)
+        match policy.after_refused_claim(current, now):
+            case policy.EndLostRun():
+                assert current is not None
+                end_failed_run(
+                    task.app, current, policy.Failure.WORKER_LOST, "worker lost during the last attempt"
+                )
+            case policy.PutOff(delay):
+                assert current is not None
+                log.info("job %s is running elsewhere: checking again in %.0f s", job_id, delay)
+                CeleryPublisher(task.app).publish(current, countdown=delay)
+            case policy.Drop():
+                log.info("job %s is not claimable (cancelled, finished or unknown): message dropped", job_id)
         raise Ignore()
-    # The mirror's outcome updates are guarded on this attempt number.
-    task.request.taskapp_attempt = job.attempts
-    # Celery stops retrying when the attempts left in SQL are used up (worker losses count too).
-    task.override_max_retries = task.request.retries + job.max_attempts - job.attempts
+    # The run as claimed: outcomes are guarded on its attempt, the policy reads its attempts left.
+    task.request.taskapp_run = job
     payload = task.handler.schema.model_validate(job.payload)
     logger = logging.getLogger(f"handlers.{job.type}")
     capture = JobLogCapture(store, job_id, job.attempts)
@@ -209,7 +199,7 @@ class ProgressReporter:
 
     MIN_INTERVAL = 0.25
 
-    def __init__(self, store: SqlJobStore, job_id: str, attempt: int) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
@@ -223,9 +213,7 @@ class ProgressReporter:
         try:
             self.store.report_progress(self.job_id, self.attempt, percent, message, utcnow())
         except StoreUnavailable as exc:
-            log.warning(
-                "job %s: progress not recorded: %s", self.job_id, exc
-            )  # Informational: the run goes on.
+            log.warning("job %s: progress not recorded: %s", self.job_id, exc)  # The run goes on.
 
 
 def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:
@@ -236,12 +224,10 @@ def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:
             bind=True,
             shared=False,
             handler=handler,
+            # These errors call `JobTask.retry`, which asks `taskapp.policy` whether and when to run again.
             autoretry_for=(*handler.retry_on, SoftTimeLimitExceeded),
             dont_autoretry_for=(PermanentError,),
-            retry_backoff=True,
-            retry_backoff_max=RETRY_BACKOFF_MAX,
-            retry_jitter=False,
         )(run_job)
 
 
-register_tasks(app, load_handlers(app.conf.taskapp_handler_modules))
+register_tasks(app, load_handlers(get_settings().handler_modules))

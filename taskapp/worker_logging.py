@@ -1,4 +1,5 @@
-"""The worker's log names jobs by id, never by content: payloads and results can hold secrets (DESIGN.md §7).
+"""The worker's log names jobs by id, never by content: payloads and results can hold secrets
+(docs/celery-on-redis.md).
 
 Celery logs each task's return value at INFO ("succeeded in 0.01s: {...}"); httpx logs every request's full
 URL at INFO, credentials and query string included. The first is cut down to its size, the second to
@@ -12,7 +13,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from taskapp.app import app
+from taskapp.config import get_settings
 from taskapp.log_format import use_json
 
 
@@ -34,7 +35,7 @@ def _size_of(value: Any) -> str:
 
 
 def json_when_asked(logger: logging.Logger | None = None, **_: Any) -> None:
-    if logger is not None and app.conf.taskapp_log_format == "json":
+    if logger is not None and get_settings().log_format == "json":
         use_json(logger)
 
 

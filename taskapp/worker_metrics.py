@@ -17,8 +17,7 @@ from typing import Any
 from celery.signals import worker_init, worker_shutdown
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
 
-from taskapp.app import app
-from taskapp.config import split_address
+from taskapp.config import get_settings, split_address
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ DIRECTORY_PREFIX = "taskapp-worker-metrics-"
 
 
 def serve_metrics(**_: Any) -> None:
-    address = app.conf.taskapp_worker_metrics_addr
+    address = get_settings().worker_metrics_addr
     if not address:
         return
     directory = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX)

@@ -22,7 +22,7 @@ from typing import Any
 from celery.signals import worker_process_init, worker_shutting_down
 from celery.worker import state
 
-from taskapp.app import app
+from taskapp.config import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def ignore_sigterm(**_: Any) -> None:
 def bound_warm_shutdown(how: str = "", **_: Any) -> None:
     if how != "Warm":
         return
-    timeout = float(app.conf.taskapp_worker_shutdown_timeout)
+    timeout = get_settings().worker_shutdown_timeout
     log.info("warm shutdown: running jobs have %.0f s to finish, then go back to the queue", timeout)
     timer = threading.Timer(timeout, stop_runs)
     timer.daemon = True

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import taskapp.store  # noqa: F401  (registers the tables on SQLModel.metadata)
-from taskapp.store import create_db_engine
+import taskapp.store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from taskapp.store.engine import create_db_engine
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.acceptance.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -> None:

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from google.protobuf.json_format import MessageToDict
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.acceptance.conftest import Stack
-from tests.acceptance.test_failures import dead_letters
-from tests.acceptance.test_jobs import submit
+from tests.helpers import Stack, dead_letters, submit
 from tests.loopback import Reply, scripted_http_server, smtp_mailbox
 
 MakeStack = Callable[..., Stack]
@@ -58,4 +56,4 @@ def test_email_is_delivered_once(make_stack: MakeStack) -> None:
         assert MessageToDict(job.result) == {"accepted": ["ops@example.com"]}
         [envelope] = mailbox.messages
         assert envelope.rcpt_tos == ["ops@example.com"]
-        assert b"Subject: Nightly report" in envelope.original_content
+        assert b"Subject: Nightly report" in (envelope.original_content or b"")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from tests.acceptance.conftest import BIN, Stack, free_port
+from tests.helpers import BIN, Stack, free_port
 from tests.loopback import Reply, scripted_http_server
 
 MakeStack = Callable[..., Stack]

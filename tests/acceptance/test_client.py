@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from grpc_gateway.client import AsyncJobClient, Cancelled, JobClient, JobServiceError, JobSpec, Submitted
-from taskapp.jobs import Job, JobEvent, JobState, LogLine, Priority, QueueStats
-from taskapp.service import JobPage
-from tests.acceptance.conftest import Stack, free_port, wait_for
+from taskapp.jobs import Job, JobEvent, JobPage, JobState, LogLine, Priority, QueueStats
+from tests.helpers import Stack, free_port, wait_for
 from tests.loopback import Reply, scripted_http_server
 
 MakeStack = Callable[..., Stack]
@@ -22,7 +21,7 @@ def wait_state(client: JobClient, job_id: str, state: JobState, timeout: float =
         job = client.get(job_id)
         return job if job.state is state else None
 
-    return wait_for(reached, timeout, f"job {job_id} to be {state}")  # type: ignore[return-value]
+    return wait_for(reached, timeout, f"job {job_id} to be {state}")
 
 
 def test_sync_client_round_trip(make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.acceptance.conftest import ROOT, procfile
+from tests.helpers import ROOT, procfile
 
 COMPOSE_DIR = ROOT / "compose"
 #: Services beside the Procfile's processes.

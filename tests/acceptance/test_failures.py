@@ -12,24 +12,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2
-from taskapp.store import create_db_engine, events_table
-from tests.acceptance.conftest import Stack, wait_for
-from tests.acceptance.test_jobs import get, submit
+from taskapp.store.engine import create_db_engine
+from taskapp.store.tables import events_table
+from tests.helpers import Stack, dead_letters, get, submit, wait_dead_letters, wait_for
 
 MakeStack = Callable[..., Stack]
-
-
-def dead_letters(stack: Stack) -> int:
-    return int(redis.Redis.from_url(stack.env["REDIS_URL"]).llen("dead_letter"))
-
-
-def wait_dead_letters(stack: Stack, count: int) -> None:
-    """The worker writes DEAD_LETTER in SQL first, then publishes the message: allow it that moment."""
-    wait_for(lambda: dead_letters(stack) == count, 10, f"{count} message(s) in dead_letter")
 
 
 def events(stack: Stack, job_id: str) -> list[tuple[str, int, datetime]]:
@@ -49,8 +39,13 @@ def events(stack: Stack, job_id: str) -> list[tuple[str, int, datetime]]:
 def test_retries_back_off_and_then_succeed(make_stack: MakeStack) -> None:
     stack = make_stack()
     job_id = submit(stack, "fail", {"times": 2}, max_attempts=3)
+
+    def retrying_job() -> jobs_pb2.Job | None:
+        job = get(stack, job_id)
+        return job if job.state == jobs_pb2.JOB_STATE_RETRYING else None
+
     retrying = wait_for(
-        lambda: (job := get(stack, job_id)).state == jobs_pb2.JOB_STATE_RETRYING and job,
+        retrying_job,
         20,
         "the job to wait for its next attempt",
         interval=0.02,

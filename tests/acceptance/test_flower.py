@@ -14,8 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.acceptance.conftest import Stack, wait_for
-from tests.acceptance.test_jobs import submit
+from tests.helpers import Stack, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 

@@ -7,8 +7,7 @@ import json
 from collections.abc import Callable
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.acceptance.conftest import Stack
-from tests.acceptance.test_jobs import submit
+from tests.helpers import Stack, submit
 
 MakeStack = Callable[..., Stack]
 

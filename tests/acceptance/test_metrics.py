@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ import yaml
 from google.protobuf import timestamp_pb2
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.acceptance.conftest import ROOT, Stack, free_port, wait_for
-from tests.acceptance.test_failures import wait_dead_letters
-from tests.acceptance.test_jobs import get, submit
+from tests.helpers import ROOT, Stack, free_port, get, submit, wait_dead_letters, wait_for
 
 MakeStack = Callable[..., Stack]
+
+
+def running(stack: Stack, job_id: str) -> bool:
+    return get(stack, job_id).state == jobs_pb2.JOB_STATE_RUNNING
+
 
 COMPOSE_PROMETHEUS = ROOT / "compose" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "compose" / "grafana" / "dashboards" / "taskapp.json"
@@ -159,7 +163,7 @@ def test_prometheus_counts_what_the_jobs_did_and_the_dashboard_queries_answer(
         for _ in range(2)
     ]
     for job_id in busy:
-        wait_for(lambda j=job_id: get(stack, j).state == jobs_pb2.JOB_STATE_RUNNING, 30, f"{job_id} to run")
+        wait_for(partial(running, stack, job_id), 30, f"{job_id} to run")
     for _ in range(4):
         submit(stack, "noop", priority=jobs_pb2.PRIORITY_LOW)
 
@@ -208,4 +212,4 @@ def test_prometheus_counts_what_the_jobs_did_and_the_dashboard_queries_answer(
             assert used, f"panel {panel['title']!r} queries no taskapp or Celery metric: {expr}"
             assert used <= names, f"panel {panel['title']!r} names metrics no one exports: {used - names}"
             # A rate needs two scrapes of a series: give the newest series that long.
-            wait_for(lambda e=expr: server.query(e), 20, f"panel {panel['title']!r} to get data from {expr}")
+            wait_for(partial(server.query, expr), 20, f"panel {panel['title']!r} to get data from {expr}")

@@ -23,9 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.migrate import upgrade
-from taskapp.store import jobs_table
-from tests.acceptance.conftest import Stack, free_port, wait_for
-from tests.acceptance.test_jobs import sql_count, submit
+from taskapp.store.tables import jobs_table
+from tests.helpers import Stack, free_port, sql_count, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))

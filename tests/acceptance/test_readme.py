@@ -14,8 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.acceptance.conftest import BIN, ROOT, Stack, free_port, wait_for
-from tests.conftest import RedisDatabases
+from tests.helpers import BIN, ROOT, RedisDatabases, Stack, free_port, wait_for
 
 README_ADDRESS = "127.0.0.1:50051"
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -17,22 +18,11 @@ import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH
-from taskapp.store import create_db_engine, events_table, jobs_table
-from tests.acceptance.conftest import BIN, Stack, wait_for
-from tests.acceptance.test_failures import wait_dead_letters
-from tests.acceptance.test_jobs import get, sql_count, submit
+from taskapp.store.engine import create_db_engine
+from taskapp.store.tables import events_table, jobs_table
+from tests.helpers import BIN, Stack, get, sql_count, submit, submit_at, wait_dead_letters, wait_for
 
 MakeStack = Callable[..., Stack]
-
-
-def submit_at(
-    stack: Stack, type: str, run_at: datetime, payload: dict | None = None, **fields: object
-) -> str:
-    request = jobs_pb2.SubmitJobRequest(type=type, **fields)
-    request.run_at.FromDatetime(run_at)
-    if payload is not None:
-        request.payload.update(payload)
-    return stack.stub().SubmitJob(request, timeout=10).job_id
 
 
 def broker(stack: Stack) -> redis.Redis:
@@ -50,6 +40,7 @@ def broker_mentions(stack: Stack, text: str) -> bool:
     needle = text.encode()
     for key in client.scan_iter():
         kind = client.type(key)
+        values: list[Any]
         if kind == b"list":
             values = client.lrange(key, 0, -1)
         elif kind == b"hash":
@@ -151,7 +142,7 @@ def test_a_gateway_killed_between_commit_and_publish_loses_no_job(make_stack: Ma
 
 def lease_holder_pid(stack: Stack) -> int | None:
     holder = broker(stack).get("taskapp:scheduler")
-    return int(holder.decode().split(":")[1]) if holder else None
+    return int(holder.split(b":")[1]) if isinstance(holder, bytes) else None
 
 
 def test_two_schedulers_publish_each_due_job_once_and_a_standby_takes_over(make_stack: MakeStack) -> None:

@@ -9,6 +9,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -17,11 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from google.protobuf import struct_pb2
 
 from grpc_gateway.client import JobClient, JobServiceError
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from tests.acceptance.conftest import BIN, ROOT, Stack, free_port, procfile, wait_for
-from tests.acceptance.test_jobs import submit
+from tests.helpers import BIN, ROOT, Stack, free_port, procfile, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 TOKEN = "tok-3f9c2b7e1d0a4c58-never-log-me"
@@ -222,11 +223,17 @@ def test_no_token_or_payload_secret_in_any_log(make_stack: MakeStack) -> None:
         ).job_id,
     ]
     for job_id in ids:
+
+        def finished(j: str = job_id) -> bool:
+            state = stub.GetJob(jobs_pb2.GetJobRequest(job_id=j), timeout=10, metadata=metadata).state
+            return state in (
+                jobs_pb2.JOB_STATE_SUCCEEDED,
+                jobs_pb2.JOB_STATE_FAILED,
+                jobs_pb2.JOB_STATE_DEAD_LETTER,
+            )
+
         wait_for(
-            lambda j=job_id: (
-                stub.GetJob(jobs_pb2.GetJobRequest(job_id=j), timeout=10, metadata=metadata).state
-                in (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_DEAD_LETTER)
-            ),
+            finished,
             30,
             f"job {job_id} to finish",
         )
@@ -244,9 +251,7 @@ def test_no_token_or_payload_secret_in_any_log(make_stack: MakeStack) -> None:
         assert PAYLOAD_SECRET not in text, f"payload secret in the {name} log"
 
 
-def _struct(value: dict) -> object:
-    from google.protobuf import struct_pb2
-
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(value)
     return message

@@ -12,9 +12,9 @@ import grpc
 import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from taskapp.store import create_db_engine, events_table, jobs_table
-from tests.acceptance.conftest import Stack, wait_for
-from tests.acceptance.test_jobs import get, sql_count, submit
+from taskapp.store.engine import create_db_engine
+from taskapp.store.tables import events_table, jobs_table
+from tests.helpers import Stack, get, sql_count, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 

@@ -15,11 +15,9 @@ import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.joblogs import MAX_LINES_PER_JOB
-from taskapp.store import create_db_engine, events_table, jobs_table
-from tests.acceptance.conftest import BIN, Stack, wait_for
-from tests.acceptance.test_failures import wait_dead_letters
-from tests.acceptance.test_jobs import get, sql_count, submit
-from tests.acceptance.test_scheduling import submit_at
+from taskapp.store.engine import create_db_engine
+from taskapp.store.tables import events_table, jobs_table
+from tests.helpers import BIN, Stack, get, sql_count, submit, submit_at, wait_dead_letters, wait_for
 
 MakeStack = Callable[..., Stack]
 

@@ -6,10 +6,11 @@ import logging
 import socket
 
 from taskapp.joblogs import MAX_LINES_PER_JOB, JobLogCapture
-from taskapp.store import SqlJobStore
+from taskapp.store.engine import open_store
+from taskapp.store.port import JobStore
 
 
-def capture_into(store: SqlJobStore, lines: int) -> JobLogCapture:
+def capture_into(store: JobStore, lines: int) -> JobLogCapture:
     logger = logging.getLogger("handlers.test-capture")
     logger.setLevel(logging.INFO)
     capture = JobLogCapture(store, "j", attempt=1)
@@ -26,7 +27,7 @@ def capture_into(store: SqlJobStore, lines: int) -> JobLogCapture:
 
 
 def test_lines_past_the_cap_are_counted_and_marked(database_url: str) -> None:
-    store = SqlJobStore.from_url(database_url)
+    store = open_store(database_url)
     capture = capture_into(store, MAX_LINES_PER_JOB + 250)
     lines = store.logs("j")
     assert len(lines) == MAX_LINES_PER_JOB + 1
@@ -40,6 +41,6 @@ def test_a_database_that_is_away_loses_the_lines_but_never_raises() -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         port = closed.getsockname()[1]
-        store = SqlJobStore.from_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+        store = open_store(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
         capture = capture_into(store, 300)
     assert capture.dropped >= 300

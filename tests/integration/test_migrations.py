@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from taskapp.store import create_db_engine
+from taskapp.store.engine import create_db_engine
 
 
 def test_migrations_match_the_models(database_url: str) -> None:

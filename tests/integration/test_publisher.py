@@ -11,7 +11,7 @@ from celery import Celery
 
 from taskapp.jobs import Job, JobState, Priority
 from taskapp.publisher import CeleryPublisher
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def job(job_id: str, priority: Priority = Priority.DEFAULT, type: str = "echo") -> Job:
@@ -47,7 +47,7 @@ def celery_app(redis_url: str) -> Celery:
 
 def popped(client: redis.Redis, queue: str) -> dict:
     raw = client.rpop(queue)
-    assert raw is not None, f"no message in {queue}"
+    assert isinstance(raw, bytes), f"no message in {queue}"
     message = json.loads(raw)
     del message["properties"]["delivery_tag"]  # unique per message, by design
     return message
@@ -110,7 +110,7 @@ class EventWatcher:
             events = [e for e in self.heard if e["type"] == "task-sent" and e["uuid"] == job_id]
             return events if len(events) >= count else []
 
-        return wait_for(heard, 10, f"{count} task-sent event(s) of {job_id}", interval=0.02)  # type: ignore[return-value]
+        return wait_for(heard, 10, f"{count} task-sent event(s) of {job_id}", interval=0.02)
 
 
 #: Fields that differ between any two events: when, and the sender's logical clock.

@@ -1,126 +1,237 @@
-"""SqlJobStore against real databases: the same body on SQLite and PostgreSQL."""
+"""The store contract: one test body per behaviour, run on the in-memory twin, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from taskapp.jobs import JobFilter, JobState, NewJob, Priority
-from taskapp.store import SqlJobStore, events_table, utcnow
+from taskapp.clock import utcnow
+from taskapp.errors import StoreUnavailable
+from taskapp.jobs import JobChange, JobFilter, JobState, LogLine, Priority, SentMessage
+from taskapp.store.engine import open_store
+from taskapp.store.memory import InMemoryJobStore
+from taskapp.store.port import JobStore
+from taskapp.store.sql import SqlJobStore
+from tests.helpers import create, make_database_url, new_job
 
-
-def new_job(job_id: str, *, type: str = "echo", priority: Priority = Priority.DEFAULT) -> NewJob:
-    return NewJob(
-        job_id=job_id,
-        type=type,
-        priority=priority,
-        payload={"n": 1, "nested": {"list": [1, "two", None]}},
-        max_attempts=3,
-        timeout_seconds=300,
-        fingerprint=hashlib.sha256(job_id.encode()).hexdigest(),
-    )
+T0 = utcnow()
 
 
 @pytest.fixture
-def store(database_url: str) -> SqlJobStore:
-    store = SqlJobStore.from_url(database_url)
-    yield store
-    store.engine.dispose()
+def heard() -> list[JobChange]:
+    """What the store's change hook heard, in order."""
+    return []
 
 
-def event_states(store: SqlJobStore, job_id: str) -> list[str]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(events_table.c.state)
-            .where(events_table.c.job_id == job_id)
-            .order_by(events_table.c.seq)
-        )
-        return [row.state for row in rows]
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, heard: list[JobChange]) -> Iterator[JobStore]:
+    if request.param == "memory":
+        yield InMemoryJobStore(change_hooks=[heard.extend])
+        return
+    sql = open_store(make_database_url(request.param, tmp_path, request), change_hooks=[heard.extend])
+    yield sql
+    sql.engine.dispose()
 
 
-def test_create_get_round_trip(store: SqlJobStore) -> None:
-    job, created = store.create(new_job("a"), utcnow())
+def states(store: JobStore, job_id: str) -> list[str]:
+    return [event.state.value for event in store.events_after(job_id, 0)]
+
+
+def test_create_get_round_trip(store: JobStore) -> None:
+    job, created = create(store, new_job("a", priority=Priority.HIGH), T0)
     assert created
-    fetched = store.get("a")
-    assert fetched == job
-    assert fetched.payload == {"n": 1, "nested": {"list": [1, "two", None]}}
-    assert fetched.created_at.tzinfo is not None
-    assert fetched.result is None
+    assert store.get("a") == job
+    assert (job.job_id, job.type, job.priority, job.state) == ("a", "echo", Priority.HIGH, JobState.QUEUED)
+    assert job.payload == {"n": 1, "nested": {"list": [1, "two", None]}}
+    assert (job.attempts, job.max_attempts, job.timeout_seconds, job.last_error, job.worker) == (
+        0,
+        3,
+        300,
+        "",
+        "",
+    )
+    assert job.created_at == job.updated_at == job.scheduled_at == T0
+    assert job.created_at.tzinfo is not None
+    assert (job.result, job.started_at, job.finished_at, job.lease_expires_at, job.published_at) == (
+        None,
+    ) * 5
+    assert (job.progress_percent, job.progress_message) == (None, "")
+    assert store.get("missing") is None
+    assert states(store, "a") == ["QUEUED"]
 
 
-def test_create_twice_returns_the_existing_row(store: SqlJobStore) -> None:
-    first, _ = store.create(new_job("a"), utcnow())
-    second, created = store.create(new_job("a", type="noop"), utcnow())
-    assert not created
-    assert second.type == "echo" and second.seq == first.seq
+def test_create_many_keeps_order_and_existing_jobs(store: JobStore, heard: list[JobChange]) -> None:
+    create(store, new_job("old"), T0)
+    later, past = T0 + timedelta(hours=1), T0 - timedelta(hours=1)
+    results = store.create_many(
+        [
+            new_job("x"),
+            new_job("old", type="noop"),
+            new_job("later", run_at=later),
+            new_job("past", run_at=past),
+        ],
+        T0,
+    )
+    assert [(job.job_id, created) for job, created in results] == [
+        ("x", True), ("old", False), ("later", True), ("past", True)
+    ]  # fmt: skip
+    assert results[1][0].type == "echo", "an existing job is returned as it is"
+    assert (results[2][0].state, results[2][0].scheduled_at) == (JobState.SCHEDULED, later)
+    assert (results[3][0].state, results[3][0].scheduled_at) == (JobState.QUEUED, T0)
+    assert results[0][0].seq < results[2][0].seq < results[3][0].seq
+    assert store.count_scheduled() == 1
+    assert heard == [], "creations are not announced"
 
 
-def test_claim_run_succeed(store: SqlJobStore) -> None:
-    store.create(new_job("a"), utcnow())
-    claimed = store.claim("a", "celery@w1", utcnow(), 30)
+def test_concurrent_creates_of_one_id_make_one_row(store: JobStore) -> None:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda _: create(store, new_job("same")), range(100)))
+    assert sum(created for _, created in results) == 1
+    assert len({job.seq for job, _ in results}) == 1
+    assert states(store, "same") == ["QUEUED"]
+
+
+def test_claim_run_succeed(store: JobStore, heard: list[JobChange]) -> None:
+    create(store, new_job("a"), T0)
+    claimed = store.claim("a", "celery@w1", T0, 30)
     assert claimed is not None
     assert (claimed.state, claimed.attempts, claimed.worker) == (JobState.RUNNING, 1, "celery@w1")
-    assert claimed.started_at is not None
-    assert store.claim("a", "celery@w2", utcnow(), 30) is None, "a running job is claimed once"
-    assert store.succeed("a", 1, {"ok": [1, 2]}, utcnow())
+    assert (claimed.started_at, claimed.lease_expires_at) == (T0, T0 + timedelta(seconds=30))
+    assert store.claim("a", "celery@w2", T0, 30) is None, "a running job is claimed once"
+    assert store.succeed("a", 1, {"ok": [1, 2]}, T0 + timedelta(seconds=2))
     done = store.get("a")
-    assert done.state is JobState.SUCCEEDED and done.result == {"ok": [1, 2]}
-    assert done.finished_at is not None and done.finished_at >= done.started_at
-    assert event_states(store, "a") == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert done is not None and (done.state, done.result) == (JobState.SUCCEEDED, {"ok": [1, 2]})
+    assert done.finished_at == T0 + timedelta(seconds=2) and done.lease_expires_at is None
+    assert states(store, "a") == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert heard == [
+        JobChange("a", "echo", JobState.RUNNING),
+        JobChange("a", "echo", JobState.SUCCEEDED, run_seconds=2.0),
+    ]
 
 
-def test_late_or_duplicate_outcomes_never_move_a_job_backwards(store: SqlJobStore) -> None:
-    store.create(new_job("a"), utcnow())
-    store.claim("a", "w", utcnow(), 30)
-    assert not store.fail_run("a", 2, "wrong attempt", utcnow(), retry_at=None)
-    assert store.fail_run("a", 1, "boom", utcnow(), retry_at=None) is JobState.FAILED
-    assert not store.succeed("a", 1, None, utcnow())
-    assert store.fail_run("a", None, "late", utcnow(), retry_at=None) is None
-    assert store.claim("a", "w", utcnow(), 30) is None
+def test_concurrent_claims_of_one_job_have_one_winner(store: JobStore) -> None:
+    create(store, new_job("hot"))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow(), 30), range(64)))
+    assert sum(r is not None for r in results) == 1
+    job = store.get("hot")
+    assert job is not None and job.attempts == 1
+
+
+def test_late_or_duplicate_outcomes_never_move_a_job_backwards(store: JobStore) -> None:
+    create(store, new_job("a"), T0)
+    store.claim("a", "w", T0, 30)
+    assert not store.fail_run("a", 2, JobState.FAILED, "wrong attempt", T0)
+    assert store.fail_run("a", 1, JobState.FAILED, "boom", T0)
+    assert not store.succeed("a", 1, None, T0)
+    assert not store.fail_run("a", 1, JobState.DEAD_LETTER, "late", T0)
+    assert store.claim("a", "w", T0, 30) is None
     job = store.get("a")
-    assert (job.state, job.last_error) == (JobState.FAILED, "boom")
+    assert job is not None and (job.state, job.last_error, job.finished_at) == (JobState.FAILED, "boom", T0)
 
 
-def test_cancel_from_each_state(store: SqlJobStore) -> None:
-    store.create(new_job("queued"), utcnow())
-    store.create(new_job("running"), utcnow())
-    store.create(new_job("done"), utcnow())
-    store.claim("running", "w", utcnow(), 30)
-    store.claim("done", "w", utcnow(), 30)
-    store.succeed("done", 1, None, utcnow())
+def test_a_failed_run_retries_then_dead_letters(store: JobStore, heard: list[JobChange]) -> None:
+    create(store, new_job("r"), T0)  # max_attempts 3
+    for attempt in (1, 2):
+        claimed = store.claim("r", "w", T0, 30)
+        assert claimed is not None and claimed.attempts == attempt
+        retry_at = T0 + timedelta(seconds=attempt)
+        assert store.fail_run("r", attempt, JobState.RETRYING, f"err {attempt}", T0, retry_at=retry_at)
+        job = store.get("r")
+        assert job is not None
+        assert (job.state, job.last_error, job.finished_at, job.scheduled_at, job.published_at) == (
+            JobState.RETRYING, f"err {attempt}", None, retry_at, None
+        )  # fmt: skip
+    store.claim("r", "w", T0, 30)
+    assert store.fail_run("r", 3, JobState.DEAD_LETTER, "err 3", T0)
+    job = store.get("r")
+    assert job is not None and (job.state, job.attempts, job.finished_at) == (JobState.DEAD_LETTER, 3, T0)
+    assert store.claim("r", "w", T0, 30) is None, "no attempts left"
+    assert states(store, "r") == [
+        "QUEUED", "RUNNING", "RETRYING", "RUNNING", "RETRYING", "RUNNING", "DEAD_LETTER"
+    ]  # fmt: skip
+    assert [change.state for change in heard].count(JobState.RETRYING) == 2
 
-    queued = store.cancel("queued", utcnow())
-    assert queued.cancelled and queued.previous_state is JobState.QUEUED
-    running = store.cancel("running", utcnow())
-    assert running.cancelled and running.previous_state is JobState.RUNNING
-    done = store.cancel("done", utcnow())
-    assert not done.cancelled and done.state is JobState.SUCCEEDED
-    assert store.cancel("missing", utcnow()) is None
-    assert store.claim("queued", "w", utcnow(), 30) is None
-    assert not store.succeed("running", 1, None, utcnow())
-    assert store.get("running").state is JobState.CANCELLED
+
+@pytest.mark.parametrize(
+    ("outcome", "retry_at"),
+    [(JobState.RETRYING, None), (JobState.FAILED, T0), (JobState.SUCCEEDED, None), (JobState.QUEUED, None)],
+)
+def test_a_failed_run_ends_only_in_a_failure_state(
+    store: JobStore, outcome: JobState, retry_at: object
+) -> None:
+    create(store, new_job("a"), T0)
+    store.claim("a", "w", T0, 30)
+    with pytest.raises(ValueError, match="a failed run cannot end"):
+        store.fail_run("a", 1, outcome, "boom", T0, retry_at=retry_at)  # type: ignore[arg-type]
+    job = store.get("a")
+    assert job is not None and job.state is JobState.RUNNING
 
 
-def test_discard_removes_only_an_unstarted_job(store: SqlJobStore) -> None:
-    store.create(new_job("a"), utcnow())
-    store.create(new_job("b"), utcnow())
-    store.claim("b", "w", utcnow(), 30)
-    store.discard("a")
-    store.discard("b")
-    assert store.get("a") is None and event_states(store, "a") == []
+def test_a_run_past_its_lease_can_be_claimed_again(store: JobStore) -> None:
+    create(store, new_job("lost"), T0)
+    store.claim("lost", "w1", T0, 30)
+    assert store.claim("lost", "w2", T0 + timedelta(seconds=29), 30) is None, "the lease is live"
+    later = T0 + timedelta(seconds=31)
+    again = store.claim("lost", "w2", later, 30)
+    assert again is not None and again.attempts == 2 and again.worker == "w2"
+    assert not store.succeed("lost", 1, None, later), "the lost run's late outcome is ignored"
+    store.claim("lost", "w3", later + timedelta(seconds=31), 30)
+    assert store.claim("lost", "w4", later + timedelta(seconds=62), 30) is None, "no attempts left"
+
+
+def test_release_gives_the_attempt_back_only_to_the_run_s_own_worker(store: JobStore) -> None:
+    create(store, new_job("a"), T0)
+    store.claim("a", "w1", T0, 30)
+    assert not store.release("a", "w2", T0)
+    assert store.release("a", "w1", T0 + timedelta(seconds=1))
+    job = store.get("a")
+    assert job is not None
+    assert (job.state, job.attempts, job.started_at, job.lease_expires_at) == (JobState.QUEUED, 0, None, None)
+    assert job.published_at == T0 + timedelta(seconds=1), "the broker keeps its message"
+    assert not store.release("a", "w1", T0), "only a running job"
+
+
+def test_cancel_from_each_state(store: JobStore, heard: list[JobChange]) -> None:
+    for job_id in ("queued", "running", "done", "later"):
+        create(store, new_job(job_id, run_at=T0 + timedelta(hours=1) if job_id == "later" else None), T0)
+    store.claim("running", "w", T0, 30)
+    store.claim("done", "w", T0, 30)
+    store.succeed("done", 1, None, T0)
+    heard.clear()
+
+    for job_id, previous in (("queued", "QUEUED"), ("running", "RUNNING"), ("later", "SCHEDULED")):
+        outcome = store.cancel(job_id, T0)
+        assert outcome is not None and outcome.cancelled and outcome.previous_state == previous
+        job = store.get(job_id)
+        assert job is not None and (job.state, job.finished_at, job.lease_expires_at) == (
+            JobState.CANCELLED, T0, None
+        )  # fmt: skip
+    done = store.cancel("done", T0)
+    assert done is not None and not done.cancelled and done.state is JobState.SUCCEEDED
+    assert store.cancel("missing", T0) is None
+    assert store.claim("queued", "w", T0, 30) is None
+    assert not store.succeed("running", 1, None, T0)
+    assert [change.state for change in heard] == [JobState.CANCELLED] * 3
+
+
+def test_discard_removes_only_unstarted_jobs(store: JobStore) -> None:
+    create(store, new_job("a"), T0)
+    create(store, new_job("b"), T0)
+    create(store, new_job("c", run_at=T0 + timedelta(hours=1)), T0)
+    store.claim("b", "w", T0, 30)
+    store.discard_many(["a", "b", "c", "missing"])
+    assert store.get("a") is None and store.get("c") is None and states(store, "a") == []
     assert store.get("b") is not None
 
 
-def test_list_filters_and_keyset_pages(store: SqlJobStore) -> None:
+def test_list_filters_and_keyset_pages(store: JobStore) -> None:
     for i in range(30):
-        store.create(
-            new_job(f"j{i:02}", type="echo" if i % 2 else "noop", priority=list(Priority)[i % 4]),
-            utcnow(),
-        )
+        create(store, new_job(f"j{i:02}", type="echo" if i % 2 else "noop", priority=list(Priority)[i % 4]))
     store.cancel("j05", utcnow())
     everything = store.list(JobFilter(), 100, None)
     assert [j.job_id for j in everything] == [f"j{i:02}" for i in reversed(range(30))]
@@ -135,63 +246,134 @@ def test_list_filters_and_keyset_pages(store: SqlJobStore) -> None:
     assert [j.job_id for j in second] == [f"j{i:02}" for i in reversed(range(10, 20))]
 
 
-def test_concurrent_claims_of_one_job_have_one_winner(store: SqlJobStore) -> None:
-    store.create(new_job("hot"), utcnow())
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow(), 30), range(64)))
-    assert sum(r is not None for r in results) == 1
-    assert store.get("hot").attempts == 1
-
-
-def test_concurrent_creates_of_one_id_make_one_row(store: SqlJobStore) -> None:
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda _: store.create(new_job("same"), utcnow()), range(100)))
-    assert sum(created for _, created in results) == 1
-    assert len({job.seq for job, _ in results}) == 1
-    assert event_states(store, "same") == ["QUEUED"]
-
-
-def test_retryable_failures_retry_then_dead_letter(store: SqlJobStore) -> None:
-    store.create(new_job("r"), utcnow())  # max_attempts 3
-    for attempt in (1, 2):
-        assert store.claim("r", "w", utcnow(), 30).attempts == attempt
-        retry_at = utcnow() + timedelta(seconds=attempt)
-        assert (
-            store.fail_run("r", attempt, f"err {attempt}", utcnow(), retry_at=retry_at) is JobState.RETRYING
-        )
-        job = store.get("r")
-        assert (job.state, job.last_error, job.finished_at) == (JobState.RETRYING, f"err {attempt}", None)
-        assert abs((job.scheduled_at - retry_at).total_seconds()) < 0.001
-    store.claim("r", "w", utcnow(), 30)
-    assert store.fail_run("r", 3, "err 3", utcnow(), retry_at=utcnow()) is JobState.DEAD_LETTER
-    job = store.get("r")
-    assert job.state is JobState.DEAD_LETTER and job.attempts == 3 and job.finished_at is not None
-    assert store.claim("r", "w", utcnow(), 30) is None
-    assert event_states(store, "r") == [
-        "QUEUED", "RUNNING", "RETRYING", "RUNNING", "RETRYING", "RUNNING", "DEAD_LETTER"
-    ]  # fmt: skip
-
-
-def test_a_run_past_its_lease_can_be_claimed_again(store: SqlJobStore) -> None:
-    store.create(new_job("lost"), utcnow())
-    store.claim("lost", "w1", utcnow(), 30)
-    assert store.claim("lost", "w2", utcnow(), 30) is None, "the lease is live"
-    later = utcnow() + timedelta(seconds=31)
-    again = store.claim("lost", "w2", later, 30)
-    assert again is not None and again.attempts == 2 and again.worker == "w2"
-    assert not store.succeed("lost", 1, None, utcnow()), "the lost run's late outcome is ignored"
-    store.claim("lost", "w3", later + timedelta(seconds=31), 30)
-    assert store.claim("lost", "w4", later + timedelta(seconds=62), 30) is None, "no attempts left"
-
-
-def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: SqlJobStore) -> None:
-    store.create(new_job("f"), utcnow())
-    store.claim("f", "w", utcnow(), 30)
-    store.fail_run("f", 1, "nope", utcnow(), retry_at=None)
-    requeued = store.requeue("f", utcnow())
+def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: JobStore) -> None:
+    create(store, new_job("f"), T0)
+    store.claim("f", "w", T0, 30)
+    store.fail_run("f", 1, JobState.FAILED, "nope", T0)
+    requeued = store.requeue("f", T0)
     assert requeued is not None
     job, previous = requeued
-    assert (job.state, job.attempts, previous) == (JobState.QUEUED, 0, JobState.FAILED)
-    assert store.requeue("f", utcnow()) is None, "a queued job is not retried"
-    store.unqueue("f", previous, utcnow())
-    assert store.get("f").state is JobState.FAILED
+    assert (job.state, job.attempts, job.published_at, previous) == (
+        JobState.QUEUED,
+        0,
+        None,
+        JobState.FAILED,
+    )
+    assert store.requeue("f", T0) is None, "a queued job is not retried"
+    store.unqueue("f", previous, T0)
+    back = store.get("f")
+    assert back is not None and back.state is JobState.FAILED
+    assert states(store, "f")[-2:] == ["QUEUED", "FAILED"]
+
+
+def test_mark_published_only_for_the_state_the_message_was_sent_for(store: JobStore) -> None:
+    job, _ = create(store, new_job("j"), T0)
+    store.mark_published([SentMessage.of(job)], T0)
+    published = store.get("j")
+    assert published is not None and published.published_at == T0
+    store.claim("j", "w", T0, 60)
+    store.fail_run("j", 1, JobState.RETRYING, "boom", T0, retry_at=T0 + timedelta(seconds=1))
+    store.mark_published([SentMessage.of(job)], T0)  # the submit's mark, arriving late
+    retrying = store.get("j")
+    assert retrying is not None and retrying.state is JobState.RETRYING and retrying.published_at is None
+    store.mark_published([SentMessage.retry_of(retrying)], T0 + timedelta(seconds=1))
+    marked = store.get("j")
+    assert marked is not None and marked.published_at == T0 + timedelta(seconds=1)
+
+
+def test_progress_and_events_of_a_run(store: JobStore, heard: list[JobChange]) -> None:
+    create(store, new_job("p"), T0)
+    store.claim("p", "w", T0, 30)
+    assert store.report_progress("p", 1, 40, "downloaded", T0)
+    assert not store.report_progress("p", 2, 50, "wrong attempt", T0)
+    job = store.get("p")
+    assert job is not None and (job.progress_percent, job.progress_message) == (40, "downloaded")
+    latest = store.latest_event("p")
+    assert latest is not None
+    assert (latest.state, latest.attempt, latest.progress_percent, latest.message) == (
+        JobState.RUNNING, 1, 40, "downloaded"
+    )  # fmt: skip
+    assert heard[-1] == JobChange("p", "echo", JobState.RUNNING, progress=True)
+    store.succeed("p", 1, None, T0)
+    newer = store.events_after("p", latest.seq)
+    assert [event.state for event in newer] == [JobState.SUCCEEDED]
+    assert newer[0].seq > latest.seq
+    assert store.latest_event("missing") is None
+
+
+def test_logs_are_kept_per_job_in_order(store: JobStore) -> None:
+    create(store, new_job("l"), T0)
+    lines = [LogLine(T0, "INFO", 1, "first"), LogLine(T0, "WARNING", 1, "second line")]
+    store.append_logs("l", lines)
+    store.append_logs("l", [])
+    store.append_logs("other", [LogLine(T0, "INFO", 1, "not mine")])
+    assert store.logs("l") == lines
+    assert store.log_usage("l") == (2, len("first") + len("second line"))
+    assert store.log_usage("none") == (0, 0)
+
+
+def test_due_scheduled_jobs_are_promoted_oldest_first(store: JobStore, heard: list[JobChange]) -> None:
+    for n, seconds in enumerate((30, 10, 20, 3_600)):
+        create(store, new_job(f"s{n}", run_at=T0 + timedelta(seconds=seconds)), T0)
+    assert store.promote_due(T0 + timedelta(seconds=5), 10) == []
+    promoted = store.promote_due(T0 + timedelta(seconds=40), 2)
+    assert [job.job_id for job in promoted] == ["s1", "s2"]
+    assert all(job.state is JobState.QUEUED and job.published_at is None for job in promoted)
+    assert [job.job_id for job in store.promote_due(T0 + timedelta(seconds=40), 10)] == ["s0"]
+    assert store.count_scheduled() == 1
+    assert [change.job_id for change in heard] == ["s1", "s2", "s0"]
+
+
+def test_owed_messages_and_jobs_awaiting_a_run(store: JobStore) -> None:
+    sent, _ = create(store, new_job("sent"), T0)
+    store.mark_published([SentMessage.of(sent)], T0)
+    create(store, new_job("owed-1"), T0)
+    create(store, new_job("owed-2"), T0 + timedelta(seconds=1))
+    create(store, new_job("running"), T0)
+    store.claim("running", "w", T0, 30)
+    create(store, new_job("done"), T0)
+    store.cancel("done", T0)
+
+    owed = store.unpublished(T0 + timedelta(seconds=2), 10)
+    assert [job.job_id for job in owed] == ["owed-1", "owed-2"]
+    assert [job.job_id for job in store.unpublished(T0 + timedelta(milliseconds=500), 10)] == ["owed-1"]
+
+    live = store.awaiting_run(T0 + timedelta(seconds=10), 0, 10)
+    assert [job.job_id for job in live] == ["sent", "owed-1", "owed-2"]
+    lapsed = store.awaiting_run(T0 + timedelta(seconds=31), 0, 10)
+    assert [job.job_id for job in lapsed] == ["sent", "owed-1", "owed-2", "running"]
+    page = store.awaiting_run(T0 + timedelta(seconds=31), lapsed[1].seq, 1)
+    assert [job.job_id for job in page] == ["owed-2"]
+
+
+def test_purge_deletes_finished_jobs_with_their_events_and_logs(store: JobStore) -> None:
+    for n in range(3):
+        create(store, new_job(f"old-{n}"), T0)
+        store.append_logs(f"old-{n}", [LogLine(T0, "INFO", 1, "bye")])
+        store.cancel(f"old-{n}", T0)
+    create(store, new_job("queued-long-ago"), T0)
+    create(store, new_job("recent"), T0 + timedelta(days=1))
+    store.cancel("recent", T0 + timedelta(days=1))
+
+    cutoff = T0 + timedelta(hours=1)
+    first = store.purge_finished(cutoff, 2)
+    second = store.purge_finished(cutoff, 2)
+    assert len(first) == 2 and len(second) == 1
+    assert {job_id for job_id, _ in first + second} == {"old-0", "old-1", "old-2"}
+    assert {state for _, state in first + second} == {JobState.CANCELLED}
+    assert store.purge_finished(cutoff, 2) == []
+    assert all(store.get(f"old-{n}") is None for n in range(3))
+    assert states(store, "old-0") == [] and store.logs("old-0") == []
+    assert store.get("queued-long-ago") is not None and store.get("recent") is not None
+
+
+def test_ping_answers(store: JobStore) -> None:
+    store.ping()
+
+
+def test_a_database_that_does_not_answer_is_unavailable() -> None:
+    store: SqlJobStore = open_store("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.get("a")

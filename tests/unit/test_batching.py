@@ -8,11 +8,11 @@ import threading
 from collections.abc import Sequence
 
 from grpc_gateway.batching import SubmitBatcher
+from taskapp.clock import utcnow
 from taskapp.errors import JobAlreadyExists, StoreUnavailable
-from taskapp.jobs import NewJob, Priority
-from taskapp.service import SubmitOutcome
-from taskapp.store import utcnow
-from taskapp.testing import InMemoryJobStore
+from taskapp.jobs import NewJob, Priority, SubmitOutcome
+from taskapp.store.memory import InMemoryJobStore
+from tests.helpers import create
 
 
 def new(job_id: str) -> NewJob:
@@ -25,12 +25,15 @@ class Writer:
     def __init__(self) -> None:
         self.store = InMemoryJobStore()
         self.batches: list[list[str]] = []
+        #: Set once the first batch is being written; it is held there until `release` is set.
+        self.writing = threading.Event()
         self.release = threading.Event()
         self.fail: set[str] = set()
 
     def __call__(self, news: Sequence[NewJob]) -> list[SubmitOutcome | JobAlreadyExists]:
         self.batches.append([job.job_id for job in news])
         if len(self.batches) == 1:
+            self.writing.set()
             self.release.wait(5)
         if self.fail & {job.job_id for job in news}:
             raise StoreUnavailable("job database unavailable: down for the test")
@@ -39,7 +42,7 @@ class Writer:
             if job.job_id.startswith("taken"):
                 outcomes.append(JobAlreadyExists(job.job_id))
             else:
-                written, created = self.store.create(job, utcnow())
+                written, created = create(self.store, job, utcnow())
                 outcomes.append(SubmitOutcome(job=written, created=created))
         return outcomes
 
@@ -51,7 +54,8 @@ def test_calls_arriving_during_a_write_share_the_next_batch() -> None:
         batcher = SubmitBatcher(writer, max_batch=3)
         running = asyncio.create_task(batcher.run())
         first = batcher.submit(new("first"))
-        await asyncio.sleep(0.05)  # the first batch is being written: the next calls wait together
+        # While the first batch is being written, the next calls wait together.
+        assert await asyncio.to_thread(writer.writing.wait, 5)
         later = [batcher.submit(new(f"later-{n}")) for n in range(5)]
         writer.release.set()
         outcomes = await asyncio.gather(first, *later)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from taskapp.clock import utcnow
 from taskapp.errors import (
     BrokerUnavailable,
     InvalidArgument,
@@ -14,11 +16,11 @@ from taskapp.errors import (
     JobNotRetryable,
     PayloadTooLarge,
 )
-from taskapp.jobs import JobFilter, JobState, Priority
+from taskapp.jobs import JobFilter, JobState, Priority, SubmitRequest
 from taskapp.registry import load_handlers
-from taskapp.service import JobService, SubmitRequest
-from taskapp.store import utcnow
-from taskapp.testing import InMemoryJobStore, InMemoryPublisher
+from taskapp.service import JobService
+from taskapp.store.memory import InMemoryJobStore
+from taskapp.testing import InMemoryPublisher
 
 
 @pytest.fixture
@@ -79,7 +81,7 @@ def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobServi
     ],
 )
 def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
-    base = {"job_id": "dup", "type": "echo", "payload": {"a": 1}}
+    base: dict[str, Any] = {"job_id": "dup", "type": "echo", "payload": {"a": 1}}
     service.submit(SubmitRequest(**base))
     with pytest.raises(JobAlreadyExists, match="job_id"):
         service.submit(SubmitRequest(**{**base, **change}))
@@ -236,7 +238,7 @@ def test_retry_requeues_a_failed_job_and_takes_it_out_of_the_dead_letters(
 ) -> None:
     job_id = service.submit(SubmitRequest(type="fail", payload={"times": 9})).job.job_id
     store.claim(job_id, "w", utcnow(), 30)
-    store.fail_run(job_id, 1, "boom", utcnow(), retry_at=None)
+    store.fail_run(job_id, 1, JobState.FAILED, "boom", utcnow())
     job = service.retry(job_id)
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)
     assert [p.job_id for p in publisher.published] == [job_id, job_id]
@@ -321,7 +323,8 @@ def test_jobs_of_independent_callers_are_written_together_each_with_its_own_outc
     assert [getattr(outcome, "created", None) for outcome in outcomes] == [True, False, None, False, None]
     assert isinstance(outcomes[2], JobAlreadyExists) and isinstance(outcomes[4], JobAlreadyExists)
     assert [job.job_id for job in publisher.published] == ["taken", "new"], "each new job published once"
-    assert store.get("new") is not None and store.get("new").payload == {"a": 1}
+    new = store.get("new")
+    assert new is not None and new.payload == {"a": 1}
 
 
 def test_a_batch_of_callers_with_the_broker_down_leaves_no_job(

@@ -22,7 +22,9 @@ from sqlalchemy.engine import Engine
 
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import Job, JobChange, JobState, NewJob, SentMessage
-from taskapp.store import ChangeHook, SqlJobStore, _to_job
+from taskapp.store.port import ChangeHook
+from taskapp.store.rows import job_from_row, new_job_row
+from taskapp.store.sql import SqlJobStore
 
 #: A claimable job (QUEUED or RETRYING, or RUNNING past its lease) -> RUNNING, counting the attempt.
 CLAIM = """
@@ -86,6 +88,12 @@ SELECT true AS created, * FROM inserted
 UNION ALL
 SELECT false AS created, jobs.* FROM jobs JOIN new USING (job_id)
 """
+
+#: The columns `CREATE` takes one array of (the others are the same for every new job).
+CREATE_ARRAYS = (
+    "job_id", "type", "priority", "state", "payload", "max_attempts", "timeout_seconds", "fingerprint",
+    "scheduled_at",
+)  # fmt: skip
 
 #: Rows that a concurrent statement inserted after `CREATE` took its snapshot.
 EXISTING = "SELECT * FROM jobs WHERE job_id = ANY(%(job_id)s::text[])"
@@ -153,27 +161,16 @@ class PostgresJobStore(SqlJobStore):
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
         """One statement for any number of jobs; results in the order given."""
-        rows = self._rows(
-            CREATE,
-            {
-                "now": now,
-                "job_id": [new.job_id for new in news],
-                "type": [new.type for new in news],
-                "priority": [new.priority.value for new in news],
-                "state": [new.first_state(now).value for new in news],
-                "payload": [Jsonb(new.payload) for new in news],
-                "max_attempts": [new.max_attempts for new in news],
-                "timeout_seconds": [new.timeout_seconds for new in news],
-                "fingerprint": [new.fingerprint for new in news],
-                "scheduled_at": [new.waits_until(now) or now for new in news],
-            },
-        )
-        written = {row["job_id"]: (_to_job(row), bool(row["created"])) for row in rows}
+        new_rows = [new_job_row(new, now) for new in news]
+        arrays = {column: [row[column] for row in new_rows] for column in CREATE_ARRAYS}
+        arrays["payload"] = [Jsonb(payload) for payload in arrays["payload"]]
+        rows = self._rows(CREATE, {"now": now, **arrays})
+        written = {row["job_id"]: (job_from_row(row), bool(row["created"])) for row in rows}
         raced = [new.job_id for new in news if new.job_id not in written]
         if raced:
             # Inserted by a concurrent statement that committed after this one began: look again.
             for row in self._rows(EXISTING, {"job_id": raced}):
-                written[row["job_id"]] = (_to_job(row), False)
+                written[row["job_id"]] = (job_from_row(row), False)
         # Creations are not announced: nothing can be watching a job that did not exist, nor count it yet.
         return [written[new.job_id] for new in news]
 
@@ -192,7 +189,7 @@ class PostgresJobStore(SqlJobStore):
 
     def get(self, job_id: str) -> Job | None:
         row = self._one(GET, {"job_id": job_id})
-        return None if row is None else _to_job(row)
+        return None if row is None else job_from_row(row)
 
     def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
         row = self._one(
@@ -206,7 +203,7 @@ class PostgresJobStore(SqlJobStore):
         )
         if row is None:
             return None
-        job = _to_job(row)
+        job = job_from_row(row)
         self._announce([JobChange(job_id, job.type, JobState.RUNNING)])
         return job
 

@@ -1,23 +1,21 @@
-"""Job state in SQL: the SQLModel tables and the store that moves jobs between states.
+"""`JobStore` on SQLAlchemy Core over the SQLModel tables: the same code for SQLite (the embedded default) and
+PostgreSQL, where `taskapp.store.postgres` runs the transitions every job goes through as single statements.
 
-Every state change is one guarded UPDATE (`... WHERE state IN (allowed predecessors)`) plus a `job_events` row,
-in one transaction, so a late or duplicate event never moves a job backwards and a job is claimed by one run
-at a time. The same code serves SQLite (embedded default) and PostgreSQL, where `taskapp.store_postgres` runs
-the transitions every job goes through as single statements.
+Each change is one guarded UPDATE (`... WHERE state IN (allowed predecessors)`) plus its `job_events` row, in
+one transaction.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Field, SQLModel
 
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
@@ -34,264 +32,19 @@ from taskapp.jobs import (
     JobState,
     LogLine,
     NewJob,
-    Priority,
     SentMessage,
+    check_run_failure,
 )
+from taskapp.store.port import ChangeHook
+from taskapp.store.rows import aware, event_from_row, job_from_row, log_line_from_row, new_job_row
+from taskapp.store.tables import events_table, jobs_table, logs_table
 
-#: SQLite only auto-increments `INTEGER PRIMARY KEY`; PostgreSQL gets a BIGINT identity.
-_SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-#: JSONB on PostgreSQL, JSON text on SQLite; Python None is stored as SQL NULL.
-_JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
-_TIMESTAMP = sa.DateTime(timezone=True)
-_UNPUBLISHED = sa.text("published_at IS NULL")
-
-
-class JobRow(SQLModel, table=True):
-    __tablename__ = "jobs"
-    __table_args__ = (
-        sa.Index("ix_jobs_state_seq", "state", "seq"),
-        sa.Index("ix_jobs_type_seq", "type", "seq"),
-        sa.Index("ix_jobs_priority_seq", "priority", "seq"),
-        # The scheduler's queries: due SCHEDULED jobs, the outbox, and finished jobs past retention.
-        sa.Index("ix_jobs_state_scheduled_at", "state", "scheduled_at"),
-        sa.Index(
-            "ix_jobs_unpublished", "updated_at", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED
-        ),
-        sa.Index("ix_jobs_finished_at", "finished_at"),
-    )
-
-    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
-    job_id: str = Field(sa_type=sa.String(128), unique=True)
-    type: str = Field(sa_type=sa.String(64))
-    priority: str = Field(sa_type=sa.String(16))
-    state: str = Field(sa_type=sa.String(16))
-    payload: dict[str, Any] = Field(sa_type=_JSON_TYPE)
-    result: Any = Field(default=None, sa_type=_JSON_TYPE, nullable=True)
-    attempts: int = 0
-    max_attempts: int
-    last_error: str = Field(default="", sa_type=sa.Text)
-    timeout_seconds: int
-    fingerprint: str = Field(sa_type=sa.String(64))
-    created_at: datetime = Field(sa_type=_TIMESTAMP)
-    updated_at: datetime = Field(sa_type=_TIMESTAMP)
-    scheduled_at: datetime = Field(sa_type=_TIMESTAMP)
-    started_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
-    finished_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
-    worker: str = Field(default="", sa_type=sa.String(255))
-    #: Until when the current run may be live: its hard time limit plus a margin. A RUNNING job past its
-    #: lease lost its worker, and the next delivery of its message may claim it again.
-    lease_expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
-    #: When the message the job's state calls for reached the broker. NULL in QUEUED or RETRYING means one is
-    #: owed: the gateway or worker died between the commit and the publish, and the scheduler sends it.
-    published_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
-    #: The handler's last progress report in the current attempt.
-    progress_percent: int | None = Field(default=None, nullable=True)
-    progress_message: str = Field(default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""})
-
-
-class JobEventRow(SQLModel, table=True):
-    """One row per state change: the audit trail, and what WatchJob replays."""
-
-    __tablename__ = "job_events"
-
-    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
-    job_id: str = Field(sa_type=sa.String(128), index=True)
-    at: datetime = Field(sa_type=_TIMESTAMP)
-    state: str = Field(sa_type=sa.String(16))
-    attempt: int
-    message: str = Field(default="", sa_type=sa.Text)
-    #: Set on progress reports (state RUNNING).
-    progress: int | None = Field(default=None, nullable=True)
-
-
-class JobLogRow(SQLModel, table=True):
-    """A line a handler logged through its `JobContext.logger` (capped per job: `taskapp.joblogs`)."""
-
-    __tablename__ = "job_logs"
-
-    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
-    job_id: str = Field(sa_type=sa.String(128), index=True)
-    attempt: int
-    at: datetime = Field(sa_type=_TIMESTAMP)
-    level: str = Field(sa_type=sa.String(16))
-    message: str = Field(sa_type=sa.Text)
-
-
-jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
-events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
-logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
-#: Called after a commit with the changes it made to existing jobs (creations are not announced):
-#: `taskapp.notify` publishes the job ids for WatchJob, `taskapp.metrics` counts what happened.
-ChangeHook = Callable[[list[JobChange]], None]
+#: Where a transaction collects the changes it made, for the change hooks after its commit.
 _CHANGED = "taskapp.changed_jobs"
 
 
-class JobStore(Protocol):
-    """The port the service and the worker use; `SqlJobStore` here, `InMemoryJobStore` in `taskapp.testing`."""
-
-    def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
-        """Insert the job as QUEUED, or return the job that already has its id; the bool says if it was created."""
-        ...
-
-    def discard(self, job_id: str) -> None:
-        """Delete a job that was created but could not be published (QUEUED or SCHEDULED, never run)."""
-        ...
-
-    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
-        """Record that these messages reached the broker, for jobs still in the state they were sent for."""
-        ...
-
-    def get(self, job_id: str) -> Job | None: ...
-
-    def list(self, filter: JobFilter, limit: int, before_seq: int | None) -> list[Job]:
-        """Jobs matching `filter`, newest first, with `seq` below `before_seq`."""
-        ...
-
-    def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:
-        """Move a cancellable job to CANCELLED; None when there is no such job."""
-        ...
-
-    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
-        """QUEUED/RETRYING (or RUNNING past its lease) -> RUNNING, counting an attempt, while attempts remain.
-
-        None when the job is not claimable now.
-        """
-        ...
-
-    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
-        """RUNNING (this attempt) -> SUCCEEDED; False when the job had already moved on."""
-        ...
-
-    def fail_run(
-        self,
-        job_id: str,
-        attempt: int | None,
-        error: str,
-        now: datetime,
-        *,
-        retry_at: datetime | None,
-    ) -> JobState | None:
-        """End a run that failed: FAILED when `retry_at` is None (retrying cannot help); else RETRYING until
-        `retry_at` if attempts remain, DEAD_LETTER if not. Guarded on RUNNING (and `attempt`, when known);
-        returns the new state, or None when the job had already moved on.
-        """
-        ...
-
-    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
-        """FAILED/DEAD_LETTER/CANCELLED -> QUEUED with fresh attempts; returns the job and its previous state."""
-        ...
-
-    def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
-        """`create` for a batch, in one transaction; results in the order given."""
-        ...
-
-    def discard_many(self, job_ids: Sequence[str]) -> None: ...
-
-    def latest_event(self, job_id: str) -> JobEvent | None: ...
-
-    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]: ...
-
-    def logs(self, job_id: str) -> builtins.list[LogLine]: ...
-
-    def count_scheduled(self) -> int: ...
-
-    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
-        """Undo `requeue` when its message could not be published."""
-        ...
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def normalize_database_url(url: str) -> str:
-    """Use psycopg 3 for plain `postgresql://` URLs (SQLAlchemy would pick psycopg2, which we do not ship)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
-def create_db_engine(url: str) -> Engine:
-    """An engine tuned per backend: SQLite gets WAL, a busy timeout and write-locking transactions."""
-    url = normalize_database_url(url)
-    if not url.startswith("sqlite"):
-        # A host that does not answer must fail a call in seconds, not hang it: the caller gets UNAVAILABLE.
-        return sa.create_engine(
-            url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 5}
-        )
-
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred and can deadlock).
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Take the write lock up front: concurrent writers then queue on busy_timeout instead of failing.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time taskapp stores is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _to_job(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
-    m = row._mapping if isinstance(row, sa.Row) else row
-    created_at = _aware(m["created_at"])
-    updated_at = _aware(m["updated_at"])
-    scheduled_at = _aware(m["scheduled_at"])
-    assert created_at is not None and updated_at is not None and scheduled_at is not None
-    return Job(
-        job_id=m["job_id"],
-        type=m["type"],
-        priority=Priority(m["priority"]),
-        state=JobState(m["state"]),
-        payload=m["payload"],
-        result=m["result"],
-        attempts=m["attempts"],
-        max_attempts=m["max_attempts"],
-        last_error=m["last_error"],
-        timeout_seconds=m["timeout_seconds"],
-        created_at=created_at,
-        updated_at=updated_at,
-        scheduled_at=scheduled_at,
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
-        worker=m["worker"],
-        seq=m["seq"],
-        fingerprint=m["fingerprint"],
-        lease_expires_at=_aware(m["lease_expires_at"]),
-        published_at=_aware(m["published_at"]),
-        progress_percent=m["progress_percent"],
-        progress_message=m["progress_message"],
-    )
-
-
-def _to_event(row: sa.Row[Any]) -> JobEvent:
-    at = _aware(row.at)
-    assert at is not None
-    return JobEvent(
-        job_id=row.job_id,
-        state=JobState(row.state),
-        attempt=row.attempt,
-        at=at,
-        message=row.message,
-        progress_percent=row.progress,
-        seq=row.seq,
-    )
+def _job(row: sa.Row[Any]) -> Job:
+    return job_from_row(row._mapping)
 
 
 def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
@@ -306,16 +59,6 @@ class SqlJobStore:
         self.change_hooks = tuple(change_hooks)
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-    @classmethod
-    def from_url(cls, url: str, change_hooks: Sequence[ChangeHook] = ()) -> SqlJobStore:
-        """The store for a database URL: on PostgreSQL, the one whose hot transitions are single statements."""
-        engine = create_db_engine(url)
-        if engine.dialect.name == "postgresql":
-            from taskapp.store_postgres import PostgresJobStore
-
-            return PostgresJobStore(engine, change_hooks)
-        return cls(engine, change_hooks)
 
     def _announce(self, changes: list[JobChange]) -> None:
         """After a commit: the change hooks hear what it did."""
@@ -354,7 +97,7 @@ class SqlJobStore:
                 job_id=job_id, state=state.value, attempt=attempt, at=at, message=message, progress=progress
             )
         )
-        started = _aware(run_started)
+        started = aware(run_started)
         conn.info[_CHANGED].append(
             JobChange(
                 job_id,
@@ -364,13 +107,6 @@ class SqlJobStore:
                 run_seconds=None if started is None else (at - started).total_seconds(),
             )
         )
-
-    def create(self, new: NewJob, now: datetime) -> tuple[Job, bool]:
-        [result] = self.create_many([new], now)
-        return result
-
-    def discard(self, job_id: str) -> None:
-        self.discard_many([job_id])
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
         c = jobs_table.c
@@ -387,7 +123,7 @@ class SqlJobStore:
     def get(self, job_id: str) -> Job | None:
         with self._transaction() as conn:
             row = conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
-        return None if row is None else _to_job(row)
+        return None if row is None else _job(row)
 
     def list(self, filter: JobFilter, limit: int, before_seq: int | None) -> list[Job]:
         query = sa.select(jobs_table).order_by(jobs_table.c.seq.desc()).limit(limit)
@@ -400,7 +136,7 @@ class SqlJobStore:
         if before_seq is not None:
             query = query.where(jobs_table.c.seq < before_seq)
         with self._transaction() as conn:
-            return [_to_job(row) for row in conn.execute(query)]
+            return [_job(row) for row in conn.execute(query)]
 
     def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:
         with self._transaction() as conn:
@@ -460,7 +196,7 @@ class SqlJobStore:
             row = conn.execute(claim).first()
             if row is None:
                 return None
-            job = _to_job(row)
+            job = _job(row)
             self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
             return job
 
@@ -495,12 +231,13 @@ class SqlJobStore:
             )
             return True
 
-    def _running(self, job_id: str, attempt: int | None) -> tuple[sa.ColumnElement[bool], ...]:
-        """The guard of a run's outcome: still RUNNING, and on that attempt when it is known."""
-        guard = (jobs_table.c.job_id == job_id, jobs_table.c.state == JobState.RUNNING.value)
-        if attempt is None:
-            return guard
-        return (*guard, jobs_table.c.attempts == attempt)
+    def _running(self, job_id: str, attempt: int) -> tuple[sa.ColumnElement[bool], ...]:
+        """The guard of a run's outcome: still RUNNING, on that attempt."""
+        return (
+            jobs_table.c.job_id == job_id,
+            jobs_table.c.state == JobState.RUNNING.value,
+            jobs_table.c.attempts == attempt,
+        )
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
         c = jobs_table.c
@@ -525,42 +262,37 @@ class SqlJobStore:
     def fail_run(
         self,
         job_id: str,
-        attempt: int | None,
+        attempt: int,
+        outcome: JobState,
         error: str,
         now: datetime,
         *,
-        retry_at: datetime | None,
-    ) -> JobState | None:
+        retry_at: datetime | None = None,
+    ) -> bool:
+        check_run_failure(outcome, retry_at)
         c = jobs_table.c
         values: dict[str, Any] = {
+            "state": outcome.value,
             "last_error": error,
             "updated_at": now,
             "lease_expires_at": None,
             "published_at": None,
         }
         if retry_at is None:
-            values.update(state=JobState.FAILED.value, finished_at=now)
+            values["finished_at"] = now
         else:
-            attempts_left = c.attempts < c.max_attempts
-            values.update(
-                state=sa.case((attempts_left, JobState.RETRYING.value), else_=JobState.DEAD_LETTER.value),
-                finished_at=sa.case((attempts_left, sa.null()), else_=now),
-                scheduled_at=sa.case((attempts_left, retry_at), else_=c.scheduled_at),
-            )
+            values["scheduled_at"] = retry_at
         with self._transaction() as conn:
             row = conn.execute(
                 jobs_table.update()
                 .where(*self._running(job_id, attempt))
                 .values(**values)
-                .returning(c.state, c.attempts, c.type, c.started_at)
+                .returning(c.type, c.started_at)
             ).first()
             if row is None:
-                return None
-            new_state = JobState(row.state)
-            self._event(
-                conn, job_id, row.type, new_state, row.attempts, now, error, run_started=row.started_at
-            )
-            return new_state
+                return False
+            self._event(conn, job_id, row.type, outcome, attempt, now, error, run_started=row.started_at)
+            return True
 
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
         with self._transaction() as conn:
@@ -582,7 +314,7 @@ class SqlJobStore:
             ).first()
             if updated is None:
                 return None
-            job = _to_job(updated)
+            job = _job(updated)
             self._event(conn, job_id, job.type, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
             return job, previous
 
@@ -620,7 +352,7 @@ class SqlJobStore:
                 .values(state=JobState.QUEUED.value, updated_at=now, published_at=None)
                 .returning(*jobs_table.c)
             ).all()
-            jobs = [_to_job(row) for row in rows]
+            jobs = [_job(row) for row in rows]
             if jobs:
                 conn.execute(
                     events_table.insert(),
@@ -646,7 +378,7 @@ class SqlJobStore:
             .limit(limit)
         )
         with self._transaction() as conn:
-            return [_to_job(row) for row in conn.execute(query)]
+            return [_job(row) for row in conn.execute(query)]
 
     def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
         """Jobs that need a message in the broker to make progress: QUEUED, RETRYING, or RUNNING on a run whose
@@ -665,7 +397,7 @@ class SqlJobStore:
             .limit(limit)
         )
         with self._transaction() as conn:
-            return [_to_job(row) for row in conn.execute(query)]
+            return [_job(row) for row in conn.execute(query)]
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
         """Delete up to `limit` jobs that finished before `finished_before`, with their events."""
@@ -695,26 +427,8 @@ class SqlJobStore:
     # Batches, progress, events and logs (WatchJob, GetJobLogs, SubmitJobs).
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
-        """`create` for many jobs in one transaction and one INSERT; results in the order given."""
-        rows = [
-            {
-                "job_id": new.job_id,
-                "type": new.type,
-                "priority": new.priority.value,
-                "state": new.first_state(now).value,
-                "payload": new.payload,
-                "attempts": 0,
-                "max_attempts": new.max_attempts,
-                "last_error": "",
-                "timeout_seconds": new.timeout_seconds,
-                "fingerprint": new.fingerprint,
-                "created_at": now,
-                "updated_at": now,
-                "scheduled_at": new.waits_until(now) or now,
-                "worker": "",
-            }
-            for new in news
-        ]
+        """One INSERT for the whole batch; ids that exist are left as they are."""
+        rows = [new_job_row(new, now) for new in news]
         insert = (
             self._insert(jobs_table)
             .values(rows)
@@ -722,7 +436,7 @@ class SqlJobStore:
             .returning(*jobs_table.c)
         )
         with self._transaction() as conn:
-            created = {job.job_id: job for job in map(_to_job, conn.execute(insert))}
+            created = {job.job_id: job for job in map(_job, conn.execute(insert))}
             if created:
                 conn.execute(
                     events_table.insert(),
@@ -737,7 +451,7 @@ class SqlJobStore:
                 {
                     job.job_id: job
                     for job in map(
-                        _to_job, conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id.in_(others)))
+                        _job, conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id.in_(others)))
                     )
                 }
                 if others
@@ -777,7 +491,7 @@ class SqlJobStore:
         )
         with self._transaction() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _to_event(row)
+        return None if row is None else event_from_row(row._mapping)
 
     def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]:
         """The job's events newer than `after_seq`, oldest first. A job's events commit in `seq` order (each
@@ -788,7 +502,7 @@ class SqlJobStore:
             .order_by(events_table.c.seq)
         )
         with self._transaction() as conn:
-            return [_to_event(row) for row in conn.execute(query)]
+            return [event_from_row(row._mapping) for row in conn.execute(query)]
 
     def report_progress(self, job_id: str, attempt: int, percent: int, message: str, now: datetime) -> bool:
         """Record a running attempt's progress on the job and as an event; False if the run is over."""
@@ -834,12 +548,7 @@ class SqlJobStore:
     def logs(self, job_id: str) -> builtins.list[LogLine]:
         query = sa.select(logs_table).where(logs_table.c.job_id == job_id).order_by(logs_table.c.seq)
         with self._transaction() as conn:
-            return [
-                LogLine(
-                    at=_aware(row.at) or row.at, level=row.level, attempt=row.attempt, message=row.message
-                )
-                for row in conn.execute(query)
-            ]
+            return [log_line_from_row(row._mapping) for row in conn.execute(query)]
 
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the database answers."""

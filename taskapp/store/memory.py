@@ -1,0 +1,370 @@
+"""`JobStore` in memory: the twin of the SQL store for fast tests, with the same guarded transitions, events and
+change hooks, and no I/O. The store contract tests run on it as on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskapp.jobs import (
+    AWAITING_MESSAGE_STATES,
+    CANCELLABLE_STATES,
+    CLAIMABLE_STATES,
+    RETRYABLE_BY_REQUEST,
+    TERMINAL_STATES,
+    CancelOutcome,
+    Job,
+    JobChange,
+    JobEvent,
+    JobFilter,
+    JobState,
+    LogLine,
+    NewJob,
+    SentMessage,
+    check_run_failure,
+)
+from taskapp.store.port import ChangeHook
+from taskapp.store.rows import job_from_row, new_job_row
+
+
+class InMemoryJobStore:
+    """One lock makes each call atomic, as a transaction would."""
+
+    def __init__(self, change_hooks: Sequence[ChangeHook] = ()) -> None:
+        self.change_hooks = tuple(change_hooks)
+        #: The rows, by job id.
+        self.jobs: dict[str, Job] = {}
+        self.events: list[JobEvent] = []
+        self.log_lines: dict[str, list[LogLine]] = {}
+        self._seq = 0
+        self._event_seq = 0
+        self._lock = threading.Lock()
+
+    # Writing a change: the job's new value, its event, and what the change hooks hear after the "commit".
+
+    def _record(
+        self,
+        job: Job,
+        now: datetime,
+        changes: list[JobChange],
+        message: str = "",
+        progress: int | None = None,
+        run_started: datetime | None = None,
+    ) -> None:
+        self.jobs[job.job_id] = job
+        self._event_seq += 1
+        self.events.append(
+            JobEvent(job.job_id, job.state, job.attempts, now, message, progress, seq=self._event_seq)
+        )
+        run_seconds = None if run_started is None else (now - run_started).total_seconds()
+        changes.append(JobChange(job.job_id, job.type, job.state, progress is not None, run_seconds))
+
+    def _announce(self, changes: list[JobChange]) -> None:
+        if changes:
+            for hook in self.change_hooks:
+                hook(changes)
+
+    def _running(self, job_id: str, attempt: int) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+            return None
+        return job
+
+    # Reading.
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self.jobs.get(job_id)
+
+    def list(self, filter: JobFilter, limit: int, before_seq: int | None) -> builtins.list[Job]:
+        with self._lock:
+            matching = [
+                job
+                for job in sorted(self.jobs.values(), key=lambda j: j.seq, reverse=True)
+                if (filter.state is None or job.state is filter.state)
+                and (filter.priority is None or job.priority is filter.priority)
+                and (filter.type is None or job.type == filter.type)
+                and (before_seq is None or job.seq < before_seq)
+            ]
+        return matching[:limit]
+
+    def latest_event(self, job_id: str) -> JobEvent | None:
+        with self._lock:
+            return next((event for event in reversed(self.events) if event.job_id == job_id), None)
+
+    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]:
+        with self._lock:
+            return [event for event in self.events if event.job_id == job_id and event.seq > after_seq]
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]:
+        with self._lock:
+            return list(self.log_lines.get(job_id, ()))
+
+    def count_scheduled(self) -> int:
+        with self._lock:
+            return sum(job.state is JobState.SCHEDULED for job in self.jobs.values())
+
+    def ping(self) -> None:
+        pass
+
+    # Submitting, cancelling, retrying.
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
+        results: list[tuple[Job, bool]] = []
+        with self._lock:
+            for new in news:
+                existing = self.jobs.get(new.job_id)
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+                self._seq += 1
+                job = job_from_row({**new_job_row(new, now), "seq": self._seq})
+                self._record(job, now, changes=[])  # Creations are not announced.
+                results.append((job, True))
+        return results
+
+    def discard_many(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                job = self.jobs.get(job_id)
+                if (
+                    job is not None
+                    and job.state in (JobState.QUEUED, JobState.SCHEDULED)
+                    and job.attempts == 0
+                ):
+                    del self.jobs[job_id]
+                    self.events = [event for event in self.events if event.job_id != job_id]
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        with self._lock:
+            for message in sent:
+                job = self.jobs.get(message.job_id)
+                if job is not None and job.published_at is None and SentMessage.of(job) == message:
+                    self.jobs[job.job_id] = dataclasses.replace(job, published_at=now)
+
+    def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state not in CANCELLABLE_STATES:
+                return CancelOutcome(cancelled=False, previous_state=job.state, state=job.state)
+            cancelled = dataclasses.replace(
+                job, state=JobState.CANCELLED, updated_at=now, finished_at=now, lease_expires_at=None
+            )
+            self._record(cancelled, now, changes, "cancelled")
+        self._announce(changes)
+        return CancelOutcome(cancelled=True, previous_state=job.state, state=JobState.CANCELLED)
+
+    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.state not in RETRYABLE_BY_REQUEST:
+                return None
+            requeued = dataclasses.replace(
+                job, state=JobState.QUEUED, attempts=0, updated_at=now, scheduled_at=now, published_at=None
+            )
+            self._record(requeued, now, changes, f"retry requested (was {job.state})")
+        self._announce(changes)
+        return requeued, job.state
+
+    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or job.attempts != 0:
+                return
+            back = dataclasses.replace(job, state=back_to, updated_at=now)
+            self._record(back, now, changes, "retry could not be published")
+        self._announce(changes)
+
+    # Runs.
+
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.attempts >= job.max_attempts:
+                return None
+            lease_over = (
+                job.state is JobState.RUNNING
+                and job.lease_expires_at is not None
+                and job.lease_expires_at < now
+            )
+            if job.state not in CLAIMABLE_STATES and not lease_over:
+                return None
+            claimed = dataclasses.replace(
+                job,
+                state=JobState.RUNNING,
+                attempts=job.attempts + 1,
+                started_at=now,
+                finished_at=None,
+                result=None,
+                updated_at=now,
+                worker=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                progress_percent=None,
+                progress_message="",
+            )
+            self._record(claimed, now, changes, worker)
+        self._announce(changes)
+        return claimed
+
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self._running(job_id, attempt)
+            if job is None:
+                return False
+            done = dataclasses.replace(
+                job,
+                state=JobState.SUCCEEDED,
+                result=result,
+                updated_at=now,
+                finished_at=now,
+                lease_expires_at=None,
+            )
+            self._record(done, now, changes, run_started=job.started_at)
+        self._announce(changes)
+        return True
+
+    def fail_run(
+        self,
+        job_id: str,
+        attempt: int,
+        outcome: JobState,
+        error: str,
+        now: datetime,
+        *,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        check_run_failure(outcome, retry_at)
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self._running(job_id, attempt)
+            if job is None:
+                return False
+            failed = dataclasses.replace(
+                job,
+                state=outcome,
+                last_error=error,
+                updated_at=now,
+                lease_expires_at=None,
+                published_at=None,
+                finished_at=now if retry_at is None else job.finished_at,
+                scheduled_at=job.scheduled_at if retry_at is None else retry_at,
+            )
+            self._record(failed, now, changes, error, run_started=job.started_at)
+        self._announce(changes)
+        return True
+
+    def release(self, job_id: str, worker: str, now: datetime) -> bool:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.worker != worker:
+                return False
+            released = dataclasses.replace(
+                job,
+                state=JobState.QUEUED,
+                attempts=job.attempts - 1,
+                updated_at=now,
+                started_at=None,
+                lease_expires_at=None,
+                published_at=now,
+            )
+            self._record(released, now, changes, "returned to the queue: worker shut down")
+        self._announce(changes)
+        return True
+
+    def report_progress(self, job_id: str, attempt: int, percent: int, message: str, now: datetime) -> bool:
+        changes: list[JobChange] = []
+        with self._lock:
+            job = self._running(job_id, attempt)
+            if job is None:
+                return False
+            reported = dataclasses.replace(job, progress_percent=percent, progress_message=message)
+            self._record(reported, now, changes, message, progress=percent)
+        self._announce(changes)
+        return True
+
+    def log_usage(self, job_id: str) -> tuple[int, int]:
+        with self._lock:
+            lines = self.log_lines.get(job_id, [])
+            return len(lines), sum(len(line.message) for line in lines)
+
+    def append_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
+        with self._lock:
+            self.log_lines.setdefault(job_id, []).extend(lines)
+
+    # Upkeep.
+
+    def promote_due(self, now: datetime, limit: int) -> builtins.list[Job]:
+        changes: list[JobChange] = []
+        with self._lock:
+            due = sorted(
+                (
+                    job
+                    for job in self.jobs.values()
+                    if job.state is JobState.SCHEDULED and job.scheduled_at <= now
+                ),
+                key=lambda job: job.scheduled_at,
+            )[:limit]
+            promoted = [
+                dataclasses.replace(job, state=JobState.QUEUED, updated_at=now, published_at=None)
+                for job in due
+            ]
+            for job in promoted:
+                self._record(job, now, changes)
+        self._announce(changes)
+        return promoted
+
+    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
+        with self._lock:
+            owed = [
+                job
+                for job in self.jobs.values()
+                if job.published_at is None
+                and job.state in AWAITING_MESSAGE_STATES
+                and job.updated_at < written_before
+            ]
+        return sorted(owed, key=lambda job: job.updated_at)[:limit]
+
+    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+        with self._lock:
+            waiting = [
+                job
+                for job in self.jobs.values()
+                if job.seq > after_seq
+                and (
+                    job.state in AWAITING_MESSAGE_STATES
+                    or (
+                        job.state is JobState.RUNNING
+                        and job.lease_expires_at is not None
+                        and job.lease_expires_at < now
+                    )
+                )
+            ]
+        return sorted(waiting, key=lambda job: job.seq)[:limit]
+
+    def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
+        with self._lock:
+            expired = [
+                job
+                for job in self.jobs.values()
+                if job.state in TERMINAL_STATES
+                and job.finished_at is not None
+                and job.finished_at < finished_before
+            ][:limit]
+            ids = {job.job_id for job in expired}
+            for job_id in ids:
+                del self.jobs[job_id]
+                self.log_lines.pop(job_id, None)
+            self.events = [event for event in self.events if event.job_id not in ids]
+        return [(job.job_id, job.state) for job in expired]

@@ -1,0 +1,147 @@
+"""The store port: every way taskapp reads and changes job state. Components take a `JobStore`; the backends are
+`taskapp.store.sql.SqlJobStore` (SQLite and PostgreSQL), its PostgreSQL fast path, and the in-memory twin
+`taskapp.store.memory.InMemoryJobStore`. One contract test body runs on all three (tests/integration/
+test_store.py).
+
+Every change is guarded on the state (and, for a run's outcome, the attempt) it starts from, so a late or
+duplicate call never moves a job backwards, and it writes the job's event with it, atomically. After a change
+commits, the store's change hooks hear it (creations excepted: nothing can be watching a job that did not
+exist).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from taskapp.jobs import (
+    CancelOutcome,
+    Job,
+    JobChange,
+    JobEvent,
+    JobFilter,
+    JobState,
+    LogLine,
+    NewJob,
+    SentMessage,
+)
+
+#: Called after a commit with the changes it made to existing jobs: `taskapp.notify` publishes the job ids for
+#: WatchJob, `taskapp.metrics` counts what happened.
+ChangeHook = Callable[[list[JobChange]], None]
+
+
+class JobStore(Protocol):
+    # Reading. (`builtins.list`: the `list` method shadows the builtin in annotations below it.)
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def list(self, filter: JobFilter, limit: int, before_seq: int | None) -> builtins.list[Job]:
+        """Jobs matching `filter`, newest first, with `seq` below `before_seq`."""
+        ...
+
+    def latest_event(self, job_id: str) -> JobEvent | None:
+        """The job's newest event: its current state, and where WatchJob resumes."""
+        ...
+
+    def events_after(self, job_id: str, after_seq: int) -> builtins.list[JobEvent]:
+        """The job's events newer than `after_seq`, oldest first; reading past the last one seen never skips one."""
+        ...
+
+    def logs(self, job_id: str) -> builtins.list[LogLine]: ...
+
+    def count_scheduled(self) -> int: ...
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers."""
+        ...
+
+    # Submitting, cancelling, retrying (the API).
+
+    def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
+        """Insert each job (QUEUED, or SCHEDULED until its `run_at`) in one transaction, or return the job that
+        already has its id; the bool says if it was created. Results in the order given."""
+        ...
+
+    def discard_many(self, job_ids: Sequence[str]) -> None:
+        """Delete jobs that were created but could not be published (QUEUED or SCHEDULED, never run)."""
+        ...
+
+    def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
+        """Record that these messages reached the broker, for jobs still in the state they were sent for."""
+        ...
+
+    def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:
+        """Move a cancellable job to CANCELLED; None when there is no such job."""
+        ...
+
+    def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
+        """FAILED/DEAD_LETTER/CANCELLED -> QUEUED with fresh attempts; returns the job and its previous state."""
+        ...
+
+    def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
+        """Undo `requeue` when its message could not be published."""
+        ...
+
+    # Runs (the worker).
+
+    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+        """QUEUED/RETRYING (or RUNNING past its lease) -> RUNNING, counting an attempt, while attempts remain.
+
+        None when the job is not claimable now.
+        """
+        ...
+
+    def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
+        """RUNNING (this attempt) -> SUCCEEDED; False when the job had already moved on."""
+        ...
+
+    def fail_run(
+        self,
+        job_id: str,
+        attempt: int,
+        outcome: JobState,
+        error: str,
+        now: datetime,
+        *,
+        retry_at: datetime | None = None,
+    ) -> bool:
+        """RUNNING (this attempt) -> `outcome`, as `taskapp.policy` decided: RETRYING until `retry_at`, or the
+        final FAILED or DEAD_LETTER. False when the job had already moved on."""
+        ...
+
+    def release(self, job_id: str, worker: str, now: datetime) -> bool:
+        """RUNNING on `worker` -> QUEUED, uncounting the attempt: the worker stopped the run to shut down, and
+        the broker keeps the message."""
+        ...
+
+    def report_progress(self, job_id: str, attempt: int, percent: int, message: str, now: datetime) -> bool:
+        """Record a running attempt's progress on the job and as an event; False if the run is over."""
+        ...
+
+    def log_usage(self, job_id: str) -> tuple[int, int]:
+        """Lines and bytes of the job's stored logs, for the cap."""
+        ...
+
+    def append_logs(self, job_id: str, lines: Sequence[LogLine]) -> None: ...
+
+    # Upkeep (the scheduler and `taskapp reconcile`).
+
+    def promote_due(self, now: datetime, limit: int) -> builtins.list[Job]:
+        """SCHEDULED jobs whose time has come -> QUEUED (their messages owed), oldest due first."""
+        ...
+
+    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
+        """Jobs owed a message since before `written_before`: their writer died between commit and publish."""
+        ...
+
+    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+        """Jobs that need a message in the broker to make progress: QUEUED, RETRYING, or RUNNING on a run whose
+        lease has ended (its worker is gone). Keyset-paged by `seq`."""
+        ...
+
+    def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
+        """Delete up to `limit` jobs that finished before `finished_before`, with their events and logs."""
+        ...

@@ -1,0 +1,86 @@
+"""The one mapping between rows of the job tables and taskapp's values, for every store.
+
+A row of `jobs` has a column for each field of `Job`, under the same name; these functions are the only places
+that know how a value is stored (enums as their values, times in UTC). Free of SQLAlchemy, so the in-memory
+store builds its jobs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from taskapp.jobs import Job, JobEvent, JobState, LogLine, NewJob, Priority
+
+#: A job's columns, in the order of `Job`'s fields (the two have the same names).
+JOB_COLUMNS = tuple(field.name for field in dataclasses.fields(Job))
+_TIME_COLUMNS = tuple(
+    name for name, kind in typing.get_type_hints(Job).items() if datetime in (kind, *typing.get_args(kind))
+)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time taskapp stores is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def job_from_row(row: Mapping[Any, Any]) -> Job:
+    """A `jobs` row (any mapping of its columns) as a `Job`."""
+    values = {name: row[name] for name in JOB_COLUMNS}
+    values["priority"] = Priority(values["priority"])
+    values["state"] = JobState(values["state"])
+    for name in _TIME_COLUMNS:
+        values[name] = aware(values[name])
+    return Job(**values)
+
+
+def new_job_row(new: NewJob, now: datetime) -> dict[str, Any]:
+    """Every column of a new job's row but `seq`, which the database numbers."""
+    return {
+        "job_id": new.job_id,
+        "type": new.type,
+        "priority": new.priority.value,
+        "state": new.first_state(now).value,
+        "payload": new.payload,
+        "result": None,
+        "attempts": 0,
+        "max_attempts": new.max_attempts,
+        "last_error": "",
+        "timeout_seconds": new.timeout_seconds,
+        "created_at": now,
+        "updated_at": now,
+        "scheduled_at": new.waits_until(now) or now,
+        "started_at": None,
+        "finished_at": None,
+        "worker": "",
+        "fingerprint": new.fingerprint,
+        "lease_expires_at": None,
+        "published_at": None,
+        "progress_percent": None,
+        "progress_message": "",
+    }
+
+
+def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
+    at = aware(row["at"])
+    assert at is not None
+    return JobEvent(
+        job_id=row["job_id"],
+        state=JobState(row["state"]),
+        attempt=row["attempt"],
+        at=at,
+        message=row["message"],
+        progress_percent=row["progress"],
+        seq=row["seq"],
+    )
+
+
+def log_line_from_row(row: Mapping[Any, Any]) -> LogLine:
+    at = aware(row["at"])
+    assert at is not None
+    return LogLine(at=at, level=row["level"], attempt=row["attempt"], message=row["message"])

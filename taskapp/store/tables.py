@@ -1,0 +1,97 @@
+"""The SQLModel tables (Alembic's migrations build the same schema: tests/integration/test_migrations.py).
+
+A row of `jobs` has a column for each field of `Job`, under the same name; `taskapp.store.rows` maps between
+the two.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Field, SQLModel
+
+#: SQLite only auto-increments `INTEGER PRIMARY KEY`; PostgreSQL gets a BIGINT identity.
+_SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: JSONB on PostgreSQL, JSON text on SQLite; Python None is stored as SQL NULL.
+_JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+_TIMESTAMP = sa.DateTime(timezone=True)
+_UNPUBLISHED = sa.text("published_at IS NULL")
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.Index("ix_jobs_state_seq", "state", "seq"),
+        sa.Index("ix_jobs_type_seq", "type", "seq"),
+        sa.Index("ix_jobs_priority_seq", "priority", "seq"),
+        # The scheduler's queries: due SCHEDULED jobs, the outbox, and finished jobs past retention.
+        sa.Index("ix_jobs_state_scheduled_at", "state", "scheduled_at"),
+        sa.Index(
+            "ix_jobs_unpublished", "updated_at", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED
+        ),
+        sa.Index("ix_jobs_finished_at", "finished_at"),
+    )
+
+    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
+    job_id: str = Field(sa_type=sa.String(128), unique=True)
+    type: str = Field(sa_type=sa.String(64))
+    priority: str = Field(sa_type=sa.String(16))
+    state: str = Field(sa_type=sa.String(16))
+    payload: dict[str, Any] = Field(sa_type=_JSON_TYPE)
+    result: Any = Field(default=None, sa_type=_JSON_TYPE, nullable=True)
+    attempts: int = 0
+    max_attempts: int
+    last_error: str = Field(default="", sa_type=sa.Text)
+    timeout_seconds: int
+    fingerprint: str = Field(sa_type=sa.String(64))
+    created_at: datetime = Field(sa_type=_TIMESTAMP)
+    updated_at: datetime = Field(sa_type=_TIMESTAMP)
+    scheduled_at: datetime = Field(sa_type=_TIMESTAMP)
+    started_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    finished_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    worker: str = Field(default="", sa_type=sa.String(255))
+    #: Until when the current run may be live: its hard time limit plus a margin. A RUNNING job past its
+    #: lease lost its worker, and the next delivery of its message may claim it again.
+    lease_expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    #: When the message the job's state calls for reached the broker. NULL in QUEUED or RETRYING means one is
+    #: owed: the gateway or worker died between the commit and the publish, and the scheduler sends it.
+    published_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    #: The handler's last progress report in the current attempt.
+    progress_percent: int | None = Field(default=None, nullable=True)
+    progress_message: str = Field(default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""})
+
+
+class JobEventRow(SQLModel, table=True):
+    """One row per state change: the audit trail, and what WatchJob replays."""
+
+    __tablename__ = "job_events"
+
+    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
+    job_id: str = Field(sa_type=sa.String(128), index=True)
+    at: datetime = Field(sa_type=_TIMESTAMP)
+    state: str = Field(sa_type=sa.String(16))
+    attempt: int
+    message: str = Field(default="", sa_type=sa.Text)
+    #: Set on progress reports (state RUNNING).
+    progress: int | None = Field(default=None, nullable=True)
+
+
+class JobLogRow(SQLModel, table=True):
+    """A line a handler logged through its `JobContext.logger` (capped per job: `taskapp.joblogs`)."""
+
+    __tablename__ = "job_logs"
+
+    seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
+    job_id: str = Field(sa_type=sa.String(128), index=True)
+    attempt: int
+    at: datetime = Field(sa_type=_TIMESTAMP)
+    level: str = Field(sa_type=sa.String(16))
+    message: str = Field(sa_type=sa.Text)
+
+
+jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
+events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
+logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]

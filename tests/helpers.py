@@ -1,0 +1,313 @@
+"""What the tests share beside their fixtures: waiting on a condition, isolated Redis and PostgreSQL databases,
+the Procfile's processes as a `Stack`, and the calls and reads the tests make against one.
+
+Isolation (so two runs can share a machine): each user of Redis claims a free database number on the shared
+server with a lock key; each PostgreSQL test gets its own database cloned from a template migrated once per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import psycopg
+import pytest
+import redis
+import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+from taskapp.clock import utcnow
+from taskapp.jobs import Job, NewJob, Priority
+from taskapp.migrate import upgrade
+from taskapp.store.engine import create_db_engine
+from taskapp.store.port import JobStore
+
+REDIS_SERVER = os.environ.get("TASKAPP_TEST_REDIS", "redis://127.0.0.1:6379")
+PG_ADMIN_DSN = os.environ.get("TASKAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisDatabases:
+    """Hands out Redis database numbers 1-15 on the shared server, locked in db 0 against other runs."""
+
+    LOCK = "taskapp:test-lock:{}"
+
+    def __init__(self) -> None:
+        self.admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+        self.token = uuid.uuid4().hex
+
+    def acquire(self) -> str:
+        for number in range(1, 16):
+            if self.admin.set(self.LOCK.format(number), self.token, nx=True, ex=3600):
+                redis.Redis.from_url(f"{REDIS_SERVER}/{number}").flushdb()
+                return f"{REDIS_SERVER}/{number}"
+        raise RuntimeError("all Redis test databases 1-15 are taken by other runs")
+
+    def release(self, url: str) -> None:
+        number = int(url.rsplit("/", 1)[1])
+        redis.Redis.from_url(url).flushdb()
+        if self.admin.get(self.LOCK.format(number)) == self.token.encode():
+            self.admin.delete(self.LOCK.format(number))
+
+
+class PostgresDatabases:
+    """Creates databases cloned from a template that has taskapp's migrations applied (one migration per run)."""
+
+    def __init__(self) -> None:
+        self.template = f"taskapp_tpl_{RUN_ID}"
+        self.created: list[str] = [self.template]
+        self._admin(f'CREATE DATABASE "{self.template}"')
+        upgrade(self.url(self.template))
+
+    @staticmethod
+    def _admin(sql: str) -> None:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(sql)
+
+    @staticmethod
+    def url(name: str) -> str:
+        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{base}/{name}"
+
+    def create(self) -> str:
+        name = f"taskapp_t_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self.created.append(name)
+        return self.url(name)
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, migrated database of the given backend ("sqlite" or "postgres")."""
+    if backend == "postgres":
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        return databases.create()
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    return url
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TERMINAL = {
+    jobs_pb2.JOB_STATE_SUCCEEDED,
+    jobs_pb2.JOB_STATE_FAILED,
+    jobs_pb2.JOB_STATE_DEAD_LETTER,
+    jobs_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """A gateway and (optionally) a worker on their own Redis database, SQL database and port."""
+
+    workdir: Path
+    env: dict[str, str]
+    address: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, line: str | None = None, **extra_env: str) -> None:
+        """Start Procfile line `line` (default: `name`) as process `name`."""
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.processes[name] = subprocess.Popen(
+            shlex.split(procfile()[line or name]),
+            cwd=self.workdir,
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_gateway(self, **extra_env: str) -> None:
+        self.start("gateway", **extra_env)
+        channel = grpc.insecure_channel(self.address)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            except grpc.RpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        try:
+            wait_for(serving, 30, "the gateway to serve")
+        finally:
+            channel.close()
+
+    def start_worker(self, concurrency: int = 2) -> None:
+        self.start("worker", TASKAPP_WORKER_CONCURRENCY=str(concurrency))
+        wait_for(lambda: " ready." in self.log("worker"), 60, "the worker to be ready")
+
+    def start_scheduler(self, name: str = "scheduler", **extra_env: str) -> None:
+        self.start(name, "scheduler", **extra_env)
+        wait_for(lambda: "starting" in self.log(name), 30, f"{name} to start")
+
+    def stop(self, name: str, timeout: float = 20) -> None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process and all its children, as a machine losing power would."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def pool_children(self) -> list[int]:
+        """Pids of the worker's pool processes."""
+        pid = self.processes["worker"].pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children]
+
+    def stub(self) -> jobs_pb2_grpc.JobServiceStub:
+        return jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(self.address))
+
+    def grpcurl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "grpcurl"), "-plaintext", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=check,
+        )
+
+    def wait_terminal(self, job_id: str, timeout: float = 30) -> jobs_pb2.Job:
+        stub = self.stub()
+
+        def finished() -> jobs_pb2.Job | None:
+            job = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5)
+            return job if job.state in TERMINAL else None
+
+        return wait_for(finished, timeout, f"job {job_id} to finish")
+
+
+# Calls and reads against a stack.
+
+
+def submit(stack: Stack, type: str, payload: dict[str, Any] | None = None, **fields: Any) -> str:
+    request = jobs_pb2.SubmitJobRequest(type=type, **fields)
+    if payload is not None:
+        request.payload.update(payload)
+    return str(stack.stub().SubmitJob(request, timeout=10).job_id)
+
+
+def submit_at(
+    stack: Stack, type: str, run_at: datetime, payload: dict[str, Any] | None = None, **fields: Any
+) -> str:
+    request = jobs_pb2.SubmitJobRequest(type=type, **fields)
+    request.run_at.FromDatetime(run_at)
+    if payload is not None:
+        request.payload.update(payload)
+    return str(stack.stub().SubmitJob(request, timeout=10).job_id)
+
+
+def get(stack: Stack, job_id: str) -> jobs_pb2.Job:
+    return stack.stub().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+
+
+def sql_count(stack: Stack, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+    engine = create_db_engine(stack.env["DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def dead_letters(stack: Stack) -> int:
+    return int(redis.Redis.from_url(stack.env["REDIS_URL"]).llen("dead_letter"))
+
+
+def wait_dead_letters(stack: Stack, count: int) -> None:
+    """The worker writes DEAD_LETTER in SQL first, then publishes the message: allow it that moment."""
+    wait_for(lambda: dead_letters(stack) == count, 10, f"{count} message(s) in dead_letter")
+
+
+# Stores.
+
+
+def new_job(
+    job_id: str,
+    *,
+    type: str = "echo",
+    priority: Priority = Priority.DEFAULT,
+    payload: dict[str, Any] | None = None,
+    timeout_seconds: int = 300,
+    run_at: datetime | None = None,
+) -> NewJob:
+    """A job as the service would hand it to a store, its fingerprint made from its id."""
+    return NewJob(
+        job_id=job_id,
+        type=type,
+        priority=priority,
+        payload={"n": 1, "nested": {"list": [1, "two", None]}} if payload is None else payload,
+        max_attempts=3,
+        timeout_seconds=timeout_seconds,
+        fingerprint=hashlib.sha256(job_id.encode()).hexdigest(),
+        run_at=run_at,
+    )
+
+
+def create(store: JobStore, new: NewJob, now: datetime | None = None) -> tuple[Job, bool]:
+    """One job into a store, as a batch of one."""
+    [result] = store.create_many([new], now or utcnow())
+    return result
