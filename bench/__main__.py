@@ -139,7 +139,7 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
 
 
 def targets(figures: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
-    """The issue's targets, each with its measured value."""
+    """The speed targets (docs/speed.md), each with its measured value."""
     raw, ours = figures["raw"], figures["taskapp"]
     small, large = (ours["reads_ms"][str(rows)] for rows in sizes.rows)
     rows = [

@@ -96,7 +96,7 @@ class JobService:
         self._clock = clock
 
     def validate(self, request: SubmitRequest) -> NewJob:
-        """Check every field against DESIGN.md §2 limits and the handler's schema; resolve defaults."""
+        """Check every field against the limits of docs/api.md and the handler's schema; resolve defaults."""
         if request.job_id is not None:
             self.check_job_id(request.job_id)
         if not request.type:

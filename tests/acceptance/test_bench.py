@@ -1,4 +1,4 @@
-"""The benchmark runs (issue 8): once, at its tiny size, to prove every phase works end to end. Its figures
+"""The benchmark runs: once, at its tiny size, to prove every phase works end to end. Its figures
 are not checked against anything: timings belong to the benchmark's own runs, never to a test."""
 
 from __future__ import annotations

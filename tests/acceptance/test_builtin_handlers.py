@@ -1,4 +1,4 @@
-"""Issue 3, done-when 8: the built-in `http_call` and `email` handlers run through the real gateway and worker
+"""The built-in `http_call` and `email` handlers run through the real gateway and worker
 against real servers on loopback, with retries and permanent failures decided by what those servers answer."""
 
 from __future__ import annotations

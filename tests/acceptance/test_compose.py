@@ -1,12 +1,15 @@
-"""Issue 7's done-when 5: the compose stack's structure. No Docker engine runs here, so this reads the files:
-each taskapp service runs its Procfile line from the one image, Prometheus scrapes every metrics endpoint at the
+"""The compose stack's structure. No Docker engine runs here, so this reads the files, and has
+`docker-compose config` (Debian's docker-compose, which needs no engine) validate and render them: each
+taskapp service runs its Procfile line from the one image, built once, Prometheus scrapes every metrics endpoint at the
 port its service listens on (`promtool` checks the file), Grafana is provisioned with that Prometheus and the
 dashboard, and README's Procfile and compose instructions match the files. That the dashboard's queries name
 metrics we export, and return data, is shown against a real Prometheus in test_metrics.py."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -15,6 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helpers import ROOT, procfile
@@ -24,8 +28,36 @@ COMPOSE_DIR = ROOT / "compose"
 INFRASTRUCTURE = {"redis", "postgres", "migrate", "prometheus", "grafana"}
 
 
+#: Variables the stack refuses to start without, with the values the tests give them.
+SECRETS = {
+    "TASKAPP_AUTH_TOKENS": "token-for-the-test",
+    "TASKAPP_FLOWER_AUTH": "ops:flower-for-the-test",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-for-the-test",
+    "POSTGRES_PASSWORD": "pgForTheTest42",
+}
+
+
 def compose() -> dict[str, Any]:
     return dict(yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text()))
+
+
+def docker_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    docker_compose = shutil.which("docker-compose")
+    assert docker_compose, "docker-compose is missing: install Debian's `docker-compose` (scripts/test does)"
+    return subprocess.run(
+        [docker_compose, "-f", str(COMPOSE_DIR / "docker-compose.yml"), "config"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def rendered() -> dict[str, Any]:
+    """The stack as docker-compose validates and resolves it, with every secret given."""
+    result = docker_compose_config(SECRETS)
+    assert result.returncode == 0, result.stderr
+    return dict(yaml.safe_load(result.stdout))
 
 
 def services() -> dict[str, Any]:
@@ -46,24 +78,80 @@ def mounts(service: dict[str, Any]) -> dict[str, Path]:
     return found
 
 
-def test_every_procfile_process_is_a_service_running_its_procfile_line() -> None:
+def test_every_procfile_process_is_a_service_running_its_procfile_line_from_one_image_built_once() -> None:
     lines = procfile()
-    all_services = services()
+    all_services = rendered()["services"]
     assert set(all_services) == set(lines) | INFRASTRUCTURE
+    migrate = all_services["migrate"]
+    image = migrate["image"]
+    assert migrate["build"] == {"context": str(ROOT), "dockerfile": "compose/Dockerfile"}
     for name, line in lines.items():
         service = all_services[name]
         assert shlex.split(service["command"]) == shlex.split(line), name
-        assert service["build"] == {"context": "..", "dockerfile": "compose/Dockerfile"}, name
+        assert (service["image"], service["pull_policy"]) == (image, "never"), name
+        assert "build" not in service, f"{name} must run the image migrate builds, not build its own"
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
-    migrate = all_services["migrate"]
     assert migrate["command"] == "taskapp db upgrade"
     assert {name: dep["condition"] for name, dep in migrate["depends_on"].items()} == {
         "redis": "service_healthy",
         "postgres": "service_healthy",
     }
-    environment = all_services["gateway"]["environment"]
-    for required in ("TASKAPP_AUTH_TOKENS", "TASKAPP_FLOWER_AUTH"):
-        assert environment[required].startswith(f"${{{required}:?"), f"{required} must be set to start"
+    assert all_services["gateway"]["environment"]["TASKAPP_AUTH_TOKENS"] == SECRETS["TASKAPP_AUTH_TOKENS"]
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_the_stack_refuses_to_start_without_each_secret(secret: str) -> None:
+    result = docker_compose_config({name: value for name, value in SECRETS.items() if name != secret})
+    assert result.returncode != 0
+    assert f"set {secret}" in result.stderr
+
+
+def test_no_password_is_written_in_the_files() -> None:
+    text = (COMPOSE_DIR / "docker-compose.yml").read_text()
+    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?" in text
+    all_services = rendered()["services"]
+    password = SECRETS["POSTGRES_PASSWORD"]
+    assert all_services["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    for name in procfile():
+        assert f"taskapp:{password}@postgres:5432/" in all_services[name]["environment"]["DATABASE_URL"], name
+
+
+def test_every_image_is_pinned_to_a_version() -> None:
+    services_ = rendered()["services"]
+    taskapp_image = services_["migrate"]["image"]
+    others = [service["image"] for service in services_.values() if service["image"] != taskapp_image]
+    [base] = re.findall(r"^FROM (\S+)", (COMPOSE_DIR / "Dockerfile").read_text(), re.M)
+    assert len(others) == len(INFRASTRUCTURE) - 1, "every infrastructure service but migrate has an image"
+    for image in [*others, base]:
+        assert re.search(r":v?\d+\.\d+", image), f"{image} is not pinned to a version"
+
+
+def test_the_worker_is_healthy_while_it_answers_celery_s_ping() -> None:
+    check = rendered()["services"]["worker"]["healthcheck"]
+    command = shlex.split(check["test"][1])
+    assert command[:4] == ["celery", "-A", "taskapp", "inspect"] and "ping" in command
+    # `$$` is compose's escape for a `$` the container's shell expands.
+    assert "celery@$$HOSTNAME" in command, "only this container's worker counts"
+
+
+def test_the_build_context_leaves_out_local_environments_and_keeps_what_the_image_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
+
+    for local in (".venv", ".venv-exporter", ".git", "taskapp.db", "flower.db", ".run"):
+        assert ignored(local), f"{local} would be sent to the Docker engine"
+    for line in (COMPOSE_DIR / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert not ignored(source.rstrip("/")), (
+                    f"the Dockerfile copies {source}, which .dockerignore drops"
+                )
 
 
 def test_the_image_holds_what_the_services_run() -> None:

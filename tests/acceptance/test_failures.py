@@ -1,4 +1,4 @@
-"""Issue 3's "done when" list: retries with back-off, permanent failures, timeouts, dead letters and RetryJob,
+"""Failure handling end to end: retries with back-off, permanent failures, timeouts, dead letters and RetryJob,
 and worker processes dying mid-run — real gateway, worker and Redis."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7's done-when 2: Flower as the Procfile runs it, seen through headless Chromium (Debian's `chromium`,
+"""Flower as the Procfile runs it, seen through headless Chromium (Debian's `chromium`,
 driven by Playwright, which downloads no browser of its own). With its user's credentials the tasks page lists
 a job the test submitted, by its job id; without them, or with a wrong password, the browser is refused. What
 Flower has seen survives a restart of Flower (its persistent state)."""

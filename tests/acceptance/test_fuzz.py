@@ -1,4 +1,4 @@
-"""Issue 6, done-when 3: random, huge, negative, deep and malformed input on every RPC gets a documented status,
+"""Fuzzing: random, huge, negative, deep and malformed input on every RPC gets a documented status,
 never INTERNAL or UNKNOWN, and leaves the gateway serving and the database whole.
 
 CI runs the `ci` profile; `scripts/test tests/acceptance/test_fuzz.py --hypothesis-profile=thorough` runs

@@ -1,4 +1,4 @@
-"""Issue 2's "done when" list, end to end: grpcurl and the Python stubs against the Procfile processes."""
+"""The job API end to end: grpcurl and the Python stubs against the Procfile processes (docs/api.md)."""
 
 from __future__ import annotations
 

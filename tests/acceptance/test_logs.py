@@ -1,4 +1,4 @@
-"""Issue 7, done-when 4: with TASKAPP_LOG_FORMAT=json every worker log line about a job is a JSON object
+"""Structured logs: with TASKAPP_LOG_FORMAT=json every worker log line about a job is a JSON object
 carrying the job's id (and its type), and the gateway, scheduler and exporter log JSON too."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7's done-when 1, and the dashboard half of 5: a real Prometheus (Debian's `prometheus`) scrapes the
+"""Metrics, and the Grafana dashboard's queries: a real Prometheus (Debian's `prometheus`) scrapes the
 gateway, a worker and the Celery exporter, with the scrape jobs of compose/prometheus/prometheus.yml pointed at
 this run's ports. What it answers matches the jobs the test ran, and every query of the Grafana dashboard names
 metrics it holds and returns data."""

@@ -1,4 +1,4 @@
-"""Issue 4, done-when 7: PostgreSQL or Redis going away makes SubmitJob answer UNAVAILABLE with nothing
+"""Outages: PostgreSQL or Redis going away makes SubmitJob answer UNAVAILABLE with nothing
 half-created, and both are used again once they are back, with no restart of our processes.
 
 Each test stops and starts a server of its own (a throwaway PostgreSQL cluster, a private redis-server), never

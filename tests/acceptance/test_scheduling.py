@@ -1,4 +1,4 @@
-"""Issue 4, done-when 1-5: scheduled jobs, the outbox, two schedulers with one active, reconcile after Redis
+"""Scheduling and delivery: scheduled jobs, the outbox, two schedulers with one active, reconcile after Redis
 lost its data, and retention — real gateway, worker, scheduler, Redis and PostgreSQL."""
 
 from __future__ import annotations

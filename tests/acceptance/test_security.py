@@ -1,4 +1,4 @@
-"""Issue 6, done-when 1, 2, 4 and 5: tokens on every RPC, TLS (grpcurl and the Python client), nothing secret in
+"""Security: tokens on every RPC, TLS (grpcurl and the Python client), nothing secret in
 the logs, and no unauthenticated gateway on a non-loopback address."""
 
 from __future__ import annotations

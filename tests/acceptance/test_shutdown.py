@@ -1,4 +1,4 @@
-"""Issue 4, done-when 6: SIGTERM stops a worker or the gateway cleanly — running jobs finish (within a bound),
+"""Shutdown: SIGTERM stops a worker or the gateway cleanly — running jobs finish (within a bound),
 in-flight calls are answered, and nothing is left RUNNING or half-created."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 5, done-when 1-4: WatchJob, GetJobLogs, progress, GetQueueStats and SubmitJobs through the real
+"""Seeing jobs: WatchJob, GetJobLogs, progress, GetQueueStats and SubmitJobs through the real
 gateway, worker and scheduler."""
 
 from __future__ import annotations
