@@ -55,7 +55,10 @@ def test_readme_grpcurl_examples_run_as_written(make_stack: Callable[..., Stack]
     assert "taskapp.v1.JobService" in outputs[0]
     job = json.loads(by_rpc["taskapp.v1.JobService/GetJob"])
     assert job["state"] == "JOB_STATE_SUCCEEDED" and job["result"] == {"hello": "world"}
-    assert json.loads(by_rpc["taskapp.v1.JobService/CancelJob"]) == {"state": "JOB_STATE_SUCCEEDED"}
+    assert json.loads(by_rpc["taskapp.v1.JobService/CancelJob"]) == {
+        "cancelled": False,
+        "state": "JOB_STATE_SUCCEEDED",
+    }
     listed = json.loads(by_rpc["taskapp.v1.JobService/ListJobs"])
     assert [j["job_id"] for j in listed["jobs"]] == ["welcome-1"]
     assert json.loads(by_rpc["grpc.health.v1.Health/Check"]) == {"status": "SERVING"}
@@ -63,7 +66,11 @@ def test_readme_grpcurl_examples_run_as_written(make_stack: Callable[..., Stack]
     assert (watched["job_id"], watched["state"]) == ("welcome-1", "JOB_STATE_SUCCEEDED")
     assert json.loads(by_rpc["taskapp.v1.JobService/GetJobLogs"]) == {}, "echo logs nothing"
     stats = json.loads(by_rpc["taskapp.v1.JobService/GetQueueStats"])
-    assert [queue["queue"] for queue in stats["queues"]] == ["critical", "high", "default", "low"]
+    # int64 fields are strings in protobuf's JSON mapping.
+    assert [(queue["queue"], queue["depth"]) for queue in stats["queues"]] == [
+        ("critical", "0"), ("high", "0"), ("default", "0"), ("low", "0")
+    ]  # fmt: skip
+    assert (stats["dead_letter"], stats["scheduled"]) == ("0", "0")
     assert len(stats["workers"]) == 1
 
 
