@@ -1,6 +1,6 @@
 """Job metrics for Prometheus, counted where SQL records what happened to a job.
 
-`record_changes` is a change hook of the store (`SqlJobStore(change_hooks=...)`): every committed change of a
+`record_changes` is a change hook of the store (`open_store(url, change_hooks=...)`): every committed change of a
 job's state passes through it, in whichever process made it (the gateway cancels, workers finish runs), so a
 count here is a count of what SQL says, never of what a process merely tried. In a worker, whose pool processes
 are separate processes, the values go to files that the worker's main process sums (`taskapp.worker_metrics`).
