@@ -39,9 +39,10 @@ def test_each_field_is_read_from_its_prefixed_variable(
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "TASKAPP_HANDLER_MODULES", "TASKAPP_AUTH_TOKENS", "TASKAPP_AUTH_TOKENS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("TASKAPP_RETENTION", "TASKAPP_WORKER_CONCURRENCY"):
+    for name in (
+        *("DATABASE_URL", "TASKAPP_HANDLER_MODULES", "TASKAPP_AUTH_TOKENS", "TASKAPP_AUTH_TOKENS_FILE"),
+        *("TASKAPP_RETENTION", "TASKAPP_WORKER_CONCURRENCY"),
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.database_url == "sqlite:///taskapp.db"
