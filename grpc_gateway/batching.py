@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from taskapp.errors import JobAlreadyExists
+from taskapp.errors import JobAlreadyExists, Unavailable
 from taskapp.jobs import NewJob, SubmitOutcome
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,28 @@ class SubmitBatcher:
             batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
             if not self._waiting:
                 self._arrived.clear()
-            try:
-                outcomes = await asyncio.to_thread(self._write, [new for new, _ in batch])
-            except Exception as exc:
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            for (_, waiter), outcome in zip(batch, outcomes, strict=True):
-                if waiter.done():
-                    continue  # the caller went away; its job is written all the same
-                if isinstance(outcome, JobAlreadyExists):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[NewJob, asyncio.Future[SubmitOutcome]]]) -> None:
+        """Write the batch and answer its callers. If it fails for any reason but an unavailable database or
+        broker (which would fail each job alike), each job is written again on its own, so that a job the
+        database refuses fails alone instead of failing the calls it was batched with."""
+        try:
+            outcomes = await asyncio.to_thread(self._write, [new for new, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, Unavailable):
+                log.warning("a batch of %d jobs failed (%s): writing them one by one", len(batch), exc)
+                for one in batch:
+                    await self._write_batch([one])
+                return
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+            if waiter.done():
+                continue  # the caller went away; its job is written all the same
+            if isinstance(outcome, JobAlreadyExists):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)

@@ -53,11 +53,18 @@ def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest, field_prefix: str
         job_id=request.job_id or None,
         type=request.type,
         priority=priority_from_pb(request.priority, f"{field_prefix}priority"),
-        payload=json_format.MessageToDict(request.payload) if request.HasField("payload") else None,
+        payload=_payload(request, f"{field_prefix}payload") if request.HasField("payload") else None,
         max_attempts=request.max_attempts if request.HasField("max_attempts") else None,
         timeout_seconds=request.timeout_seconds if request.HasField("timeout_seconds") else None,
         run_at=_datetime(request.run_at, f"{field_prefix}run_at") if request.HasField("run_at") else None,
     )
+
+
+def _payload(request: jobs_pb2.SubmitJobRequest, field: str) -> dict[str, Any]:
+    try:
+        return json_format.MessageToDict(request.payload)
+    except ValueError:  # protobuf refuses to turn NaN or an infinity into JSON
+        raise InvalidArgument(field, "must hold finite numbers only (JSON has no NaN or Infinity)") from None
 
 
 def _datetime(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:

@@ -35,7 +35,7 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 def _refusal(request: Undecodable) -> str:
     if "Depth" in request.reason or "recursion" in request.reason.lower():
-        return "request is nested too deeply (payload JSON is limited to about 50 levels)"
+        return "request is nested too deeply (a payload may nest objects and arrays 32 levels deep)"
     return "request could not be parsed"
 
 

@@ -8,6 +8,7 @@ import builtins
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: Objects and arrays nested in a payload, the payload itself being the first. Protobuf parses a payload a few
+#: levels deeper; this limit holds for every transport.
+MAX_PAYLOAD_DEPTH = 32
+#: The largest position a page token may name: PostgreSQL's BIGINT.
+MAX_SEQ = 2**63 - 1
 MAX_ATTEMPTS_RANGE = (1, 100)
 TIMEOUT_SECONDS_RANGE = (1, 86_400)
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
@@ -68,7 +74,26 @@ def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
 
 
 def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _check_payload(value: Any, field: str = "payload", depth: int = 1) -> None:
+    """Refuse what JSON or PostgreSQL's JSONB cannot hold (NaN and infinities, a NUL character) and nesting
+    past `MAX_PAYLOAD_DEPTH`, naming where it is. One bad job must never fail a batch it is written with."""
+    if isinstance(value, dict | list) and depth > MAX_PAYLOAD_DEPTH:
+        raise InvalidArgument(field, f"is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise InvalidArgument(field, "has a key with a NUL character (U+0000)")
+            _check_payload(item, f"{field}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_payload(item, f"{field}[{index}]", depth + 1)
+    elif isinstance(value, str) and "\x00" in value:
+        raise InvalidArgument(field, "must not contain a NUL character (U+0000)")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(field, "must be a finite number (JSON has no NaN or Infinity)")
 
 
 def _pydantic_field(error: Any) -> str:
@@ -105,6 +130,7 @@ class JobService:
         if handler is None:
             raise InvalidArgument("type", f"unknown job type {request.type!r}")
         payload = request.payload if request.payload is not None else {}
+        _check_payload(payload)
         encoded = _canonical_json(payload)
         if len(encoded.encode()) > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(
@@ -325,7 +351,7 @@ def _decode_page_token(token: str, filter: JobFilter) -> int:
         made_for = data["filter"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise InvalidArgument("page_token", "is not a token this service issued") from None
-    if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+    if not isinstance(after, int) or isinstance(after, bool) or not 1 <= after <= MAX_SEQ:
         raise InvalidArgument("page_token", "is not a token this service issued")
     if made_for != _filter_key(filter):
         raise InvalidArgument("page_token", "was issued for different filters")

@@ -29,6 +29,8 @@ class Writer:
         self.writing = threading.Event()
         self.release = threading.Event()
         self.fail: set[str] = set()
+        #: Jobs the database refuses (bad data): any batch holding one fails, as a whole.
+        self.refuse: set[str] = set()
 
     def __call__(self, news: Sequence[NewJob]) -> list[SubmitOutcome | JobAlreadyExists]:
         self.batches.append([job.job_id for job in news])
@@ -37,6 +39,8 @@ class Writer:
             self.release.wait(5)
         if self.fail & {job.job_id for job in news}:
             raise StoreUnavailable("job database unavailable: down for the test")
+        if self.refuse & {job.job_id for job in news}:
+            raise ValueError("the database refused a row")
         outcomes: list[SubmitOutcome | JobAlreadyExists] = []
         for job in news:
             if job.job_id.startswith("taken"):
@@ -88,3 +92,25 @@ def test_each_caller_gets_its_own_outcome_and_a_failed_write_fails_only_its_batc
     assert isinstance(doomed, StoreUnavailable)
     assert isinstance(after, SubmitOutcome) and after.created
     assert writer.store.get("doomed") is None
+
+
+def test_a_batch_the_database_refuses_is_written_again_job_by_job() -> None:
+    writer = Writer()
+    writer.release.set()
+    writer.refuse = {"bad"}
+
+    async def scenario() -> tuple[object, ...]:
+        batcher = SubmitBatcher(writer)
+        running = asyncio.create_task(batcher.run())
+        results = await asyncio.gather(
+            batcher.submit(new("ok-1")), batcher.submit(new("bad")), batcher.submit(new("ok-2")),
+            return_exceptions=True,
+        )  # fmt: skip
+        running.cancel()
+        return results
+
+    ok_1, bad, ok_2 = asyncio.run(scenario())
+    assert isinstance(ok_1, SubmitOutcome) and isinstance(ok_2, SubmitOutcome)
+    assert isinstance(bad, ValueError)
+    assert writer.batches == [["ok-1", "bad", "ok-2"], ["ok-1"], ["bad"], ["ok-2"]]
+    assert writer.store.get("ok-1") is not None and writer.store.get("bad") is None
