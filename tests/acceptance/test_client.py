@@ -220,7 +220,7 @@ def test_logs_are_per_attempt_oldest_first(make_stack: MakeStack) -> None:
 
         lines = client.logs(job_id)
         assert all(isinstance(line, LogLine) for line in lines)
-        # http_call logs "<method> <host><path> answered <status>" for each attempt.
+        # http_call logs "<method> <host>[:<port>]<path> answered <status>" for each attempt.
         answers = [
             (line.attempt, line.level, line.message.split()[-2:])
             for line in lines
