@@ -189,11 +189,9 @@ def _parse_run_at(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is None:
         return None
     try:
-        run_at = datetime.fromisoformat(value)
+        return datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00Z") from None
-    # Without an offset, a person means their own local time.
-    return run_at if run_at.tzinfo is not None else run_at.astimezone()
 
 
 _PRIORITIES = click.Choice([priority.value for priority in reversed(Priority)])
@@ -208,7 +206,11 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 @click.option("--max-attempts", type=int, metavar="N", help="Runs allowed, retries included.")
 @click.option("--timeout", "timeout_seconds", type=int, metavar="SECONDS", help="Time limit of one run.")
 @click.option(
-    "--run-at", callback=_parse_run_at, metavar="ISO8601", help="Run later (local time without offset)."
+    "--run-at",
+    callback=_parse_run_at,
+    metavar="ISO8601",
+    help="Run later: at this time, this machine's local time unless it has an offset (Z, +02:00); "
+    "a time already past queues the job at once.",
 )
 @click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."

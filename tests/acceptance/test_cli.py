@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from tests.helpers import BIN, Stack, free_port
 from tests.loopback import Reply, scripted_http_server
@@ -25,9 +25,15 @@ def env_for(stack: Stack | None) -> dict[str, str]:
     return {**stack.env, "TASKAPP_ADDRESS": stack.address}
 
 
-def taskapp(stack: Stack | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def taskapp(
+    stack: Stack | None, *args: str, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "taskapp"), *args], env=env_for(stack), capture_output=True, text=True, timeout=timeout
+        [str(BIN / "taskapp"), *args],
+        env={**env_for(stack), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -151,6 +157,16 @@ def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None
     retry = taskapp(stack, "retry", "cli-1")
     assert retry.returncode == 1
     assert retry.stderr.startswith("taskapp: FAILED_PRECONDITION: ")
+
+
+def test_run_at_without_an_offset_is_local_time(make_stack: MakeStack) -> None:
+    stack = make_stack(worker=False)
+    local = timezone(timedelta(hours=5, minutes=30))
+    in_an_hour = datetime.now(local).replace(microsecond=0) + timedelta(hours=1)
+    naive = in_an_hour.replace(tzinfo=None).isoformat()
+    submitted = taskapp(stack, "submit", "noop", "--run-at", naive, "--json", TZ="TEST-05:30")
+    job = json.loads(taskapp(stack, "get", json.loads(submitted.stdout)["job_id"], "--json").stdout)
+    assert datetime.fromisoformat(job["scheduled_at"]) == in_an_hour
 
 
 def test_unknown_job_exits_1_naming_it(make_stack: MakeStack) -> None:
