@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from rich import box
 from rich.console import Console
 from rich.live import Live
@@ -39,9 +42,98 @@ _PIPED_WIDTH = 200
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: The job commands' options, declared once: the group takes them before the subcommand, each job command
+#: after it. Their parameter names are `CliConfig`'s fields.
+_CONFIG_OPTIONS = (
+    click.option(
+        "--address",
+        envvar="TASKAPP_ADDRESS",
+        default=DEFAULT_ADDRESS,
+        show_default=True,
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help="The gateway.",
+    ),
+    click.option(
+        "--token",
+        envvar="TASKAPP_TOKEN",
+        show_envvar=True,
+        metavar="TOKEN",
+        help="Bearer token sent with every call.",
+    ),
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Machine-readable output: JSON (for watch, one object per line).",
+    ),
+)
+
+
+def _config_options(command: F) -> F:
+    for option in reversed(_CONFIG_OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True, slots=True)
+class CliConfig:
+    """Where the gateway is, the token, and the output format: what every job command is given."""
+
+    address: str
+    token: str | None
+    as_json: bool
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[JobClient]:
+        """A client of the gateway; an error it answers ends the command with exit code 1 and one line on
+        stderr."""
+        try:
+            with JobClient(self.address, self.token) as client:
+                yield client
+        except JobServiceError as exc:
+            # UNAVAILABLE may come from the network or from the gateway: naming the address helps with either.
+            message = (
+                f"gateway at {self.address}: {exc.message}" if exc.code == "UNAVAILABLE" else exc.message
+            )
+            click.echo(f"taskapp: {exc.code}: {message}", err=True)
+            sys.exit(EXIT_ERROR)
+
+
+_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(CliConfig))
+
+
+def pass_cli_config(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a job command the shared options and call it with a `CliConfig` first.
+
+    An option given after the subcommand wins; any other comes from the group, which took it from before the
+    subcommand, the environment or the default."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        given = {name: kwargs.pop(name) for name in _CONFIG_FIELDS}
+        # None only when the command runs outside `main`: then its own options are all there is.
+        config = ctx.find_object(CliConfig) or CliConfig(**given)
+        after = {
+            name: value
+            for name, value in given.items()
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        }
+        command(dataclasses.replace(config, **after), *args, **kwargs)
+
+    return _config_options(run)
+
+
 @click.group()
-def main() -> None:
-    """taskapp: durable jobs on Celery, submitted over gRPC."""
+@_config_options
+@click.pass_context
+def main(ctx: click.Context, address: str, token: str | None, as_json: bool) -> None:
+    """taskapp: durable jobs on Celery, submitted over gRPC.
+
+    --address, --token and --json are for the job commands (submit, get, cancel, retry, list, watch, logs,
+    stats): give them before the command's name or after it (after wins)."""
+    ctx.obj = CliConfig(address, token, as_json)
 
 
 for _command in taskapp_cli.main.commands.values():
@@ -54,50 +146,6 @@ def gateway() -> None:
     from grpc_gateway.server import main as serve_main
 
     serve_main()
-
-
-def _gateway_options(command: F) -> F:
-    """The options every job command takes: where the gateway is, the token, and the output format."""
-    options = (
-        click.option(
-            "--address",
-            envvar="TASKAPP_ADDRESS",
-            default=DEFAULT_ADDRESS,
-            show_default=True,
-            show_envvar=True,
-            metavar="HOST:PORT",
-            help="The gateway.",
-        ),
-        click.option(
-            "--token",
-            envvar="TASKAPP_TOKEN",
-            show_envvar=True,
-            metavar="TOKEN",
-            help="Bearer token sent with every call.",
-        ),
-        click.option(
-            "--json",
-            "as_json",
-            is_flag=True,
-            help="Machine-readable output: JSON (for watch, one object per line).",
-        ),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-@contextlib.contextmanager
-def _connect(address: str, token: str | None) -> Iterator[JobClient]:
-    """A client of the gateway; an error it answers ends the command with exit code 1 and one line on stderr."""
-    try:
-        with JobClient(address, token) as client:
-            yield client
-    except JobServiceError as exc:
-        # UNAVAILABLE may come from the network or from the gateway: naming the address helps with either.
-        message = f"gateway at {address}: {exc.message}" if exc.code == "UNAVAILABLE" else exc.message
-        click.echo(f"taskapp: {exc.code}: {message}", err=True)
-        sys.exit(EXIT_ERROR)
 
 
 def _jsonable(value: Any) -> Any:
@@ -215,8 +263,9 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 @click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
-@_gateway_options
+@pass_cli_config
 def submit(
+    config: CliConfig,
     type: str,
     payload: dict[str, Any] | None,
     job_id: str | None,
@@ -225,12 +274,9 @@ def submit(
     timeout_seconds: int | None,
     run_at: datetime | None,
     watch: bool,
-    address: str,
-    token: str | None,
-    as_json: bool,
 ) -> None:
     """Submit a job of TYPE; print its id."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         submitted = client.submit(
             type,
             payload,
@@ -240,23 +286,23 @@ def submit(
             timeout_seconds=timeout_seconds,
             run_at=run_at,
         )
-        if as_json:
+        if config.as_json:
             _echo_json(submitted)
         else:
             again = "" if submitted.created else " (submitted before with this id)"
             click.echo(f"job {submitted.job_id}: {submitted.state}{again}")
         if watch:
-            _follow(client, submitted.job_id, as_json)
+            _follow(client, submitted.job_id, config.as_json)
 
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def get(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def get(config: CliConfig, job_id: str) -> None:
     """Show one job: its state, attempts, result, last error, times and worker."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         job = client.get(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(job)
     else:
         _console().print(_job_grid(job))
@@ -293,14 +339,14 @@ def _job_grid(job: Job) -> Table:
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def cancel(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def cancel(config: CliConfig, job_id: str) -> None:
     """Cancel a job that has not finished.
 
     A scheduled or queued job never runs; a running one is stopped; a finished one is left as it is."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         outcome = client.cancel(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(outcome)
     elif outcome.cancelled:
         click.echo(f"job {job_id}: {outcome.state}")
@@ -310,14 +356,14 @@ def cancel(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def retry(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def retry(config: CliConfig, job_id: str) -> None:
     """Run a job again with fresh attempts.
 
     Only a FAILED, DEAD_LETTER or CANCELLED job; any other answers FAILED_PRECONDITION."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         job = client.retry(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(job)
     else:
         click.echo(f"job {job.job_id}: {job.state}")
@@ -329,19 +375,17 @@ def retry(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 @click.option("--type", "job_type", metavar="TYPE", help="Only jobs of this type.")
 @click.option("--page-size", type=int, default=0, metavar="N", help="Jobs per page (1-1000)  [default: 50]")
 @click.option("--page-token", default="", metavar="TOKEN", help="Where the previous page ended.")
-@_gateway_options
+@pass_cli_config
 def list_jobs(
+    config: CliConfig,
     state: str | None,
     priority: str | None,
     job_type: str | None,
     page_size: int,
     page_token: str,
-    address: str,
-    token: str | None,
-    as_json: bool,
 ) -> None:
     """List jobs, newest first, a page at a time."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         page = client.list(
             state=JobState(state) if state else None,
             priority=Priority(priority) if priority else None,
@@ -349,7 +393,7 @@ def list_jobs(
             page_size=page_size,
             page_token=page_token,
         )
-    if as_json:
+    if config.as_json:
         _echo_json(page)
         return
     table = Table(box=box.SIMPLE_HEAD)
@@ -366,23 +410,23 @@ def list_jobs(
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def watch(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def watch(config: CliConfig, job_id: str) -> None:
     """Follow a job to its end.
 
     Exit 0 if it succeeds, 3 if it ends FAILED, DEAD_LETTER or CANCELLED."""
-    with _connect(address, token) as client:
-        _follow(client, job_id, as_json)
+    with config.connect() as client:
+        _follow(client, job_id, config.as_json)
 
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def logs(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def logs(config: CliConfig, job_id: str) -> None:
     """Print what a job's handler logged, oldest first."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         lines = client.logs(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(lines)
         return
     for line in lines:
@@ -390,14 +434,14 @@ def logs(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@_gateway_options
-def stats(address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def stats(config: CliConfig) -> None:
     """Show queue depths, dead letters and workers.
 
     Messages waiting per queue, in the dead-letter queue, jobs scheduled for later, workers that answer."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         queue_stats = client.stats()
-    if as_json:
+    if config.as_json:
         _echo_json(queue_stats)
         return
     table = Table("QUEUE", "WAITING")

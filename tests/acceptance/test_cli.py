@@ -87,6 +87,21 @@ def test_bad_options_are_usage_errors() -> None:
         assert named in result.stderr, args
 
 
+def test_help_shows_the_connection_options() -> None:
+    shown = (
+        "--address HOST:PORT",
+        "TASKAPP_ADDRESS",
+        "127.0.0.1:50051",
+        "--token TOKEN",
+        "TASKAPP_TOKEN",
+        "--json",
+    )
+    for args in (("--help",), ("stats", "--help"), ("submit", "--help")):
+        result = taskapp(None, *args)
+        assert result.returncode == 0 and all(text in result.stdout for text in shown), args
+    assert "--address" not in taskapp(None, "ping-redis", "--help").stdout
+
+
 def test_unreachable_gateway_exits_1_with_a_clear_message() -> None:
     address = f"127.0.0.1:{free_port()}"
     result = taskapp(None, "get", "some-job", "--address", address)
@@ -94,6 +109,43 @@ def test_unreachable_gateway_exits_1_with_a_clear_message() -> None:
     assert result.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {address}: ")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_every_job_command_takes_the_address_before_its_name() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    by_id = ([name, "some-job"] for name in ("get", "cancel", "retry", "watch", "logs"))
+    for command in (["submit", "echo"], ["list"], ["stats"], *by_id):
+        result = taskapp(None, "--address", address, *command)
+        assert result.returncode == 1, command
+        assert result.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {address}: "), command
+
+
+def test_connection_options_before_the_subcommand_and_after_it_which_wins(make_stack: MakeStack) -> None:
+    token = "tok-cli-options"
+    stack = make_stack(worker=False, TASKAPP_AUTH_TOKENS=token)
+    nobody = f"127.0.0.1:{free_port()}"
+
+    before = taskapp(
+        stack, "--address", stack.address, "--token", token, "--json", "stats", TASKAPP_ADDRESS=nobody
+    )
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["workers"] == []
+
+    after = taskapp(
+        stack, "--address", nobody, "--token", "wrong", "stats", "--address", stack.address, "--token", token
+    )
+    assert after.returncode == 0, after.stderr
+    assert "workers: none answered" in after.stdout
+    overridden = taskapp(stack, "--address", stack.address, "stats", "--address", nobody, TASKAPP_TOKEN=token)
+    assert overridden.returncode == 1
+    assert overridden.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {nobody}: ")
+
+    assert taskapp(stack, "stats", TASKAPP_TOKEN=token).returncode == 0
+    assert taskapp(stack, "stats").stderr.startswith("taskapp: UNAUTHENTICATED: ")
+    # Given before the subcommand, an option still beats the environment.
+    assert taskapp(stack, "--token", "wrong", "stats", TASKAPP_TOKEN=token).stderr.startswith(
+        "taskapp: UNAUTHENTICATED: "
+    )
 
 
 def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None:
