@@ -195,17 +195,19 @@ def _event_line(event: JobEvent) -> str:
     return f"{event.state:<11}  attempt {event.attempt}  {_when(event.at)}  {_describe(event)}".rstrip()
 
 
-def _follow(client: JobClient, job_id: str, as_json: bool) -> None:
-    """Show the job's events until it ends, then exit: 0 if it succeeded, 3 if it ended otherwise."""
+def _follow(client: JobClient, job_id: str, as_json: bool, quiet: bool = False) -> None:
+    """Show the job's events (none if quiet) until it ends, then exit: 0 if it succeeded, 3 if it did not."""
     state: JobState | None = None
     console = Console()
-    if as_json or not console.is_terminal:
+    if quiet or as_json or not console.is_terminal:
         for event in client.watch(job_id):
+            state = event.state
+            if quiet:
+                continue
             if as_json:
                 _echo_json(event)
             else:
                 click.echo(_event_line(event))
-            state = event.state
     else:
         table = Table("STATE", "ATTEMPT", "AT", "MESSAGE", title=f"job {job_id}", title_justify="left")
         with Live(table, console=console, refresh_per_second=8):
@@ -263,6 +265,13 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 @click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print the job id alone, even with --json. With --watch, print nothing more: the exit code still "
+    "tells how the job ended.",
+)
 @pass_cli_config
 def submit(
     config: CliConfig,
@@ -274,8 +283,11 @@ def submit(
     timeout_seconds: int | None,
     run_at: datetime | None,
     watch: bool,
+    quiet: bool,
 ) -> None:
-    """Submit a job of TYPE; print its id."""
+    """Submit a job of TYPE; print its id.
+
+    In a script, take the id with --quiet: id=$(taskapp submit --quiet echo)"""
     with config.connect() as client:
         submitted = client.submit(
             type,
@@ -286,13 +298,15 @@ def submit(
             timeout_seconds=timeout_seconds,
             run_at=run_at,
         )
-        if config.as_json:
+        if quiet:
+            click.echo(submitted.job_id)
+        elif config.as_json:
             _echo_json(submitted)
         else:
             again = "" if submitted.created else " (submitted before with this id)"
             click.echo(f"job {submitted.job_id}: {submitted.state}{again}")
         if watch:
-            _follow(client, submitted.job_id, config.as_json)
+            _follow(client, submitted.job_id, config.as_json, quiet)
 
 
 @main.command()

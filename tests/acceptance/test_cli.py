@@ -246,6 +246,26 @@ def test_submit_watch_prints_the_id_then_each_state_and_exits_0(make_stack: Make
     assert json.loads(taskapp(stack, "get", job_id, "--json").stdout)["result"] == {"a": 1}
 
 
+def test_submit_quiet_prints_the_id_alone_for_a_script_to_capture(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    result = taskapp(stack, "submit", "echo", "-q", "--id", "quiet-1", "--json")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "quiet-1\n", "")
+
+    script = 'id=$(taskapp submit --quiet echo --payload \'{"b": 2}\') && taskapp get "$id" --json'
+    captured = subprocess.run(
+        ["bash", "-c", script], env=env_for(stack), capture_output=True, text=True, timeout=60
+    )
+    assert captured.returncode == 0, captured.stderr
+    assert json.loads(captured.stdout)["payload"] == {"b": 2}
+
+    watched = taskapp(stack, "submit", "echo", "-q", "--watch", "--id", "quiet-2")
+    assert (watched.returncode, watched.stdout) == (0, "quiet-2\n")
+    failed = taskapp(
+        stack, "submit", "fail", "--payload", '{"permanent": true}', "-q", "--watch", "--id", "q-3"
+    )
+    assert (failed.returncode, failed.stdout) == (3, "q-3\n")
+
+
 def test_submit_watch_of_a_failing_job_exits_3(make_stack: MakeStack) -> None:
     stack = make_stack()
     result = taskapp(stack, "submit", "fail", "--payload", '{"permanent": true}', "--watch")
