@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -223,12 +224,24 @@ def _follow(client: JobClient, job_id: str, as_json: bool, quiet: bool = False) 
     sys.exit(0 if state is JobState.SUCCEEDED else EXIT_JOB_UNSUCCESSFUL)
 
 
+def _read_payload(value: str) -> str | bytes:
+    """The JSON itself, or what `@FILE` or `-` (stdin) holds: one shell argument cannot exceed 128 KiB."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}") from None
+    return value
+
+
 def _parse_payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        payload = json.loads(value)
-    except json.JSONDecodeError as exc:
+        payload = json.loads(_read_payload(value))
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8, -16 or -32
         raise click.BadParameter(f"not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise click.BadParameter('must be a JSON object, e.g. \'{"key": "value"}\'')
@@ -250,7 +263,13 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 
 @main.command()
 @click.argument("type")
-@click.option("--payload", callback=_parse_payload, metavar="JSON", help="The job's input, a JSON object.")
+@click.option(
+    "--payload",
+    callback=_parse_payload,
+    metavar="JSON",
+    help="The job's input, a JSON object; @FILE reads it from FILE and - from stdin (for one over 128 KiB, "
+    "more than a shell argument may hold).",
+)
 @click.option("--id", "job_id", metavar="ID", help="Idempotency key: the same submit again makes no new job.")
 @click.option("--priority", type=_PRIORITIES, help="Queue to wait in  [default: default]")
 @click.option("--max-attempts", type=int, metavar="N", help="Runs allowed, retries included.")

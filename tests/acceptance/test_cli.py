@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 from tests.helpers import BIN, Stack, free_port
 from tests.loopback import Reply, scripted_http_server
@@ -26,11 +27,12 @@ def env_for(stack: Stack | None) -> dict[str, str]:
 
 
 def taskapp(
-    stack: Stack | None, *args: str, timeout: float = 60, **env: str
+    stack: Stack | None, *args: str, timeout: float = 60, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "taskapp"), *args],
         env={**env_for(stack), **env},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -209,6 +211,27 @@ def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None
     retry = taskapp(stack, "retry", "cli-1")
     assert retry.returncode == 1
     assert retry.stderr.startswith("taskapp: FAILED_PRECONDITION: ")
+
+
+def test_a_payload_too_large_for_an_argument_comes_from_a_file_or_stdin(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack(worker=False)
+    payload = {"rows": [{"i": i, "text": f"é{i:05}" * 20} for i in range(1200)]}
+    document = json.dumps(payload, ensure_ascii=False)
+    assert 128 * 1024 < len(document.encode()) < 256 * 1024  # over a shell argument, under the job's limit
+    (tmp_path / "payload.json").write_text(document, encoding="utf-8")
+
+    for args, stdin in (
+        (["--payload", f"@{tmp_path / 'payload.json'}"], None),
+        (["--payload", "-"], document),
+    ):
+        job_id = taskapp(stack, "submit", "echo", *args, "--quiet", stdin=stdin).stdout.strip()
+        assert json.loads(taskapp(stack, "get", job_id, "--json").stdout)["payload"] == payload, args
+
+    missing = taskapp(stack, "submit", "echo", "--payload", f"@{tmp_path / 'missing.json'}")
+    assert missing.returncode == 2
+    assert "'--payload'" in missing.stderr and "missing.json': No such file" in missing.stderr
 
 
 def test_run_at_without_an_offset_is_local_time(make_stack: MakeStack) -> None:
