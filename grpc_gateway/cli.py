@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from rich import box
 from rich.console import Console
 from rich.live import Live
@@ -39,9 +43,98 @@ _PIPED_WIDTH = 200
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: The job commands' options, declared once: the group takes them before the subcommand, each job command
+#: after it. Their parameter names are `CliConfig`'s fields.
+_CONFIG_OPTIONS = (
+    click.option(
+        "--address",
+        envvar="TASKAPP_ADDRESS",
+        default=DEFAULT_ADDRESS,
+        show_default=True,
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help="The gateway.",
+    ),
+    click.option(
+        "--token",
+        envvar="TASKAPP_TOKEN",
+        show_envvar=True,
+        metavar="TOKEN",
+        help="Bearer token sent with every call.",
+    ),
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Machine-readable output: JSON (for watch, one object per line).",
+    ),
+)
+
+
+def _config_options(command: F) -> F:
+    for option in reversed(_CONFIG_OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True, slots=True)
+class CliConfig:
+    """Where the gateway is, the token, and the output format: what every job command is given."""
+
+    address: str
+    token: str | None
+    as_json: bool
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[JobClient]:
+        """A client of the gateway; an error it answers ends the command with exit code 1 and one line on
+        stderr."""
+        try:
+            with JobClient(self.address, self.token) as client:
+                yield client
+        except JobServiceError as exc:
+            # UNAVAILABLE may come from the network or from the gateway: naming the address helps with either.
+            message = (
+                f"gateway at {self.address}: {exc.message}" if exc.code == "UNAVAILABLE" else exc.message
+            )
+            click.echo(f"taskapp: {exc.code}: {message}", err=True)
+            sys.exit(EXIT_ERROR)
+
+
+_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(CliConfig))
+
+
+def pass_cli_config(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a job command the shared options and call it with a `CliConfig` first.
+
+    An option given after the subcommand wins; any other comes from the group, which took it from before the
+    subcommand, the environment or the default."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        given = {name: kwargs.pop(name) for name in _CONFIG_FIELDS}
+        # None only when the command runs outside `main`: then its own options are all there is.
+        config = ctx.find_object(CliConfig) or CliConfig(**given)
+        after = {
+            name: value
+            for name, value in given.items()
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        }
+        command(dataclasses.replace(config, **after), *args, **kwargs)
+
+    return _config_options(run)
+
+
 @click.group()
-def main() -> None:
-    """taskapp: durable jobs on Celery, submitted over gRPC."""
+@_config_options
+@click.pass_context
+def main(ctx: click.Context, address: str, token: str | None, as_json: bool) -> None:
+    """taskapp: durable jobs on Celery, submitted over gRPC.
+
+    --address, --token and --json are for the job commands (submit, get, cancel, retry, list, watch, logs,
+    stats): give them before the command's name or after it (after wins)."""
+    ctx.obj = CliConfig(address, token, as_json)
 
 
 for _command in taskapp_cli.main.commands.values():
@@ -54,50 +147,6 @@ def gateway() -> None:
     from grpc_gateway.server import main as serve_main
 
     serve_main()
-
-
-def _gateway_options(command: F) -> F:
-    """The options every job command takes: where the gateway is, the token, and the output format."""
-    options = (
-        click.option(
-            "--address",
-            envvar="TASKAPP_ADDRESS",
-            default=DEFAULT_ADDRESS,
-            show_default=True,
-            show_envvar=True,
-            metavar="HOST:PORT",
-            help="The gateway.",
-        ),
-        click.option(
-            "--token",
-            envvar="TASKAPP_TOKEN",
-            show_envvar=True,
-            metavar="TOKEN",
-            help="Bearer token sent with every call.",
-        ),
-        click.option(
-            "--json",
-            "as_json",
-            is_flag=True,
-            help="Machine-readable output: JSON (for watch, one object per line).",
-        ),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-@contextlib.contextmanager
-def _connect(address: str, token: str | None) -> Iterator[JobClient]:
-    """A client of the gateway; an error it answers ends the command with exit code 1 and one line on stderr."""
-    try:
-        with JobClient(address, token) as client:
-            yield client
-    except JobServiceError as exc:
-        # UNAVAILABLE may come from the network or from the gateway: naming the address helps with either.
-        message = f"gateway at {address}: {exc.message}" if exc.code == "UNAVAILABLE" else exc.message
-        click.echo(f"taskapp: {exc.code}: {message}", err=True)
-        sys.exit(EXIT_ERROR)
 
 
 def _jsonable(value: Any) -> Any:
@@ -147,17 +196,19 @@ def _event_line(event: JobEvent) -> str:
     return f"{event.state:<11}  attempt {event.attempt}  {_when(event.at)}  {_describe(event)}".rstrip()
 
 
-def _follow(client: JobClient, job_id: str, as_json: bool) -> None:
-    """Show the job's events until it ends, then exit: 0 if it succeeded, 3 if it ended otherwise."""
+def _follow(client: JobClient, job_id: str, as_json: bool, quiet: bool = False) -> None:
+    """Show the job's events (none if quiet) until it ends, then exit: 0 if it succeeded, 3 if it did not."""
     state: JobState | None = None
     console = Console()
-    if as_json or not console.is_terminal:
+    if quiet or as_json or not console.is_terminal:
         for event in client.watch(job_id):
+            state = event.state
+            if quiet:
+                continue
             if as_json:
                 _echo_json(event)
             else:
                 click.echo(_event_line(event))
-            state = event.state
     else:
         table = Table("STATE", "ATTEMPT", "AT", "MESSAGE", title=f"job {job_id}", title_justify="left")
         with Live(table, console=console, refresh_per_second=8):
@@ -173,12 +224,24 @@ def _follow(client: JobClient, job_id: str, as_json: bool) -> None:
     sys.exit(0 if state is JobState.SUCCEEDED else EXIT_JOB_UNSUCCESSFUL)
 
 
+def _read_payload(value: str) -> str | bytes:
+    """The JSON itself, or what `@FILE` or `-` (stdin) holds: one shell argument cannot exceed 128 KiB."""
+    if value == "-":
+        return sys.stdin.buffer.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}") from None
+    return value
+
+
 def _parse_payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        payload = json.loads(value)
-    except json.JSONDecodeError as exc:
+        payload = json.loads(_read_payload(value))
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8, -16 or -32
         raise click.BadParameter(f"not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise click.BadParameter('must be a JSON object, e.g. \'{"key": "value"}\'')
@@ -189,11 +252,9 @@ def _parse_run_at(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is None:
         return None
     try:
-        run_at = datetime.fromisoformat(value)
+        return datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00Z") from None
-    # Without an offset, a person means their own local time.
-    return run_at if run_at.tzinfo is not None else run_at.astimezone()
 
 
 _PRIORITIES = click.Choice([priority.value for priority in reversed(Priority)])
@@ -202,19 +263,37 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 
 @main.command()
 @click.argument("type")
-@click.option("--payload", callback=_parse_payload, metavar="JSON", help="The job's input, a JSON object.")
+@click.option(
+    "--payload",
+    callback=_parse_payload,
+    metavar="JSON",
+    help="The job's input, a JSON object; @FILE reads it from FILE and - from stdin (for one over 128 KiB, "
+    "more than a shell argument may hold).",
+)
 @click.option("--id", "job_id", metavar="ID", help="Idempotency key: the same submit again makes no new job.")
 @click.option("--priority", type=_PRIORITIES, help="Queue to wait in  [default: default]")
 @click.option("--max-attempts", type=int, metavar="N", help="Runs allowed, retries included.")
 @click.option("--timeout", "timeout_seconds", type=int, metavar="SECONDS", help="Time limit of one run.")
 @click.option(
-    "--run-at", callback=_parse_run_at, metavar="ISO8601", help="Run later (local time without offset)."
+    "--run-at",
+    callback=_parse_run_at,
+    metavar="ISO8601",
+    help="Run later: at this time, this machine's local time unless it has an offset (Z, +02:00); "
+    "a time already past queues the job at once.",
 )
 @click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
-@_gateway_options
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print the job id alone, even with --json. With --watch, print nothing more: the exit code still "
+    "tells how the job ended.",
+)
+@pass_cli_config
 def submit(
+    config: CliConfig,
     type: str,
     payload: dict[str, Any] | None,
     job_id: str | None,
@@ -223,12 +302,12 @@ def submit(
     timeout_seconds: int | None,
     run_at: datetime | None,
     watch: bool,
-    address: str,
-    token: str | None,
-    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Submit a job of TYPE; print its id."""
-    with _connect(address, token) as client:
+    """Submit a job of TYPE; print its id.
+
+    In a script, take the id with --quiet: id=$(taskapp submit --quiet echo)"""
+    with config.connect() as client:
         submitted = client.submit(
             type,
             payload,
@@ -238,23 +317,25 @@ def submit(
             timeout_seconds=timeout_seconds,
             run_at=run_at,
         )
-        if as_json:
+        if quiet:
+            click.echo(submitted.job_id)
+        elif config.as_json:
             _echo_json(submitted)
         else:
             again = "" if submitted.created else " (submitted before with this id)"
             click.echo(f"job {submitted.job_id}: {submitted.state}{again}")
         if watch:
-            _follow(client, submitted.job_id, as_json)
+            _follow(client, submitted.job_id, config.as_json, quiet)
 
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def get(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def get(config: CliConfig, job_id: str) -> None:
     """Show one job: its state, attempts, result, last error, times and worker."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         job = client.get(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(job)
     else:
         _console().print(_job_grid(job))
@@ -291,14 +372,14 @@ def _job_grid(job: Job) -> Table:
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def cancel(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def cancel(config: CliConfig, job_id: str) -> None:
     """Cancel a job that has not finished.
 
     A scheduled or queued job never runs; a running one is stopped; a finished one is left as it is."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         outcome = client.cancel(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(outcome)
     elif outcome.cancelled:
         click.echo(f"job {job_id}: {outcome.state}")
@@ -308,14 +389,14 @@ def cancel(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def retry(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def retry(config: CliConfig, job_id: str) -> None:
     """Run a job again with fresh attempts.
 
     Only a FAILED, DEAD_LETTER or CANCELLED job; any other answers FAILED_PRECONDITION."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         job = client.retry(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(job)
     else:
         click.echo(f"job {job.job_id}: {job.state}")
@@ -327,19 +408,17 @@ def retry(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 @click.option("--type", "job_type", metavar="TYPE", help="Only jobs of this type.")
 @click.option("--page-size", type=int, default=0, metavar="N", help="Jobs per page (1-1000)  [default: 50]")
 @click.option("--page-token", default="", metavar="TOKEN", help="Where the previous page ended.")
-@_gateway_options
+@pass_cli_config
 def list_jobs(
+    config: CliConfig,
     state: str | None,
     priority: str | None,
     job_type: str | None,
     page_size: int,
     page_token: str,
-    address: str,
-    token: str | None,
-    as_json: bool,
 ) -> None:
     """List jobs, newest first, a page at a time."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         page = client.list(
             state=JobState(state) if state else None,
             priority=Priority(priority) if priority else None,
@@ -347,7 +426,7 @@ def list_jobs(
             page_size=page_size,
             page_token=page_token,
         )
-    if as_json:
+    if config.as_json:
         _echo_json(page)
         return
     table = Table(box=box.SIMPLE_HEAD)
@@ -364,23 +443,23 @@ def list_jobs(
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def watch(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def watch(config: CliConfig, job_id: str) -> None:
     """Follow a job to its end.
 
     Exit 0 if it succeeds, 3 if it ends FAILED, DEAD_LETTER or CANCELLED."""
-    with _connect(address, token) as client:
-        _follow(client, job_id, as_json)
+    with config.connect() as client:
+        _follow(client, job_id, config.as_json)
 
 
 @main.command()
 @click.argument("job_id", metavar="ID")
-@_gateway_options
-def logs(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def logs(config: CliConfig, job_id: str) -> None:
     """Print what a job's handler logged, oldest first."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         lines = client.logs(job_id)
-    if as_json:
+    if config.as_json:
         _echo_json(lines)
         return
     for line in lines:
@@ -388,14 +467,14 @@ def logs(job_id: str, address: str, token: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@_gateway_options
-def stats(address: str, token: str | None, as_json: bool) -> None:
+@pass_cli_config
+def stats(config: CliConfig) -> None:
     """Show queue depths, dead letters and workers.
 
     Messages waiting per queue, in the dead-letter queue, jobs scheduled for later, workers that answer."""
-    with _connect(address, token) as client:
+    with config.connect() as client:
         queue_stats = client.stats()
-    if as_json:
+    if config.as_json:
         _echo_json(queue_stats)
         return
     table = Table("QUEUE", "WAITING")

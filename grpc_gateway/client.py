@@ -54,7 +54,8 @@ class JobSpec:
     priority: Priority | None = None
     max_attempts: int | None = None
     timeout_seconds: int | None = None
-    #: When to run; a naive datetime is taken as UTC (protobuf's rule).
+    #: When to run. A naive datetime is this machine's local time, as everywhere in Python (and in the
+    #: `taskapp` command); a time already past queues the job at once.
     run_at: datetime | None = None
 
 
@@ -98,7 +99,9 @@ def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
     if spec.payload is not None:
         request.payload.update(spec.payload)
     if spec.run_at is not None:
-        request.run_at.FromDatetime(spec.run_at)
+        # Protobuf would read a naive datetime as UTC; astimezone() reads it as local time, and an aware one
+        # keeps its instant.
+        request.run_at.FromDatetime(spec.run_at.astimezone())
     return request
 
 

@@ -2,7 +2,7 @@
 
 2xx succeeds; 5xx, connection errors and timeouts are worth another attempt; any other status is the
 caller's problem and fails the job at once. Request headers and bodies often carry credentials, so neither
-ever reaches a log line or an error message: those name the method, host, path and status only.
+ever reaches a log line or an error message: those name the method, host (and port), path and status only.
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ class HttpCallRetryable(Exception):
 
 @handler("http_call", schema=HttpCallPayload, retry_on=(HttpCallRetryable,))
 def http_call(payload: HttpCallPayload, job: JobContext) -> dict[str, Any]:
-    target = f"{payload.method} {payload.url.host}{payload.url.path or '/'}"
     deadline = time.monotonic() + payload.timeout
     url = httpx.URL(str(payload.url))
+    # httpx's netloc has the port only when it is not the scheme's default, and never the credentials.
+    target = f"{payload.method} {url.netloc.decode('ascii')}{payload.url.path or '/'}"
     # Credentials in the URL become a header, so the URL httpx logs at INFO no longer carries them;
     # an explicit Authorization header wins over them.
     explicit = any(name.lower() == "authorization" for name in payload.headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import difflib
 import hashlib
 import json
 import logging
@@ -128,7 +129,7 @@ class JobService:
             raise InvalidArgument("type", "is required")
         handler = self.registry.get(request.type)
         if handler is None:
-            raise InvalidArgument("type", f"unknown job type {request.type!r}")
+            raise InvalidArgument("type", self._unknown_type(request.type))
         payload = request.payload if request.payload is not None else {}
         _check_payload(payload)
         encoded = _canonical_json(payload)
@@ -168,6 +169,13 @@ class JobService:
             fingerprint=fingerprint,
             run_at=request.run_at,
         )
+
+    def _unknown_type(self, type: str) -> str:
+        """Name the types there are, and the likely one, so a typo is fixed without reading the code."""
+        known = sorted(handler.type for handler in self.registry)
+        problem = f"unknown job type {type!r} (known: {', '.join(known)})"
+        close = difflib.get_close_matches(type, known, n=1)
+        return f"{problem}; did you mean {close[0]!r}?" if close else problem
 
     @staticmethod
     def check_job_id(job_id: str) -> str:

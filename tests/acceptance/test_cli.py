@@ -9,7 +9,8 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 from tests.helpers import BIN, Stack, free_port
 from tests.loopback import Reply, scripted_http_server
@@ -25,9 +26,16 @@ def env_for(stack: Stack | None) -> dict[str, str]:
     return {**stack.env, "TASKAPP_ADDRESS": stack.address}
 
 
-def taskapp(stack: Stack | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def taskapp(
+    stack: Stack | None, *args: str, timeout: float = 60, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "taskapp"), *args], env=env_for(stack), capture_output=True, text=True, timeout=timeout
+        [str(BIN / "taskapp"), *args],
+        env={**env_for(stack), **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -81,6 +89,21 @@ def test_bad_options_are_usage_errors() -> None:
         assert named in result.stderr, args
 
 
+def test_help_shows_the_connection_options() -> None:
+    shown = (
+        "--address HOST:PORT",
+        "TASKAPP_ADDRESS",
+        "127.0.0.1:50051",
+        "--token TOKEN",
+        "TASKAPP_TOKEN",
+        "--json",
+    )
+    for args in (("--help",), ("stats", "--help"), ("submit", "--help")):
+        result = taskapp(None, *args)
+        assert result.returncode == 0 and all(text in result.stdout for text in shown), args
+    assert "--address" not in taskapp(None, "ping-redis", "--help").stdout
+
+
 def test_unreachable_gateway_exits_1_with_a_clear_message() -> None:
     address = f"127.0.0.1:{free_port()}"
     result = taskapp(None, "get", "some-job", "--address", address)
@@ -88,6 +111,43 @@ def test_unreachable_gateway_exits_1_with_a_clear_message() -> None:
     assert result.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {address}: ")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_every_job_command_takes_the_address_before_its_name() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    by_id = ([name, "some-job"] for name in ("get", "cancel", "retry", "watch", "logs"))
+    for command in (["submit", "echo"], ["list"], ["stats"], *by_id):
+        result = taskapp(None, "--address", address, *command)
+        assert result.returncode == 1, command
+        assert result.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {address}: "), command
+
+
+def test_connection_options_before_the_subcommand_and_after_it_which_wins(make_stack: MakeStack) -> None:
+    token = "tok-cli-options"
+    stack = make_stack(worker=False, TASKAPP_AUTH_TOKENS=token)
+    nobody = f"127.0.0.1:{free_port()}"
+
+    before = taskapp(
+        stack, "--address", stack.address, "--token", token, "--json", "stats", TASKAPP_ADDRESS=nobody
+    )
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["workers"] == []
+
+    after = taskapp(
+        stack, "--address", nobody, "--token", "wrong", "stats", "--address", stack.address, "--token", token
+    )
+    assert after.returncode == 0, after.stderr
+    assert "workers: none answered" in after.stdout
+    overridden = taskapp(stack, "--address", stack.address, "stats", "--address", nobody, TASKAPP_TOKEN=token)
+    assert overridden.returncode == 1
+    assert overridden.stderr.startswith(f"taskapp: UNAVAILABLE: gateway at {nobody}: ")
+
+    assert taskapp(stack, "stats", TASKAPP_TOKEN=token).returncode == 0
+    assert taskapp(stack, "stats").stderr.startswith("taskapp: UNAUTHENTICATED: ")
+    # Given before the subcommand, an option still beats the environment.
+    assert taskapp(stack, "--token", "wrong", "stats", TASKAPP_TOKEN=token).stderr.startswith(
+        "taskapp: UNAUTHENTICATED: "
+    )
 
 
 def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None:
@@ -153,6 +213,37 @@ def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None
     assert retry.stderr.startswith("taskapp: FAILED_PRECONDITION: ")
 
 
+def test_a_payload_too_large_for_an_argument_comes_from_a_file_or_stdin(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack(worker=False)
+    payload = {"rows": [{"i": i, "text": f"é{i:05}" * 20} for i in range(1200)]}
+    document = json.dumps(payload, ensure_ascii=False)
+    assert 128 * 1024 < len(document.encode()) < 256 * 1024  # over a shell argument, under the job's limit
+    (tmp_path / "payload.json").write_text(document, encoding="utf-8")
+
+    for args, stdin in (
+        (["--payload", f"@{tmp_path / 'payload.json'}"], None),
+        (["--payload", "-"], document),
+    ):
+        job_id = taskapp(stack, "submit", "echo", *args, "--quiet", stdin=stdin).stdout.strip()
+        assert json.loads(taskapp(stack, "get", job_id, "--json").stdout)["payload"] == payload, args
+
+    missing = taskapp(stack, "submit", "echo", "--payload", f"@{tmp_path / 'missing.json'}")
+    assert missing.returncode == 2
+    assert "'--payload'" in missing.stderr and "missing.json': No such file" in missing.stderr
+
+
+def test_run_at_without_an_offset_is_local_time(make_stack: MakeStack) -> None:
+    stack = make_stack(worker=False)
+    local = timezone(timedelta(hours=5, minutes=30))
+    in_an_hour = datetime.now(local).replace(microsecond=0) + timedelta(hours=1)
+    naive = in_an_hour.replace(tzinfo=None).isoformat()
+    submitted = taskapp(stack, "submit", "noop", "--run-at", naive, "--json", TZ="TEST-05:30")
+    job = json.loads(taskapp(stack, "get", json.loads(submitted.stdout)["job_id"], "--json").stdout)
+    assert datetime.fromisoformat(job["scheduled_at"]) == in_an_hour
+
+
 def test_unknown_job_exits_1_naming_it(make_stack: MakeStack) -> None:
     stack = make_stack(worker=False)
     for command in ("get", "cancel", "retry", "watch", "logs"):
@@ -176,6 +267,26 @@ def test_submit_watch_prints_the_id_then_each_state_and_exits_0(make_stack: Make
     assert states[-1] == "SUCCEEDED" and set(states) <= TAKEN
     assert all(" attempt " in line for line in events)
     assert json.loads(taskapp(stack, "get", job_id, "--json").stdout)["result"] == {"a": 1}
+
+
+def test_submit_quiet_prints_the_id_alone_for_a_script_to_capture(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    result = taskapp(stack, "submit", "echo", "-q", "--id", "quiet-1", "--json")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "quiet-1\n", "")
+
+    script = 'id=$(taskapp submit --quiet echo --payload \'{"b": 2}\') && taskapp get "$id" --json'
+    captured = subprocess.run(
+        ["bash", "-c", script], env=env_for(stack), capture_output=True, text=True, timeout=60
+    )
+    assert captured.returncode == 0, captured.stderr
+    assert json.loads(captured.stdout)["payload"] == {"b": 2}
+
+    watched = taskapp(stack, "submit", "echo", "-q", "--watch", "--id", "quiet-2")
+    assert (watched.returncode, watched.stdout) == (0, "quiet-2\n")
+    failed = taskapp(
+        stack, "submit", "fail", "--payload", '{"permanent": true}', "-q", "--watch", "--id", "q-3"
+    )
+    assert (failed.returncode, failed.stdout) == (3, "q-3\n")
 
 
 def test_submit_watch_of_a_failing_job_exits_3(make_stack: MakeStack) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -76,6 +77,28 @@ def test_sync_client_round_trip(make_stack: MakeStack, monkeypatch: pytest.Monke
         assert [job.job_id for job in rest.jobs] == ["noop-1"]
         assert [job.job_id for job in client.list(priority=Priority.LOW).jobs] == ["noop-2"]
         assert [job.job_id for job in client.list(state=JobState.SUCCEEDED, type="echo").jobs] == ["client-1"]
+
+
+@pytest.fixture
+def local_time_zone_utc_plus_0530() -> Iterator[None]:
+    """This process's local time 5 h 30 ahead of UTC, so a naive time read as UTC would be off by that."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "TEST-05:30")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_zone_utc_plus_0530")
+def test_a_naive_run_at_is_local_time(make_stack: MakeStack) -> None:
+    stack = make_stack(worker=False)
+    in_an_hour = (datetime.now() + timedelta(hours=1)).replace(microsecond=0)
+    assert in_an_hour.tzinfo is None and in_an_hour.astimezone().utcoffset() == timedelta(hours=5, minutes=30)
+    with JobClient(stack.address) as client:
+        job_id = client.submit("noop", run_at=in_an_hour).job_id
+        job = client.get(job_id)
+    assert job.state is JobState.SCHEDULED
+    assert job.scheduled_at == in_an_hour.astimezone(UTC)
 
 
 def test_sync_client_errors(make_stack: MakeStack) -> None:
@@ -220,7 +243,7 @@ def test_logs_are_per_attempt_oldest_first(make_stack: MakeStack) -> None:
 
         lines = client.logs(job_id)
         assert all(isinstance(line, LogLine) for line in lines)
-        # http_call logs "<method> <host><path> answered <status>" for each attempt.
+        # http_call logs "<method> <host>[:<port>]<path> answered <status>" for each attempt.
         answers = [
             (line.attempt, line.level, line.message.split()[-2:])
             for line in lines

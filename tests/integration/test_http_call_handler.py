@@ -137,12 +137,32 @@ def test_secrets_stay_out_of_errors_and_logs(
             }
         )
 
-    assert "POST 127.0.0.1/hook" in str(raised.value)
+    assert f"POST 127.0.0.1:{server.httpd.server_address[1]}/hook" in str(raised.value)
     assert SECRET not in str(raised.value)
     assert caplog.records
     assert SECRET not in caplog.text
     [request] = server.requests
     assert request.headers["authorization"] == f"Bearer {SECRET}"
+
+
+def test_errors_and_logs_name_the_port_of_the_url(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(Reply(503), Reply(404))
+    target = f"GET 127.0.0.1:{server.httpd.server_address[1]}/x"
+    caplog.set_level(logging.INFO)
+
+    with pytest.raises(HttpCallRetryable) as retryable:
+        call({"url": server.url("/x")})
+    with pytest.raises(PermanentError) as permanent:
+        call({"url": server.url("/x")})
+
+    assert str(retryable.value) == f"{target}: server error 503"
+    assert str(permanent.value).startswith(f"{target}: answered 404")
+    assert [record.getMessage() for record in caplog.records if record.name == "t"] == [
+        f"{target} answered 503",
+        f"{target} answered 404",
+    ]
 
 
 def test_url_credentials_are_sent_as_basic_auth(server: ScriptedServer) -> None:

@@ -121,6 +121,25 @@ def test_invalid_submit_names_the_field_and_writes_nothing(
     assert store.jobs == {} and publisher.published == []
 
 
+@pytest.mark.parametrize(
+    ("type", "message"),
+    [
+        (
+            "ehco",
+            "type: unknown job type 'ehco' (known: echo, email, fail, http_call, noop, sleep); "
+            "did you mean 'echo'?",
+        ),
+        ("resize", "type: unknown job type 'resize' (known: echo, email, fail, http_call, noop, sleep)"),
+    ],
+)
+def test_unknown_type_lists_the_known_ones_and_suggests_a_close_one(
+    service: JobService, type: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        service.submit(SubmitRequest(type=type))
+    assert str(raised.value) == message
+
+
 def test_limits_are_inclusive(service: JobService) -> None:
     service.submit(SubmitRequest(type="echo", job_id="a" * 128, max_attempts=100, timeout_seconds=86_400))
     service.submit(SubmitRequest(type="echo", job_id="a.b_c:d-E9", max_attempts=1, timeout_seconds=1))
