@@ -17,7 +17,7 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from taskapp.jobs import Job, JobEvent, JobPage, JobState, LogLine, Priority, QueueStats
+from taskapp.jobs import Job, JobEvent, JobPage, JobState, LogLine, Priority, QueueStats, SubmitRequest
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -43,20 +43,8 @@ class JobServiceError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """One job to submit; None means the job type's default (or, for `job_id`, a UUID made by the gateway)."""
-
-    type: str
-    payload: dict[str, Any] | None = None
-    #: An idempotency key: the same spec again answers the existing job with `created` False.
-    job_id: str | None = None
-    priority: Priority | None = None
-    max_attempts: int | None = None
-    timeout_seconds: int | None = None
-    #: When to run. A naive datetime is this machine's local time, as everywhere in Python (and in the
-    #: `taskapp` command); a time already past queues the job at once.
-    run_at: datetime | None = None
+#: One job to submit: the service's own `SubmitRequest`, under the name clients know it by.
+JobSpec = SubmitRequest
 
 
 @dataclass(frozen=True, slots=True)

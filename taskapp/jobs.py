@@ -200,15 +200,18 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class SubmitRequest:
-    """SubmitJob as the client sent it; None means "not given"."""
+    """One job to submit (SubmitJob's request; `JobSpec` in the Python client). None means "not given": the job
+    type's default, or for `job_id` a UUID the gateway makes."""
 
     type: str
+    payload: dict[str, Any] | None = None
+    #: An idempotency key: the same request again answers the existing job with `created` False.
     job_id: str | None = None
     priority: Priority | None = None
-    payload: dict[str, Any] | None = None
     max_attempts: int | None = None
     timeout_seconds: int | None = None
-    #: Timezone-aware; in the future it makes the job SCHEDULED, in the past it means now.
+    #: When to run: later makes the job SCHEDULED until then; a time already past queues it at once. A naive
+    #: datetime is this machine's local time, as everywhere in Python (the client sends it so).
     run_at: datetime | None = None
 
 
