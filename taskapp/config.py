@@ -70,7 +70,11 @@ class Settings(BaseSettings):
     handler_modules: CommaSeparated = ()
     #: Worker processes per `celery worker`; Celery's default (CPU count) when unset.
     worker_concurrency: int | None = None
-    #: Seconds before Redis hands an unacknowledged message to another worker; above the longest job timeout.
+    #: Seconds a running job's lease lasts. Its worker renews it every sixth of that while the run lives, and
+    #: stops a run it could not renew for two thirds of it; past it, the scheduler rescues the job.
+    lease_seconds: float = Field(default=30.0, ge=3.0)
+    #: Seconds before Redis hands an unacknowledged message to another worker: a backstop only, kept above the
+    #: longest job timeout (a lost run is found by its lease, long before).
     visibility_timeout: int = 86_400 + 3_600
     #: Seconds a worker's running jobs get to finish after SIGTERM; the rest go back to the queue.
     worker_shutdown_timeout: float = Field(default=25.0, gt=0)

@@ -24,12 +24,8 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
-#: States a worker may claim a job from (QUEUED/RETRYING -> RUNNING).
-CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States RetryJob re-runs from, with fresh attempts.
 RETRYABLE_BY_REQUEST = frozenset({JobState.FAILED, JobState.DEAD_LETTER, JobState.CANCELLED})
-#: States that call for a message in the broker; while `published_at` is NULL in one of them, one is owed.
-AWAITING_MESSAGE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 #: States CancelJob moves to CANCELLED.
 CANCELLABLE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING, JobState.RUNNING})
 #: States a failed run may end in: another attempt later, or a final failure.
@@ -74,6 +70,12 @@ class NewJob:
         return JobState.QUEUED if self.waits_until(now) is None else JobState.SCHEDULED
 
 
+def wants_a_run(state: JobState, scheduled_at: datetime, now: datetime) -> bool:
+    """Whether a job may be claimed now, and so calls for a message in the broker: QUEUED, or RETRYING once its
+    back-off has ended. (A RETRYING job's message is published when it is due, never before.)"""
+    return state is JobState.QUEUED or (state is JobState.RETRYING and scheduled_at <= now)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     job_id: str
@@ -95,29 +97,27 @@ class Job:
     #: Position in the global insertion order; ListJobs pages on it.
     seq: int
     fingerprint: str
-    #: While RUNNING: until when the run may be live (see `lease_seconds`).
+    #: While RUNNING: until when the run may be live. Its worker renews the lease while the run lives; past it,
+    #: the run is lost (its worker is gone or cut off, and has stopped it) and the scheduler rescues the job.
     lease_expires_at: datetime | None = None
     #: When the message its state calls for reached the broker; None while one is owed (the outbox).
     published_at: datetime | None = None
     #: What the handler last reported (`JobContext.report_progress`); None until it does.
     progress_percent: int | None = None
     progress_message: str = ""
+    #: Runs ever claimed, across RetryJob's fresh attempts: numbers each run's Celery task id.
+    runs: int = 0
+    #: The Celery task id of the delivery that claimed the current (or last) run.
+    task_id: str = ""
 
 
 #: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
 #: (the pool kills the process).
 HARD_LIMIT_GRACE = 5
-#: Seconds a lease outlives the hard time limit, for clock skew between workers and the database host.
-LEASE_MARGIN = 5
 
 
 def hard_time_limit(timeout_seconds: int) -> int:
     return timeout_seconds + HARD_LIMIT_GRACE
-
-
-def lease_seconds(hard_limit: float) -> float:
-    """No run outlives its hard time limit, so past this its worker is gone and the job may be claimed again."""
-    return hard_limit + LEASE_MARGIN
 
 
 class SentMessage(NamedTuple):
@@ -152,6 +152,8 @@ class CancelOutcome:
     #: The state before the call: a RUNNING job must also be stopped on its worker.
     previous_state: JobState
     state: JobState
+    #: The Celery task id of the run to stop, when the job was RUNNING.
+    task_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

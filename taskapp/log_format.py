@@ -9,7 +9,7 @@ from typing import Any
 from celery import current_task
 from pythonjsonlogger.json import JsonFormatter
 
-from taskapp.routing import TASK_PREFIX
+from taskapp.routing import TASK_PREFIX, job_id_of
 
 
 class JobFields(logging.Filter):
@@ -24,7 +24,7 @@ class JobFields(logging.Filter):
         if job_id is None and isinstance(record.args, dict):
             job_id, name = record.args.get("id"), record.args.get("name")
         if isinstance(job_id, str) and isinstance(name, str) and name.startswith(TASK_PREFIX):
-            record.job_id = job_id
+            record.job_id = job_id_of(job_id)
             record.job_type = name.removeprefix(TASK_PREFIX)
             run = getattr(request, "taskapp_run", None)
             if run is not None:

@@ -3,7 +3,8 @@ decides (FAILED, DEAD_LETTER, or another attempt after a run killed at its hard 
 
 RUNNING is written by the claim and a retry's RETRYING by `JobTask.retry` (`taskapp.tasks`). Every write here is
 guarded (the job must still be RUNNING on the same attempt), so a terminated or cancelled run never overwrites
-CANCELLED, and a signal that fires twice records once.
+CANCELLED, and a signal that fires twice records once. In a pool process, a write waits for a database that is
+away (`keep_writing`), with the message unacknowledged meanwhile.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from celery.signals import task_failure, task_revoked, task_success
 
 from taskapp import policy
 from taskapp.clock import utcnow
-from taskapp.jobs import Job, SentMessage
-from taskapp.publisher import CeleryPublisher
-from taskapp.tasks import JobTask, current_run, describe, end_failed_run, worker_store
+from taskapp.errors import StoreUnavailable
+from taskapp.jobs import Job, JobState
+from taskapp.routing import job_id_of
+from taskapp.tasks import (
+    JobTask,
+    current_run,
+    describe,
+    end_failed_run,
+    keep_writing,
+    lease_keeper,
+    worker_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +43,10 @@ def record_success(sender: Task | None = None, result: Any = None, **_: Any) -> 
         return
     run = _run(sender)
     if run is not None:
-        worker_store().succeed(run.job_id, run.attempts, result, utcnow())
+        keep_writing(
+            lambda: worker_store().succeed(run.job_id, run.attempts, result, utcnow()),
+            f"the success of {sender.request.id}",
+        )
 
 
 def record_failure(
@@ -43,26 +56,33 @@ def record_failure(
     **_: Any,
 ) -> None:
     """A run failed and Celery will not retry it. Usually in the pool process that ran it; for a run killed at
-    its hard time limit, in the worker's main process, which must read the run from SQL and, if the policy
-    gives the job another attempt, publish it (Celery cannot retry a run it killed)."""
+    its hard time limit, in the worker's main process, which reads the run from SQL (and must not wait for a
+    database that is away: the run's lease lapses, and the scheduler rescues the job)."""
     if not isinstance(sender, JobTask) or task_id is None:
         return
-    run = _run(sender) or current_run(task_id)
-    if run is None:
-        return
     failure = policy.classify(exception, sender.handler.retry_on)
-    timeout = (sender.request.timelimit or (None, None))[1]
-    decision = end_failed_run(sender.app, run, failure, describe(exception, timeout))
-    if isinstance(decision, policy.Retry):
-        CeleryPublisher(sender.app).publish(run, countdown=decision.delay)
-        worker_store().mark_published([SentMessage.retry_of(run)], utcnow())
+    error = describe(exception, (sender.request.timelimit or (None, None))[1])
+    run = _run(sender)
+    if run is not None:
+        keep_writing(lambda: end_failed_run(sender.app, run, failure, error), f"the failure of {task_id}")
+        return
+    try:
+        lost = current_run(task_id, lease_keeper.worker)
+        if lost is not None:
+            end_failed_run(sender.app, lost, failure, error)
+    except StoreUnavailable as exc:
+        log.warning("run %s failed while the job database is away: %s", task_id, exc)
 
 
 def record_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:
-    """A revoke from outside the API (Flower, `celery control revoke`) cancels the job in SQL too."""
+    """A revoke from outside the API (Flower, `celery control revoke`) cancels the job in SQL too, unless it
+    names an earlier run than the one the job is on."""
     if not isinstance(sender, JobTask) or request is None:
         return
-    worker_store().cancel(request.id, utcnow())
+    store = worker_store()
+    job = store.get(job_id_of(request.id))
+    if job is not None and not (job.state is JobState.RUNNING and job.task_id != request.id):
+        store.cancel(job.job_id, utcnow())
 
 
 task_success.connect(record_success)

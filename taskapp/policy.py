@@ -114,27 +114,27 @@ def decide(failure: Failure, attempt: int, max_attempts: int, jitter: float) -> 
         return Finish(JobState.FAILED)
     if attempt >= max_attempts:
         return Finish(JobState.DEAD_LETTER)
-    if failure is Failure.WORKER_LOST:
-        # The broker hands the same message back at once (reject on worker lost): it is the next attempt.
-        return Retry(0.0)
     return Retry(backoff(attempt, jitter))
 
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """The job is not to run (cancelled, finished, or unknown): acknowledge the message and do nothing."""
+    """Acknowledge the message and do nothing: the job is not to run (cancelled, finished, unknown), or it runs
+    elsewhere under a live lease (if that run is lost, its lease lapses and the scheduler rescues the job)."""
 
 
 @dataclass(frozen=True, slots=True)
 class PutOff:
-    """Another run may still be live: deliver the message again after `delay` seconds, never drop it."""
+    """The job is RETRYING and its back-off has not ended (the message came early): deliver it again after
+    `delay` seconds, never drop it."""
 
     delay: float
 
 
 @dataclass(frozen=True, slots=True)
 class EndLostRun:
-    """The job's last run lost its worker and no attempts are left: it ends as a lost run would."""
+    """The job's last run lost its lease: end that run as a lost one (`decide` with WORKER_LOST) rather than
+    wait for the scheduler to."""
 
 
 ClaimRefusal = Drop | PutOff | EndLostRun
@@ -142,8 +142,10 @@ ClaimRefusal = Drop | PutOff | EndLostRun
 
 def after_refused_claim(job: Job | None, now: datetime) -> ClaimRefusal:
     """What a delivery does with a job it could not claim, given the job as it is now."""
-    if job is None or job.state is not JobState.RUNNING:
+    if job is None:
         return Drop()
-    if job.lease_expires_at is None or job.lease_expires_at < now:
+    if job.state is JobState.RETRYING and job.scheduled_at > now:
+        return PutOff((job.scheduled_at - now).total_seconds())
+    if job.state is JobState.RUNNING and (job.lease_expires_at is None or job.lease_expires_at < now):
         return EndLostRun()
-    return PutOff(max(1.0, (job.lease_expires_at - now).total_seconds() + 1))
+    return Drop()

@@ -17,12 +17,12 @@ from kombu.messaging import Producer
 
 from taskapp.errors import BrokerUnavailable
 from taskapp.jobs import Job, hard_time_limit
-from taskapp.routing import DEAD_LETTER_QUEUE, queue_for, task_name
+from taskapp.routing import DEAD_LETTER_QUEUE, job_id_of, queue_for, task_id_for, task_name
 
 log = logging.getLogger(__name__)
 
 #: What a lost broker looks like from kombu and redis-py.
-_BROKER_ERRORS = (
+BROKER_ERRORS = (
     kombu.exceptions.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -31,17 +31,47 @@ _BROKER_ERRORS = (
 )
 
 
+#: How far past the messages being moved `_move_to_front` looks for them, for messages others pushed meanwhile.
+FRONT_WINDOW_SLACK = 100
+#: KEYS[1]: a queue; ARGV[1]: how many messages from its head to look at; ARGV[2...]: task ids. Each message of
+#: those ids found there is moved to the tail, where a worker takes it next; the oldest pushed ends last, first
+#: in line. Returns how many were moved.
+_MOVE_TO_FRONT = """
+local window = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
+local moved = 0
+for _, raw in ipairs(window) do
+    local ok, message = pcall(cjson.decode, raw)
+    if ok and type(message) == 'table' and type(message.headers) == 'table' and wanted[message.headers.id] then
+        wanted[message.headers.id] = nil
+        redis.call('LREM', KEYS[1], 1, raw)
+        redis.call('RPUSH', KEYS[1], raw)
+        moved = moved + 1
+    end
+end
+return moved
+"""
+
+
 class Publisher(Protocol):
     def publish(self, job: Job, countdown: float | None = None) -> None:
-        """Send the job's message to its priority queue; raise `BrokerUnavailable` if the broker is down."""
+        """Send the job's message to its priority queue, for its next run; raise `BrokerUnavailable` if the
+        broker is down."""
         ...
 
-    def publish_many(self, jobs: Sequence[Job]) -> None:
-        """`publish` for a batch, over one broker connection."""
+    def publish_many(self, jobs: Sequence[Job], *, at_front: bool = False) -> None:
+        """`publish` for a batch, over one broker connection. `at_front`: ahead of the messages already
+        waiting in their queues (a due retry keeps its place in line)."""
         ...
 
-    def terminate(self, job_id: str) -> None:
-        """Ask the workers to stop the job's current run (best effort: SQL already says CANCELLED)."""
+    def dead_letter(self, job: Job, error: str) -> None:
+        """Park the job's message in the `dead_letter` queue, which no worker consumes, for RetryJob."""
+        ...
+
+    def terminate(self, task_id: str) -> None:
+        """Ask the workers to stop the run with this Celery task id (best effort: SQL already says CANCELLED,
+        and the run's worker notices it when it next renews the run's lease)."""
         ...
 
     def remove_dead_letters(self, job_ids: Collection[str]) -> None:
@@ -59,7 +89,7 @@ class CeleryPublisher:
         try:
             self.app.send_task(
                 task_name(job.type),
-                task_id=job.job_id,
+                task_id=task_id_for(job),
                 queue=queue_for(job.priority),
                 # The worker reads the payload from SQL at claim time: messages carry no user data.
                 kwargs={},
@@ -67,7 +97,7 @@ class CeleryPublisher:
                 time_limit=hard_time_limit(job.timeout_seconds),
                 countdown=countdown,
             )
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
     @cached_property
@@ -75,7 +105,7 @@ class CeleryPublisher:
         """What `send_task` sends its task-sent events through (a dispatcher used only for its settings)."""
         return self.app.events.Dispatcher(enabled=False)
 
-    def publish_many(self, jobs: Sequence[Job]) -> None:
+    def publish_many(self, jobs: Sequence[Job], *, at_front: bool = False) -> None:
         """All the messages, and one message of their task-sent events, in one Redis pipeline through kombu's
         publish batch. If the pipeline fails, some may have gone out: the caller discards the jobs, and a
         message for a job that does not exist is dropped by the worker that receives it."""
@@ -94,7 +124,7 @@ class CeleryPublisher:
                     # set-up: half the CPU per message. The message is the one `publish` sends (a test holds
                     # them equal).
                     message = amqp.create_task_message(
-                        job.job_id,
+                        task_id_for(job),
                         task_name(job.type),
                         (),
                         {},
@@ -117,17 +147,32 @@ class CeleryPublisher:
                     )
                 if sent_events is not None:
                     sent_events.send(producer)
-        except (*_BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
+            if at_front:
+                self._move_to_front(jobs)
+        except (*BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
-    def dead_letter(self, job_id: str, name: str, origin_queue: str, error: str) -> None:
-        """Park the job's message in the `dead_letter` queue, which no worker consumes, for inspection and replay."""
+    def _move_to_front(self, jobs: Sequence[Job]) -> None:
+        """Move the messages just published for `jobs` from the back of their queues to the front. kombu's Redis
+        transport pushes new messages at the head of a list and workers pop from its tail; this does what kombu
+        itself does when it restores an unacknowledged message (a push at the tail), atomically per queue."""
+        by_queue: dict[str, list[str]] = {}
+        for job in jobs:
+            by_queue.setdefault(queue_for(job.priority), []).append(task_id_for(job))
+        with self.app.connection_for_write() as connection:
+            client = connection.default_channel.client
+            for queue, task_ids in by_queue.items():
+                # Where LPUSH put them, give or take what others pushed meanwhile.
+                window = len(task_ids) + FRONT_WINDOW_SLACK
+                client.eval(_MOVE_TO_FRONT, 1, queue, window, *task_ids)
+
+    def dead_letter(self, job: Job, error: str) -> None:
         self.app.send_task(
-            name,
-            task_id=job_id,
+            task_name(job.type),
+            task_id=job.task_id or job.job_id,
             kwargs={},
             queue=DEAD_LETTER_QUEUE,
-            headers={"x-taskapp-origin-queue": origin_queue, "x-taskapp-error": error[:1_000]},
+            headers={"x-taskapp-origin-queue": queue_for(job.priority), "x-taskapp-error": error[:1_000]},
         )
 
     def remove_dead_letters(self, job_ids: Collection[str]) -> None:
@@ -136,17 +181,17 @@ class CeleryPublisher:
             with self.app.connection_for_write() as connection:
                 client = connection.default_channel.client
                 for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
-                    if json.loads(raw).get("headers", {}).get("id") in job_ids:
+                    if job_id_of(json.loads(raw).get("headers", {}).get("id", "")) in job_ids:
                         client.lrem(DEAD_LETTER_QUEUE, 0, raw)
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             log.warning("could not remove %d job(s) from the dead-letter queue: %s", len(job_ids), exc)
 
-    def terminate(self, job_id: str) -> None:
+    def terminate(self, task_id: str) -> None:
         try:
-            self.app.control.revoke(job_id, terminate=True, signal="SIGKILL")
-        except _BROKER_ERRORS as exc:
+            self.app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+        except BROKER_ERRORS as exc:
             # The job is CANCELLED in SQL already; its run's outcome will not be recorded over that.
-            log.warning("could not broadcast termination of job %s: %s", job_id, exc)
+            log.warning("could not broadcast termination of run %s: %s", task_id, exc)
 
 
 class SentEvents:

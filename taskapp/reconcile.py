@@ -1,35 +1,54 @@
-"""`taskapp reconcile`: after the broker lost its data, send again every message SQL says should be there.
+"""After the broker lost messages, send again every message SQL says should be there; and notice the loss.
 
 Redis keeps its queues in memory; a restart without persistence, a failover or a FLUSHDB loses them while SQL
-still says QUEUED. This reads which jobs the broker holds a message for (every priority queue, with the Redis
-transport's priority sub-lists, and the messages workers hold unacknowledged) and publishes the jobs that need
-one and have none: QUEUED, RETRYING (keeping the rest of its back-off), and RUNNING whose lease ended with no
-worker left to finish it. A message that was in flight while this ran may end up doubled, which is harmless:
-the claim lets only one delivery run the job.
+still says QUEUED. `reconcile` reads which jobs the broker holds a message for (every priority queue, with the
+Redis transport's priority sub-lists, and the messages workers took and have not acknowledged, if taken
+recently: an older one belongs to a worker that is gone) and publishes every job that wants a run and has
+none. A message that was in flight while this ran may end up doubled, which is harmless: the claim lets only
+one delivery run the job.
+
+`BrokerLossWatch` lets the active scheduler notice a loss by itself: a marker key it keeps in Redis is gone, or
+Redis holds fewer waiting messages than SQL says should wait, two sweeps in a row. `taskapp reconcile` stays
+for manual use.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import redis
 
 from taskapp.clock import utcnow
+from taskapp.jobs import Job, JobState, SentMessage
 from taskapp.publisher import Publisher
-from taskapp.routing import PRIORITY_QUEUES, broker_keys
-from taskapp.scheduler import publish_owed
+from taskapp.routing import PRIORITY_QUEUES, broker_keys, job_id_of
 from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
 
-#: Where kombu's Redis transport keeps a delivered message until its worker acknowledges it.
+#: Where kombu's Redis transport keeps a delivered message until its worker acknowledges it, and when each
+#: was delivered.
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+#: An unacknowledged message older than this, for a job that still waits to be claimed, is not a live one: a
+#: live worker claims what it takes within moments.
+STALE_UNACKED = timedelta(seconds=60)
 #: Messages read from a broker list per command.
 MESSAGES_PER_READ = 1_000
 #: Jobs read from SQL per query.
 JOBS_PER_PAGE = 1_000
+#: The key whose absence tells that Redis lost its data.
+MARKER_KEY = "taskapp:broker-marker"
+#: How often the counts of waiting messages are compared, and how long a job published must wait before it
+#: counts (so that a message on its way is not taken for a lost one).
+SWEEP_EVERY = timedelta(seconds=20)
+SETTLE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +60,43 @@ class ReconcileReport:
 
 def _job_id(message: object) -> str | None:
     if isinstance(message, dict):
-        job_id = message.get("headers", {}).get("id")
-        return job_id if isinstance(job_id, str) else None
+        task_id = message.get("headers", {}).get("id")
+        return job_id_of(task_id) if isinstance(task_id, str) else None
     return None
 
 
-def job_ids_in_broker(client: redis.Redis) -> set[str]:
-    """Ids of the jobs with a message in a priority queue or held unacknowledged by a worker."""
+def job_ids_in_broker(client: redis.Redis, now: float | None = None) -> set[str]:
+    """Ids of the jobs with a message in a priority queue, or taken by a worker within `STALE_UNACKED`."""
+    now = time.time() if now is None else now
     found: set[str] = set()
-    keys = [key for queue in PRIORITY_QUEUES for key in broker_keys(queue)]
-    for key in keys:
+    for key in [key for queue in PRIORITY_QUEUES for key in broker_keys(queue)]:
         for start in range(0, int(client.llen(key)), MESSAGES_PER_READ):
             for raw in client.lrange(key, start, start + MESSAGES_PER_READ - 1):
                 if job_id := _job_id(json.loads(raw)):
                     found.add(job_id)
-    for _, raw in client.hscan_iter(UNACKED_KEY, count=MESSAGES_PER_READ):
+    taken_at: dict[bytes, float] = dict(client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True))  # type: ignore[arg-type]
+    for tag, raw in client.hscan_iter(UNACKED_KEY, count=MESSAGES_PER_READ):
+        if now - taken_at.get(tag, 0.0) > STALE_UNACKED.total_seconds():
+            continue
         # Each entry is [message, exchange, routing_key].
         entry = json.loads(raw)
         if isinstance(entry, list) and entry and (job_id := _job_id(entry[0])):
             found.add(job_id)
     return found
+
+
+def publish_owed(
+    store: JobStore, publisher: Publisher, jobs: list[Job], clock: Callable[[], datetime] = utcnow
+) -> None:
+    """Publish jobs that want a run now, then mark them published. A retry goes ahead of what waits in its
+    queue: it had its place in line once already."""
+    if not jobs:
+        return
+    retries = [job for job in jobs if job.state is JobState.RETRYING]
+    firsts = [job for job in jobs if job.state is not JobState.RETRYING]
+    publisher.publish_many(firsts)
+    publisher.publish_many(retries, at_front=True)
+    store.mark_published([SentMessage.of(job) for job in jobs], clock())
 
 
 def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> ReconcileReport:
@@ -73,5 +109,52 @@ def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> Rec
         missing = [job for job in jobs if job.job_id not in in_broker]
         publish_owed(store, publisher, missing)
         republished += len(missing)
-    log.info("reconcile: %d job(s) need a message, %d had none and were published", checked, republished)
+    log.info("reconcile: %d job(s) want a run, %d had no message and were published", checked, republished)
     return ReconcileReport(in_broker=len(in_broker), checked=checked, republished=republished)
+
+
+class BrokerLossWatch:
+    """Tells the active scheduler when Redis has lost messages. Checked every pass: the marker costs one GET; the
+    counts, one pipeline and one SQL count every `SWEEP_EVERY`."""
+
+    def __init__(self, client: redis.Redis, store: JobStore, clock: Callable[[], datetime] = utcnow) -> None:
+        self.client = client
+        self.store = store
+        self._clock = clock
+        self._marker: bytes | None = None
+        self._next_sweep: datetime | None = None
+        self._short_before = False
+
+    def loss(self) -> str | None:
+        """Why the broker must be reconciled now, or None. A missing marker is taken for a loss even on the
+        first look, when it may only be a new Redis: reconciling costs little when nothing waits."""
+        marker = self.client.get(MARKER_KEY)
+        if marker is None:
+            self.client.set(MARKER_KEY, uuid.uuid4().hex, nx=True)
+            self._marker = self.client.get(MARKER_KEY)  # type: ignore[assignment]
+            return "its marker is gone: it restarted without its data, failed over, or was flushed"
+        if self._marker is not None and marker != self._marker:
+            self._marker = marker  # type: ignore[assignment]
+            return "its marker changed: another scheduler saw it gone"
+        self._marker = marker  # type: ignore[assignment]
+        return self._sweep()
+
+    def _sweep(self) -> str | None:
+        now = self._clock()
+        if self._next_sweep is not None and now < self._next_sweep:
+            return None
+        self._next_sweep = now + SWEEP_EVERY
+        pipeline = self.client.pipeline(transaction=False)
+        for key in [key for queue in PRIORITY_QUEUES for key in broker_keys(queue)]:
+            pipeline.llen(key)
+        pipeline.hlen(UNACKED_KEY)
+        *lengths, unacked = pipeline.execute()
+        # SQL is read after the broker, so a job that moves on in between is counted where it went.
+        waiting, running = self.store.expected_messages(now, now - SETTLE)
+        taken_not_running = max(0, int(unacked) - running)
+        missing = waiting - sum(lengths) - taken_not_running
+        short_twice = missing > 0 and self._short_before
+        self._short_before = missing > 0
+        if short_twice:
+            return f"it holds at least {missing} fewer waiting message(s) than SQL expects"
+        return None

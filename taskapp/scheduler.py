@@ -1,9 +1,14 @@
-"""The scheduler process: sends the messages SQL says are due or owed, and deletes what retention has expired.
+"""The scheduler process: sends the messages SQL says are due or owed, rescues lost runs, heals a broker that
+lost messages, and deletes what retention has expired.
 
-Each pass it (1) moves SCHEDULED jobs whose `run_at` has come to QUEUED and publishes them, (2) publishes
-messages owed by the outbox (a gateway or worker died between its commit and its publish), and (3) deletes
-finished jobs older than `TASKAPP_RETENTION` in bounded batches. Far schedules therefore live in SQL, never in
-the broker, where Redis would redeliver them after the visibility timeout.
+Each pass it (1) moves SCHEDULED jobs whose `run_at` has come to QUEUED and publishes them, (2) publishes the
+messages owed: retries whose back-off has ended (ahead of the jobs waiting in their queue: they keep their
+place in line), and jobs whose writer died between its commit and its publish (the outbox), (3) rescues RUNNING
+jobs whose lease lapsed (their worker is gone or cut off, and has stopped the run): another attempt after a
+back-off, or the dead letters, as `taskapp.policy` decides, (4) notices that Redis lost messages and publishes
+them again (`taskapp.reconcile`), and (5) deletes finished jobs older than `TASKAPP_RETENTION` in bounded
+batches. Far schedules and back-offs therefore live in SQL, never in the broker, where Redis would redeliver
+them after the visibility timeout.
 
 Several schedulers may run; one acts at a time, holding a lease in Redis (docs/decisions/0003). Nothing
 depends on the lease for correctness: promoting a job is a guarded UPDATE, and a duplicate message is dropped
@@ -27,11 +32,14 @@ import redis
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
+from taskapp import policy
 from taskapp.clock import utcnow
 from taskapp.errors import BrokerUnavailable, StoreUnavailable
-from taskapp.jobs import Job, JobState, SentMessage
+from taskapp.jobs import Job, JobState
 from taskapp.notify import ChangePublisher
+from taskapp.outcomes import end_failed_run
 from taskapp.publisher import CeleryPublisher, Publisher
+from taskapp.reconcile import BrokerLossWatch, publish_owed, reconcile
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
 
@@ -54,10 +62,16 @@ JOBS_PER_PURGE = 1_000
 PURGE_INTERVAL_SECONDS = 60.0
 
 
+#: The `last_error` of a run whose lease lapsed.
+LAPSED = "lease lapsed: the run's worker is gone or cut off from the job database"
+
+
 @dataclass(frozen=True, slots=True)
 class PassReport:
     promoted: int
     republished: int
+    rescued: int
+    reconciled: int
     purged: int
 
 
@@ -70,11 +84,13 @@ class Scheduler:
         publisher: Publisher,
         *,
         retention: timedelta,
+        broker_watch: BrokerLossWatch | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.retention = retention
+        self.broker_watch = broker_watch
         self._clock = clock
         self._next_purge: datetime | None = None
 
@@ -82,6 +98,8 @@ class Scheduler:
         return PassReport(
             promoted=self.publish_due(),
             republished=self.publish_owed(),
+            rescued=self.rescue_lapsed(),
+            reconciled=self.heal_broker(),
             purged=self.purge_expired(),
         )
 
@@ -96,12 +114,35 @@ class Scheduler:
         return total
 
     def publish_owed(self) -> int:
-        """Publish what the outbox says is owed and was not sent within the grace period."""
-        owed = self.store.unpublished(self._clock() - OUTBOX_GRACE, JOBS_PER_QUERY)
-        if owed:
-            log.warning("publishing %d job(s) whose message was never sent", len(owed))
-            self._publish(owed)
+        """Publish the retries whose back-off has ended, and what the outbox says was not sent in time."""
+        now = self._clock()
+        owed = self.store.owed(now, now - OUTBOX_GRACE, JOBS_PER_QUERY)
+        unsent = sum(job.state is JobState.QUEUED for job in owed)
+        if unsent:
+            log.warning("publishing %d job(s) whose message was never sent", unsent)
+        self._publish(owed)
         return len(owed)
+
+    def rescue_lapsed(self) -> int:
+        """End each run whose lease lapsed as a lost attempt: RETRYING after its back-off (published by a later
+        pass), or DEAD_LETTER. Guarded on the lease still being lapsed, so a run renewed meanwhile goes on."""
+        now = self._clock()
+        lost = policy.Failure.WORKER_LOST
+        rescued = [
+            run
+            for run in self.store.lapsed_runs(now, JOBS_PER_QUERY)
+            if end_failed_run(self.store, self.publisher, run, lost, LAPSED, lapsed=True, now=now)
+        ]
+        if rescued:
+            log.warning("rescued %d job(s) whose run lost its lease: %s", len(rescued), _some(rescued))
+        return len(rescued)
+
+    def heal_broker(self) -> int:
+        """If Redis lost messages, publish again every job that wants a run and has none."""
+        if self.broker_watch is None or (reason := self.broker_watch.loss()) is None:
+            return 0
+        log.warning("the broker lost messages (%s): publishing again what it no longer holds", reason)
+        return reconcile(self.store, self.publisher, self.broker_watch.client).republished
 
     def purge_expired(self) -> int:
         """Delete one batch of finished jobs past retention; sweep again soon while batches come back full."""
@@ -122,26 +163,10 @@ class Scheduler:
         publish_owed(self.store, self.publisher, jobs, self._clock)
 
 
-def publish_owed(
-    store: JobStore, publisher: Publisher, jobs: list[Job], clock: Callable[[], datetime] = utcnow
-) -> None:
-    """Publish each job (a retry keeps its back-off), then mark what was sent, even if the broker failed."""
-    now = clock()
-    sent: list[SentMessage] = []
-    try:
-        for job in jobs:
-            publisher.publish(job, countdown=time_left(job, now))
-            sent.append(SentMessage.of(job))
-    finally:
-        if sent:
-            store.mark_published(sent, clock())
-
-
-def time_left(job: Job, now: datetime) -> float | None:
-    """A RETRYING job's remaining back-off, as a countdown for its message; None when it may run now."""
-    if job.state is not JobState.RETRYING:
-        return None
-    return max(0.0, (job.scheduled_at - now).total_seconds()) or None
+def _some(jobs: list[Job], shown: int = 5) -> str:
+    """A few job ids for a log line."""
+    ids = ", ".join(job.job_id for job in jobs[:shown])
+    return ids if len(jobs) <= shown else f"{ids} and {len(jobs) - shown} more"
 
 
 class Lease:
@@ -174,6 +199,8 @@ class Lease:
 def run_scheduler(scheduler: Scheduler, lease: Lease, stop: threading.Event) -> None:
     """Act while holding the lease, stand by otherwise, until `stop` is set; then hand the lease over."""
     was_active: bool | None = None
+    #: One warning when passes start failing (a database or broker outage), one when they work again.
+    failing: Exception | None = None
     try:
         while not stop.is_set():
             try:
@@ -187,8 +214,16 @@ def run_scheduler(scheduler: Scheduler, lease: Lease, stop: threading.Event) -> 
             if active:
                 try:
                     scheduler.run_pass()
-                except (StoreUnavailable, BrokerUnavailable) as exc:
-                    log.warning("scheduler pass failed, trying again: %s", exc)
+                except (StoreUnavailable, BrokerUnavailable, RedisError) as exc:
+                    if failing is None:
+                        log.warning(
+                            "scheduler passes fail, trying again every %.2f s: %s", ACTIVE_POLL_SECONDS, exc
+                        )
+                    failing = exc
+                else:
+                    if failing is not None:
+                        log.warning("scheduler passes succeed again")
+                    failing = None
             stop.wait(ACTIVE_POLL_SECONDS if active else STANDBY_POLL_SECONDS)
     finally:
         lease.release()
@@ -203,8 +238,13 @@ def main() -> None:
     settings = get_settings()
     setup_process_logging(settings.log_format)
     store = open_store(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
-    scheduler = Scheduler(store, CeleryPublisher(celery_app), retention=settings.retention)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    scheduler = Scheduler(
+        store,
+        CeleryPublisher(celery_app),
+        retention=settings.retention,
+        broker_watch=BrokerLossWatch(client, store),
+    )
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -284,8 +284,8 @@ class JobService:
         outcome = self.store.cancel(self.check_job_id(job_id), self._clock())
         if outcome is None:
             raise JobNotFound(job_id)
-        if outcome.cancelled and outcome.previous_state is JobState.RUNNING:
-            self.publisher.terminate(job_id)
+        if outcome.cancelled and outcome.task_id:
+            self.publisher.terminate(outcome.task_id)
         return outcome
 
     def retry(self, job_id: str) -> Job:

@@ -1,42 +1,51 @@
 """One Celery task per job type, named `handlers.<type>`, each claiming its job in SQL before running it.
 
-The claim (QUEUED/RETRYING -> RUNNING, one atomic UPDATE that counts the attempt) is the gate: a message for a
-job that is cancelled, finished or out of attempts is acknowledged and dropped without running the handler, and
-a second delivery while a run is live is put off until that run's lease ends. A failed run's fate is decided by
-`taskapp.policy` and applied here: retries go through Celery's `autoretry_for` (`JobTask.retry`), final failures
-through the failure signal (`taskapp.mirror`), and a pool process that dies mid-run is noticed by `JobRequest`
-in the worker's main process.
+The claim (QUEUED, or RETRYING once its back-off has ended -> RUNNING; one atomic UPDATE that counts the attempt
+and records the delivery's task id) is the gate: a message for a job that is cancelled, finished, out of
+attempts or running elsewhere is acknowledged and dropped without running the handler. A failed run's fate is
+decided by `taskapp.policy` and applied here: a retry is written to SQL as RETRYING, and the scheduler publishes
+it when its back-off ends; a final failure goes through the failure signal (`taskapp.mirror`). In the worker's
+main process, `JobRequest` notices a pool process that died mid-run, `LeaseKeeper` keeps each run's lease alive
+(or stops the run), and `ConsumingPause` stops consuming while the database is away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import worker_ready
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 
-from taskapp import policy, worker_shutdown
+from taskapp import outcomes, policy, worker_shutdown
 from taskapp.app import app
 from taskapp.clock import utcnow
 from taskapp.config import get_settings
 from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.joblogs import JobLogCapture
-from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState, SentMessage, hard_time_limit, lease_seconds
+from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState
 from taskapp.metrics import record_changes
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
-from taskapp.routing import queue_for, task_name
+from taskapp.routing import job_id_of, task_name
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
+from taskapp.worker_leases import LeaseKeeper
+from taskapp.worker_outage import ConsumingPause
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds between tries of an outcome write while the database is away: from the first to the most.
+WRITE_RETRY_FIRST, WRITE_RETRY_MOST = 0.1, 2.0
 
 _stores: dict[int, JobStore] = {}
 
@@ -52,6 +61,48 @@ def worker_store() -> JobStore:
     return store
 
 
+#: The worker's main process keeps the leases of its runs, and stops consuming while the database is away.
+lease_keeper = LeaseKeeper(
+    worker_store(), "", get_settings().lease_seconds, runs=lambda: list(worker_state.active_requests)
+)
+consuming_pause = ConsumingPause(app, lambda: worker_store().ping())
+
+
+def start_keeping_leases(sender: Any = None, **_: Any) -> None:
+    lease_keeper.worker = sender.hostname
+    consuming_pause.worker_ready(sender)
+    lease_keeper.start()
+
+
+worker_ready.connect(start_keeping_leases)
+
+
+class WaitForDatabase(Reject):  # type: ignore[misc]
+    """Raised by a delivery that cannot reach SQL to claim its job: the message goes back to its queue, and the
+    worker stops consuming until the database answers (`ConsumingPause`)."""
+
+
+def keep_writing(write: Callable[[], T], what: str) -> T:
+    """A run's outcome write, tried until the database takes it. Meanwhile the message stays unacknowledged;
+    if the database stays away past the run's lease, the worker stops this run and the scheduler rescues the
+    job, so an outcome is never lost, and a run whose outcome is written is never run again."""
+    delay = WRITE_RETRY_FIRST
+    waited = False
+    while True:
+        try:
+            result = write()
+        except StoreUnavailable as exc:
+            if not waited:
+                log.warning("%s waits for the job database: %s", what, exc)
+                waited = True
+            time.sleep(delay)
+            delay = min(WRITE_RETRY_MOST, delay * 2)
+            continue
+        if waited:
+            log.warning("%s written", what)
+        return result
+
+
 def describe(exc: BaseException | None, timeout_seconds: int | None = None) -> str:
     """The `last_error` text for a failed run."""
     if isinstance(exc, SoftTimeLimitExceeded):
@@ -65,37 +116,27 @@ def describe(exc: BaseException | None, timeout_seconds: int | None = None) -> s
 
 
 def end_failed_run(
-    celery_app: Celery, run: Job, failure: policy.Failure, error: str, *, worker: str = ""
+    celery_app: Celery,
+    run: Job,
+    failure: policy.Failure,
+    error: str,
+    *,
+    worker: str = "",
+    lapsed: bool = False,
 ) -> policy.Decision | None:
-    """Apply the policy's decision for `run` (the job as its claim left it), which ended in `failure`.
-
-    Returns the decision, or None when the job had already moved on (the write's guard refused it). A retry's
-    message is the caller's to see to, since how it comes depends on what ended the run.
-    """
-    decision = policy.decide(failure, run.attempts, run.max_attempts, random.random())
-    store = worker_store()
-    now = utcnow()
-    match decision:
-        case policy.Retry(delay):
-            retry_at = now + timedelta(seconds=delay)
-            moved = store.fail_run(run.job_id, run.attempts, JobState.RETRYING, error, now, retry_at=retry_at)
-        case policy.Finish(state):
-            moved = store.fail_run(run.job_id, run.attempts, state, error, now)
-            if moved and state is JobState.DEAD_LETTER:
-                CeleryPublisher(celery_app).dead_letter(
-                    run.job_id, task_name(run.type), queue_for(run.priority), error
-                )
-        case policy.Release():
-            moved = store.release(run.job_id, worker, now)
-        case policy.Nothing():
-            moved = True
-    return decision if moved else None
+    """`taskapp.outcomes.end_failed_run` with this process's store and publisher."""
+    return outcomes.end_failed_run(
+        worker_store(), CeleryPublisher(celery_app), run, failure, error, worker=worker, lapsed=lapsed
+    )
 
 
-def current_run(job_id: str) -> Job | None:
-    """The job if it is RUNNING: the worker's main process does not know which attempt its pool process ran."""
-    job = worker_store().get(job_id)
-    return job if job is not None and job.state is JobState.RUNNING else None
+def current_run(task_id: str, worker: str) -> Job | None:
+    """The job, if it is RUNNING on this delivery (its task id) and this worker: the worker's main process does
+    not know which attempt its pool process ran."""
+    job = worker_store().get(job_id_of(task_id))
+    if job is None or job.state is not JobState.RUNNING or (job.task_id, job.worker) != (task_id, worker):
+        return None
+    return job
 
 
 class JobRequest(Request):  # type: ignore[misc]
@@ -103,19 +144,36 @@ class JobRequest(Request):  # type: ignore[misc]
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, WaitForDatabase):
+            consuming_pause.begin(str(exc.reason))
+        elif lease_keeper.stopped.pop(self.id, None) is not None:
+            # This worker stopped the run (its lease could not be kept, or its job moved on): SQL holds the
+            # job's truth, and the scheduler rescues a lapsed run. The message is not wanted back.
+            self.acknowledge()
+        else:
+            self._record_lost_run(exc)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _record_lost_run(self, exc: BaseException) -> None:
+        """A pool process that died (or that this worker's shutdown stopped) never reported: record its run here,
+        so a job that kills its worker every time ends in the dead letters. Other failures were reported by the
+        run itself (`taskapp.mirror`)."""
         stopped_by_worker = self._already_cancelled or worker_shutdown.stopping_runs.is_set()
         failure = policy.classify(exc, (), stopped_by_worker=stopped_by_worker)
-        # A pool process that died (or that this worker stopped) never reported: record its run here, before
-        # Celery gives the message back (reject_on_worker_lost), so a job that kills its worker every time
-        # ends in the dead letters. Other failures were reported by the run itself (`taskapp.mirror`).
-        if failure in (policy.Failure.WORKER_LOST, policy.Failure.SHUTDOWN) and (run := current_run(self.id)):
-            decision = end_failed_run(
+        if failure not in (policy.Failure.WORKER_LOST, policy.Failure.SHUTDOWN):
+            return
+        try:
+            run = current_run(self.id, self.hostname)
+            decision = run and end_failed_run(
                 self.task.app, run, failure, f"worker process lost: {exc}", worker=self.hostname
             )
-            if isinstance(decision, policy.Retry):
-                # The broker keeps this very message for the next attempt: none is owed.
-                worker_store().mark_published([SentMessage.retry_of(run)], utcnow())
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        except StoreUnavailable as exc:
+            # The event loop must not wait: Celery gives the message back, and the lease lapses into a rescue.
+            log.warning("run %s lost while the job database is away: %s", self.id, exc)
+            return
+        if isinstance(decision, policy.Retry | policy.Finish):
+            # SQL has the outcome; the scheduler publishes the retry when due. Celery must not requeue this.
+            self.acknowledge()
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -127,51 +185,53 @@ class JobTask(Task):  # type: ignore[misc]
     typing = False
 
     def retry(self, *args: Any, exc: BaseException | None = None, **options: Any) -> Any:
-        """`autoretry_for` caught a retryable error or a timeout: ask the policy. A retry is recorded in SQL (the
-        error and the time of the next attempt) before Celery publishes its message; anything else goes on
-        to the failure signal as the error it is."""
+        """`autoretry_for` caught a retryable error or a timeout: ask the policy. A retry is RETRYING in SQL,
+        published by the scheduler when its back-off ends; anything else goes on to the failure signal as the
+        error it is."""
         run: Job | None = getattr(self.request, "taskapp_run", None)
         if run is None or exc is None:
             return super().retry(*args, exc=exc, **options)
         failure = policy.classify(exc, self.handler.retry_on)
         timeout = (self.request.timelimit or (None, None))[1]
-        decision = end_failed_run(self.app, run, failure, describe(exc, timeout))
+        decision = keep_writing(
+            lambda: end_failed_run(self.app, run, failure, describe(exc, timeout)),
+            f"the retry of {self.request.id}",
+        )
         if decision is None:
             log.info("job %s moved on while failing: no retry", run.job_id)
-            raise Ignore()
-        if not isinstance(decision, policy.Retry):
+        elif not isinstance(decision, policy.Retry):
             raise exc  # Out of attempts: the failure signal records the final state.
-        # The policy's delay and its leave to retry replace Celery's own count and back-off.
-        options.update(countdown=decision.delay, max_retries=self.request.retries + 1)
-        try:
-            return super().retry(*args, exc=exc, **options)
-        except Retry:
-            # Celery raises Retry once the next attempt's message is sent. Had sending failed, the job would stay
-            # owed a message, and the scheduler would send it.
-            worker_store().mark_published([SentMessage.retry_of(run)], utcnow())
-            raise
+        raise Ignore()
 
 
 def run_job(task: JobTask, **_ignored: Any) -> Any:
-    job_id = task.request.id
+    task_id = task.request.id
+    job_id = job_id_of(task_id)
     store = worker_store()
-    hard_limit = (task.request.timelimit or (None, None))[0] or hard_time_limit(task.handler.timeout_seconds)
     now = utcnow()
-    job = store.claim(job_id, task.request.hostname or "", now, lease_seconds(hard_limit))
+    try:
+        job = store.claim(job_id, task.request.hostname or "", now, get_settings().lease_seconds, task_id)
+        current = None if job is not None else store.get(job_id)
+    except StoreUnavailable as exc:
+        raise WaitForDatabase(str(exc), requeue=True) from None
     if job is None:
-        current = store.get(job_id)
         match policy.after_refused_claim(current, now):
             case policy.EndLostRun():
                 assert current is not None
-                end_failed_run(
-                    task.app, current, policy.Failure.WORKER_LOST, "worker lost during the last attempt"
+                keep_writing(
+                    lambda: end_failed_run(
+                        task.app, current, policy.Failure.WORKER_LOST, "worker lost", lapsed=True
+                    ),
+                    f"the lost run of {job_id}",
                 )
             case policy.PutOff(delay):
                 assert current is not None
-                log.info("job %s is running elsewhere: checking again in %.0f s", job_id, delay)
+                log.info("job %s is not due yet: delivering it again in %.1f s", job_id, delay)
                 CeleryPublisher(task.app).publish(current, countdown=delay)
             case policy.Drop():
-                log.info("job %s is not claimable (cancelled, finished or unknown): message dropped", job_id)
+                log.info(
+                    "job %s is not claimable (cancelled, finished, or run elsewhere): message dropped", job_id
+                )
         raise Ignore()
     # The run as claimed: outcomes are guarded on its attempt, the policy reads its attempts left.
     task.request.taskapp_run = job

@@ -16,6 +16,7 @@ class InMemoryPublisher:
         self.published: list[Job] = []
         self.terminated: list[str] = []
         self.dead_letters_removed: list[str] = []
+        self.dead_lettered: list[str] = []
         self.down = False
 
     def publish(self, job: Job, countdown: float | None = None) -> None:
@@ -23,13 +24,16 @@ class InMemoryPublisher:
             raise BrokerUnavailable("broker unavailable: (in-memory publisher is down)")
         self.published.append(job)
 
-    def publish_many(self, jobs: Sequence[Job]) -> None:
+    def publish_many(self, jobs: Sequence[Job], *, at_front: bool = False) -> None:
         if self.down:
             raise BrokerUnavailable("broker unavailable: (in-memory publisher is down)")
         self.published.extend(jobs)
 
-    def terminate(self, job_id: str) -> None:
-        self.terminated.append(job_id)
+    def dead_letter(self, job: Job, error: str) -> None:
+        self.dead_lettered.append(job.job_id)
+
+    def terminate(self, task_id: str) -> None:
+        self.terminated.append(task_id)
 
     def remove_dead_letters(self, job_ids: Collection[str]) -> None:
         self.dead_letters_removed.extend(sorted(job_ids))

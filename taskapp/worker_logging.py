@@ -15,6 +15,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 
 from taskapp.config import get_settings
 from taskapp.log_format import use_json
+from taskapp.tasks import WaitForDatabase
 
 
 class HideReturnValues(logging.Filter):
@@ -39,8 +40,17 @@ def json_when_asked(logger: logging.Logger | None = None, **_: Any) -> None:
         use_json(logger)
 
 
+class QuietDatabaseWaits(logging.Filter):
+    """A delivery that gives its message back because the job database is away (`WaitForDatabase`) is not an
+    error worth a traceback: the worker says once that it stops consuming (`taskapp.worker_outage`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], WaitForDatabase))
+
+
 after_setup_logger.connect(json_when_asked)
 after_setup_task_logger.connect(json_when_asked)
 logging.getLogger("celery.app.trace").addFilter(HideReturnValues())
+logging.getLogger("celery.app.trace").addFilter(QuietDatabaseWaits())
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -6,14 +6,12 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from taskapp.jobs import (
-    AWAITING_MESSAGE_STATES,
     CANCELLABLE_STATES,
-    CLAIMABLE_STATES,
     RETRYABLE_BY_REQUEST,
     TERMINAL_STATES,
     CancelOutcome,
@@ -26,6 +24,7 @@ from taskapp.jobs import (
     NewJob,
     SentMessage,
     check_run_failure,
+    wants_a_run,
 )
 from taskapp.store.port import ChangeHook
 from taskapp.store.rows import job_from_row, new_job_row
@@ -68,9 +67,13 @@ class InMemoryJobStore:
             for hook in self.change_hooks:
                 hook(changes)
 
-    def _running(self, job_id: str, attempt: int) -> Job | None:
+    def _running(self, job_id: str, attempt: int, lapsed_by: datetime | None = None) -> Job | None:
         job = self.jobs.get(job_id)
         if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+            return None
+        if lapsed_by is not None and not (
+            job.lease_expires_at is not None and job.lease_expires_at < lapsed_by
+        ):
             return None
         return job
 
@@ -159,7 +162,8 @@ class InMemoryJobStore:
             )
             self._record(cancelled, now, changes, "cancelled")
         self._announce(changes)
-        return CancelOutcome(cancelled=True, previous_state=job.state, state=JobState.CANCELLED)
+        running = job.task_id if job.state is JobState.RUNNING else ""
+        return CancelOutcome(True, previous_state=job.state, state=JobState.CANCELLED, task_id=running)
 
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
         changes: list[JobChange] = []
@@ -186,23 +190,24 @@ class InMemoryJobStore:
 
     # Runs.
 
-    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+    def claim(
+        self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> Job | None:
         changes: list[JobChange] = []
         with self._lock:
             job = self.jobs.get(job_id)
-            if job is None or job.attempts >= job.max_attempts:
-                return None
-            lease_over = (
-                job.state is JobState.RUNNING
-                and job.lease_expires_at is not None
-                and job.lease_expires_at < now
-            )
-            if job.state not in CLAIMABLE_STATES and not lease_over:
+            if (
+                job is None
+                or job.attempts >= job.max_attempts
+                or not wants_a_run(job.state, job.scheduled_at, now)
+            ):
                 return None
             claimed = dataclasses.replace(
                 job,
                 state=JobState.RUNNING,
                 attempts=job.attempts + 1,
+                runs=job.runs + 1,
+                task_id=task_id,
                 started_at=now,
                 finished_at=None,
                 result=None,
@@ -243,11 +248,12 @@ class InMemoryJobStore:
         now: datetime,
         *,
         retry_at: datetime | None = None,
+        lapsed: bool = False,
     ) -> bool:
         check_run_failure(outcome, retry_at)
         changes: list[JobChange] = []
         with self._lock:
-            job = self._running(job_id, attempt)
+            job = self._running(job_id, attempt, now if lapsed else None)
             if job is None:
                 return False
             failed = dataclasses.replace(
@@ -263,6 +269,26 @@ class InMemoryJobStore:
             self._record(failed, now, changes, error, run_started=job.started_at)
         self._announce(changes)
         return True
+
+    def renew_leases(
+        self, worker: str, task_ids: Mapping[str, str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        renewed: set[str] = set()
+        with self._lock:
+            for job_id, task_id in task_ids.items():
+                job = self.jobs.get(job_id)
+                if (
+                    job is not None
+                    and job.state is JobState.RUNNING
+                    and (job.worker, job.task_id) == (worker, task_id)
+                    and job.lease_expires_at is not None
+                    and job.lease_expires_at >= now
+                ):
+                    self.jobs[job_id] = dataclasses.replace(
+                        job, lease_expires_at=now + timedelta(seconds=lease_seconds)
+                    )
+                    renewed.add(job_id)
+        return renewed
 
     def release(self, job_id: str, worker: str, now: datetime) -> bool:
         changes: list[JobChange] = []
@@ -325,31 +351,47 @@ class InMemoryJobStore:
         self._announce(changes)
         return promoted
 
-    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
+    def owed(self, now: datetime, written_before: datetime, limit: int) -> builtins.list[Job]:
         with self._lock:
             owed = [
                 job
                 for job in self.jobs.values()
                 if job.published_at is None
-                and job.state in AWAITING_MESSAGE_STATES
-                and job.updated_at < written_before
+                and (
+                    (job.state is JobState.QUEUED and job.updated_at < written_before)
+                    or (job.state is JobState.RETRYING and job.scheduled_at <= now)
+                )
             ]
-        return sorted(owed, key=lambda job: job.updated_at)[:limit]
+        return sorted(owed, key=lambda job: job.scheduled_at)[:limit]
+
+    def lapsed_runs(self, now: datetime, limit: int) -> builtins.list[Job]:
+        with self._lock:
+            lapsed = [
+                job
+                for job in self.jobs.values()
+                if job.state is JobState.RUNNING
+                and job.lease_expires_at is not None
+                and job.lease_expires_at < now
+            ]
+        return sorted(lapsed, key=lambda job: job.lease_expires_at or now)[:limit]
+
+    def expected_messages(self, now: datetime, published_before: datetime) -> tuple[int, int]:
+        with self._lock:
+            jobs = list(self.jobs.values())
+        waiting = sum(
+            wants_a_run(job.state, job.scheduled_at, now)
+            and job.published_at is not None
+            and job.published_at < published_before
+            for job in jobs
+        )
+        return waiting, sum(job.state is JobState.RUNNING for job in jobs)
 
     def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
         with self._lock:
             waiting = [
                 job
                 for job in self.jobs.values()
-                if job.seq > after_seq
-                and (
-                    job.state in AWAITING_MESSAGE_STATES
-                    or (
-                        job.state is JobState.RUNNING
-                        and job.lease_expires_at is not None
-                        and job.lease_expires_at < now
-                    )
-                )
+                if job.seq > after_seq and wants_a_run(job.state, job.scheduled_at, now)
             ]
         return sorted(waiting, key=lambda job: job.seq)[:limit]
 

@@ -12,7 +12,7 @@ exist).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -74,7 +74,8 @@ class JobStore(Protocol):
         ...
 
     def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:
-        """Move a cancellable job to CANCELLED; None when there is no such job."""
+        """Move a cancellable job to CANCELLED; None when there is no such job. A RUNNING job's outcome names
+        the task id of its run, to stop it."""
         ...
 
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
@@ -87,11 +88,21 @@ class JobStore(Protocol):
 
     # Runs (the worker).
 
-    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
-        """QUEUED/RETRYING (or RUNNING past its lease) -> RUNNING, counting an attempt, while attempts remain.
-
-        None when the job is not claimable now.
+    def claim(
+        self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> Job | None:
+        """QUEUED, or RETRYING once its back-off has ended (`taskapp.jobs.wants_a_run`) -> RUNNING while attempts
+        remain, counting an attempt and a run, recording the delivery's task id and the worker, with a lease of
+        `lease_seconds`. None when the job is not claimable now.
         """
+        ...
+
+    def renew_leases(
+        self, worker: str, task_ids: Mapping[str, str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases of `worker`'s runs (job id -> the task id that claimed it), all in one statement;
+        returns the job ids whose lease was extended. A lease that has already ended is not: that run is lost,
+        and its worker must stop it."""
         ...
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
@@ -107,9 +118,11 @@ class JobStore(Protocol):
         now: datetime,
         *,
         retry_at: datetime | None = None,
+        lapsed: bool = False,
     ) -> bool:
-        """RUNNING (this attempt) -> `outcome`, as `taskapp.policy` decided: RETRYING until `retry_at`, or the
-        final FAILED or DEAD_LETTER. False when the job had already moved on."""
+        """RUNNING (this attempt) -> `outcome`, as `taskapp.policy` decided: RETRYING until `retry_at` (its
+        message owed from then), or the final FAILED or DEAD_LETTER. With `lapsed`, only if the run's lease ended
+        before `now`: a lost run, never a live one. False when the job had already moved on."""
         ...
 
     def release(self, job_id: str, worker: str, now: datetime) -> bool:
@@ -133,13 +146,23 @@ class JobStore(Protocol):
         """SCHEDULED jobs whose time has come -> QUEUED (their messages owed), oldest due first."""
         ...
 
-    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
-        """Jobs owed a message since before `written_before`: their writer died between commit and publish."""
+    def owed(self, now: datetime, written_before: datetime, limit: int) -> builtins.list[Job]:
+        """Jobs whose message is owed: RETRYING ones whose back-off has ended, and QUEUED ones written before
+        `written_before` (their writer died between its commit and its publish). Longest due first."""
+        ...
+
+    def lapsed_runs(self, now: datetime, limit: int) -> builtins.list[Job]:
+        """RUNNING jobs whose lease ended before `now`: their worker is gone or cut off. Longest lapsed first."""
+        ...
+
+    def expected_messages(self, now: datetime, published_before: datetime) -> tuple[int, int]:
+        """How many messages the broker should hold: jobs that want a run and were published before
+        `published_before` (waiting in a queue, or just taken by a worker), and RUNNING jobs (whose message
+        its worker holds until the run ends)."""
         ...
 
     def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
-        """Jobs that need a message in the broker to make progress: QUEUED, RETRYING, or RUNNING on a run whose
-        lease has ended (its worker is gone). Keyset-paged by `seq`."""
+        """Jobs that need a message in the broker now (`taskapp.jobs.wants_a_run`), keyset-paged by `seq`."""
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:

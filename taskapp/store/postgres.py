@@ -26,15 +26,15 @@ from taskapp.store.port import ChangeHook
 from taskapp.store.rows import job_from_row, new_job_row
 from taskapp.store.sql import SqlJobStore
 
-#: A claimable job (QUEUED or RETRYING, or RUNNING past its lease) -> RUNNING, counting the attempt.
+#: A claimable job (QUEUED, or RETRYING whose back-off has ended) -> RUNNING, counting the attempt and the run.
 CLAIM = """
 WITH claimed AS (
     UPDATE jobs
-    SET state = 'RUNNING', attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, result = NULL,
-        updated_at = %(now)s, worker = %(worker)s, lease_expires_at = %(lease_expires_at)s,
-        progress_percent = NULL, progress_message = ''
+    SET state = 'RUNNING', attempts = attempts + 1, runs = runs + 1, task_id = %(task_id)s,
+        started_at = %(now)s, finished_at = NULL, result = NULL, updated_at = %(now)s, worker = %(worker)s,
+        lease_expires_at = %(lease_expires_at)s, progress_percent = NULL, progress_message = ''
     WHERE job_id = %(job_id)s AND attempts < max_attempts
-      AND (state IN ('QUEUED', 'RETRYING') OR (state = 'RUNNING' AND lease_expires_at < %(now)s))
+      AND (state = 'QUEUED' OR (state = 'RETRYING' AND scheduled_at <= %(now)s))
     RETURNING *
 ), event AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)
@@ -191,11 +191,14 @@ class PostgresJobStore(SqlJobStore):
         row = self._one(GET, {"job_id": job_id})
         return None if row is None else job_from_row(row)
 
-    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+    def claim(
+        self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> Job | None:
         row = self._one(
             CLAIM,
             {
                 "job_id": job_id,
+                "task_id": task_id,
                 "worker": worker,
                 "now": now,
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),

@@ -63,6 +63,8 @@ def new_job_row(new: NewJob, now: datetime) -> dict[str, Any]:
         "published_at": None,
         "progress_percent": None,
         "progress_message": "",
+        "runs": 0,
+        "task_id": "",
     }
 
 

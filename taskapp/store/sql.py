@@ -8,7 +8,7 @@ one transaction.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,9 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
-    AWAITING_MESSAGE_STATES,
     CANCELLABLE_STATES,
-    CLAIMABLE_STATES,
     RETRYABLE_BY_REQUEST,
     TERMINAL_STATES,
     CancelOutcome,
@@ -49,6 +47,15 @@ def _job(row: sa.Row[Any]) -> Job:
 
 def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
     return [s.value for s in states]
+
+
+def _wants_a_run(now: datetime) -> sa.ColumnElement[bool]:
+    """`taskapp.jobs.wants_a_run` in SQL: QUEUED, or RETRYING once its back-off has ended."""
+    c = jobs_table.c
+    return sa.or_(
+        c.state == JobState.QUEUED.value,
+        sa.and_(c.state == JobState.RETRYING.value, c.scheduled_at <= now),
+    )
 
 
 class SqlJobStore:
@@ -142,9 +149,9 @@ class SqlJobStore:
         with self._transaction() as conn:
             while True:
                 row = conn.execute(
-                    sa.select(jobs_table.c.state, jobs_table.c.attempts, jobs_table.c.type).where(
-                        jobs_table.c.job_id == job_id
-                    )
+                    sa.select(
+                        jobs_table.c.state, jobs_table.c.attempts, jobs_table.c.type, jobs_table.c.task_id
+                    ).where(jobs_table.c.job_id == job_id)
                 ).first()
                 if row is None:
                     return None
@@ -164,23 +171,21 @@ class SqlJobStore:
                 )
                 if updated.rowcount == 1:
                     self._event(conn, job_id, row.type, JobState.CANCELLED, row.attempts, now, "cancelled")
-                    return CancelOutcome(cancelled=True, previous_state=seen, state=JobState.CANCELLED)
+                    running = row.task_id if seen is JobState.RUNNING else ""
+                    return CancelOutcome(True, previous_state=seen, state=JobState.CANCELLED, task_id=running)
 
-    def claim(self, job_id: str, worker: str, now: datetime, lease_seconds: float) -> Job | None:
+    def claim(
+        self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> Job | None:
         c = jobs_table.c
         claim = (
             jobs_table.update()
-            .where(
-                c.job_id == job_id,
-                c.attempts < c.max_attempts,
-                sa.or_(
-                    c.state.in_(_states(CLAIMABLE_STATES)),
-                    sa.and_(c.state == JobState.RUNNING.value, c.lease_expires_at < now),
-                ),
-            )
+            .where(c.job_id == job_id, c.attempts < c.max_attempts, _wants_a_run(now))
             .values(
                 state=JobState.RUNNING.value,
                 attempts=c.attempts + 1,
+                runs=c.runs + 1,
+                task_id=task_id,
                 started_at=now,
                 finished_at=None,
                 result=None,
@@ -199,6 +204,26 @@ class SqlJobStore:
             job = _job(row)
             self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
             return job
+
+    def renew_leases(
+        self, worker: str, task_ids: Mapping[str, str], now: datetime, lease_seconds: float
+    ) -> set[str]:
+        if not task_ids:
+            return set()
+        c = jobs_table.c
+        with self._transaction() as conn:
+            renewed = conn.execute(
+                jobs_table.update()
+                .where(
+                    sa.tuple_(c.job_id, c.task_id).in_(list(task_ids.items())),
+                    c.state == JobState.RUNNING.value,
+                    c.worker == worker,
+                    c.lease_expires_at >= now,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(c.job_id)
+            )
+            return set(renewed.scalars())
 
     def release(self, job_id: str, worker: str, now: datetime) -> bool:
         """RUNNING on `worker` -> QUEUED, uncounting the attempt: the worker stopped the run to shut down, and
@@ -231,13 +256,14 @@ class SqlJobStore:
             )
             return True
 
-    def _running(self, job_id: str, attempt: int) -> tuple[sa.ColumnElement[bool], ...]:
-        """The guard of a run's outcome: still RUNNING, on that attempt."""
-        return (
-            jobs_table.c.job_id == job_id,
-            jobs_table.c.state == JobState.RUNNING.value,
-            jobs_table.c.attempts == attempt,
-        )
+    def _running(
+        self, job_id: str, attempt: int, lapsed_by: datetime | None = None
+    ) -> tuple[sa.ColumnElement[bool], ...]:
+        """The guard of a run's outcome: still RUNNING, on that attempt (and, with `lapsed_by`, with a lease
+        that ended before then)."""
+        c = jobs_table.c
+        guard = (c.job_id == job_id, c.state == JobState.RUNNING.value, c.attempts == attempt)
+        return guard if lapsed_by is None else (*guard, c.lease_expires_at < lapsed_by)
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
         c = jobs_table.c
@@ -268,6 +294,7 @@ class SqlJobStore:
         now: datetime,
         *,
         retry_at: datetime | None = None,
+        lapsed: bool = False,
     ) -> bool:
         check_run_failure(outcome, retry_at)
         c = jobs_table.c
@@ -285,7 +312,7 @@ class SqlJobStore:
         with self._transaction() as conn:
             row = conn.execute(
                 jobs_table.update()
-                .where(*self._running(job_id, attempt))
+                .where(*self._running(job_id, attempt, now if lapsed else None))
                 .values(**values)
                 .returning(c.type, c.started_at)
             ).first()
@@ -364,38 +391,48 @@ class SqlJobStore:
                 conn.info[_CHANGED].extend(JobChange(job.job_id, job.type, job.state) for job in jobs)
         return jobs
 
-    def unpublished(self, written_before: datetime, limit: int) -> builtins.list[Job]:
-        """Jobs owed a message since before `written_before`: their writer died between commit and publish."""
+    def owed(self, now: datetime, written_before: datetime, limit: int) -> builtins.list[Job]:
         c = jobs_table.c
         query = (
             sa.select(jobs_table)
             .where(
                 c.published_at.is_(None),
-                c.state.in_(_states(AWAITING_MESSAGE_STATES)),
-                c.updated_at < written_before,
+                sa.or_(
+                    sa.and_(c.state == JobState.QUEUED.value, c.updated_at < written_before),
+                    sa.and_(c.state == JobState.RETRYING.value, c.scheduled_at <= now),
+                ),
             )
-            .order_by(c.updated_at)
+            .order_by(c.scheduled_at)
             .limit(limit)
         )
         with self._transaction() as conn:
             return [_job(row) for row in conn.execute(query)]
 
-    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
-        """Jobs that need a message in the broker to make progress: QUEUED, RETRYING, or RUNNING on a run whose
-        lease has ended (its worker is gone). Keyset-paged by `seq`."""
+    def lapsed_runs(self, now: datetime, limit: int) -> builtins.list[Job]:
         c = jobs_table.c
         query = (
             sa.select(jobs_table)
-            .where(
-                c.seq > after_seq,
-                sa.or_(
-                    c.state.in_(_states(AWAITING_MESSAGE_STATES)),
-                    sa.and_(c.state == JobState.RUNNING.value, c.lease_expires_at < now),
-                ),
-            )
-            .order_by(c.seq)
+            .where(c.state == JobState.RUNNING.value, c.lease_expires_at < now)
+            .order_by(c.lease_expires_at)
             .limit(limit)
         )
+        with self._transaction() as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def expected_messages(self, now: datetime, published_before: datetime) -> tuple[int, int]:
+        c = jobs_table.c
+        count = sa.func.count()
+        query = sa.select(
+            count.filter(_wants_a_run(now), c.published_at < published_before),
+            count.filter(c.state == JobState.RUNNING.value),
+        ).where(c.state.in_(_states([JobState.QUEUED, JobState.RETRYING, JobState.RUNNING])))
+        with self._transaction() as conn:
+            waiting, running = conn.execute(query).one()
+        return int(waiting), int(running)
+
+    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+        c = jobs_table.c
+        query = sa.select(jobs_table).where(c.seq > after_seq, _wants_a_run(now)).order_by(c.seq).limit(limit)
         with self._transaction() as conn:
             return [_job(row) for row in conn.execute(query)]
 

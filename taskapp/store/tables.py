@@ -62,6 +62,11 @@ class JobRow(SQLModel, table=True):
     #: The handler's last progress report in the current attempt.
     progress_percent: int | None = Field(default=None, nullable=True)
     progress_message: str = Field(default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""})
+    #: Runs ever claimed; numbers each run's Celery task id (`taskapp.routing.task_id_for`).
+    runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    #: The Celery task id that claimed the current or last run: what its worker renews the lease by, and what
+    #: a cancel revokes.
+    task_id: str = Field(default="", sa_type=sa.String(160), sa_column_kwargs={"server_default": ""})
 
 
 class JobEventRow(SQLModel, table=True):

@@ -15,8 +15,9 @@ from tests.helpers import BIN, ROOT, RedisDatabases, Stack, free_port, make_data
 def make_stack(
     tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
 ) -> Iterator[Callable[..., Stack]]:
-    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=False, start=True,
-    **env)`; with `start=False` nothing is started.
+    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=True, start=True,
+    **env)`; with `start=False` nothing is started. The scheduler runs by default, as in the Procfile: it
+    publishes retries when their back-off ends and rescues lost runs.
 
     All stop at teardown."""
     stacks: list[Stack] = []
@@ -26,7 +27,7 @@ def make_stack(
         backend: str = "postgres",
         worker: bool = True,
         concurrency: int = 2,
-        scheduler: bool = False,
+        scheduler: bool = True,
         start: bool = True,
         **extra_env: str,
     ) -> Stack:

@@ -13,7 +13,7 @@ MakeStack = Callable[..., Stack]
 
 
 def test_json_logs_carry_the_job_id_on_every_line_about_a_job(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True, TASKAPP_LOG_FORMAT="json")
+    stack = make_stack(TASKAPP_LOG_FORMAT="json")
     stack.start("exporter")
     ids = [
         submit(stack, "echo", {"secret": "echo-payload-s3cret"}),

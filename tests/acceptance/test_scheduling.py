@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH
+from taskapp.routing import job_id_of
 from taskapp.store.engine import create_db_engine
 from taskapp.store.tables import events_table, jobs_table
 from tests.helpers import BIN, Stack, get, sql_count, submit, submit_at, wait_dead_letters, wait_for
@@ -31,7 +32,7 @@ def broker(stack: Stack) -> redis.Redis:
 
 def queued_ids(stack: Stack, queue: str = "default") -> list[str]:
     """Job ids of the messages waiting in a queue, duplicates included."""
-    return [json.loads(raw)["headers"]["id"] for raw in broker(stack).lrange(queue, 0, -1)]
+    return [job_id_of(json.loads(raw)["headers"]["id"]) for raw in broker(stack).lrange(queue, 0, -1)]
 
 
 def broker_mentions(stack: Stack, text: str) -> bool:
@@ -82,7 +83,7 @@ def running_events(stack: Stack) -> dict[str, int]:
 
 
 def test_a_job_due_in_3_s_starts_between_3_and_4_s_after_submit(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True)
+    stack = make_stack()
     submitted = datetime.now(UTC)
     job_id = submit_at(stack, "noop", submitted + timedelta(seconds=3))
     assert get(stack, job_id).state == jobs_pb2.JOB_STATE_SCHEDULED
@@ -96,7 +97,7 @@ def test_a_job_due_in_3_s_starts_between_3_and_4_s_after_submit(make_stack: Make
 
 
 def test_a_job_300_days_ahead_stays_in_sql_and_can_be_cancelled(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True)
+    stack = make_stack()
     far_id = submit_at(stack, "noop", datetime.now(UTC) + timedelta(days=300))
     # A job due at once, submitted after the far one: once it has run, the scheduler has looked at both.
     near_id = submit_at(stack, "noop", datetime.now(UTC) + timedelta(milliseconds=500))
@@ -122,7 +123,7 @@ def test_run_at_more_than_365_days_ahead_is_refused(make_stack: MakeStack) -> No
 
 
 def test_a_gateway_killed_between_commit_and_publish_loses_no_job(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True)
+    stack = make_stack()
     stack.stop("gateway")
     stack.start_gateway(TASKAPP_FAULT=AFTER_COMMIT_BEFORE_PUBLISH)
 
@@ -146,7 +147,7 @@ def lease_holder_pid(stack: Stack) -> int | None:
 
 
 def test_two_schedulers_publish_each_due_job_once_and_a_standby_takes_over(make_stack: MakeStack) -> None:
-    stack = make_stack(worker=False)
+    stack = make_stack(worker=False, scheduler=False)
     stack.start_scheduler("scheduler-a")
     stack.start_scheduler("scheduler-b")
     pids = {stack.processes[name].pid: name for name in ("scheduler-a", "scheduler-b")}
@@ -171,7 +172,7 @@ def test_two_schedulers_publish_each_due_job_once_and_a_standby_takes_over(make_
 
 
 def test_reconcile_republishes_what_a_flushed_redis_lost(make_stack: MakeStack) -> None:
-    stack = make_stack(worker=False)
+    stack = make_stack(worker=False, scheduler=False)  # no scheduler to heal it first: the command does
     ids = [submit(stack, "noop") for _ in range(100)]
     assert sorted(queued_ids(stack)) == sorted(ids)
     broker(stack).flushdb()
@@ -197,7 +198,7 @@ def test_reconcile_republishes_what_a_flushed_redis_lost(make_stack: MakeStack) 
 
 
 def test_retention_deletes_old_finished_jobs_with_their_events(make_stack: MakeStack) -> None:
-    stack = make_stack()
+    stack = make_stack(scheduler=False)
     old_ok = submit(stack, "echo", {"n": 1})
     old_dead = submit(stack, "fail", {"times": 5}, max_attempts=1)
     recent = submit(stack, "echo", {"n": 2})

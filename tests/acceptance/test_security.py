@@ -198,7 +198,7 @@ def test_no_token_on_a_non_loopback_address_refuses_to_start(make_stack: MakeSta
 
 
 def test_no_token_or_payload_secret_in_any_log(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True, TASKAPP_AUTH_TOKENS=TOKEN)
+    stack = make_stack(TASKAPP_AUTH_TOKENS=TOKEN)
     metadata = [("authorization", f"Bearer {TOKEN}")]
     stub = stack.stub()
     ids = [

@@ -85,7 +85,7 @@ def test_watch_of_an_unknown_job_is_not_found(make_stack: MakeStack) -> None:
 
 
 def test_200_concurrent_watchers_each_see_every_transition(make_stack: MakeStack) -> None:
-    stack = make_stack(scheduler=True)
+    stack = make_stack()
     job_id = submit_at(stack, "fail", datetime.now(UTC) + timedelta(seconds=3), {"times": 1}, max_attempts=2)
 
     async def watch_all() -> list[list[str]]:

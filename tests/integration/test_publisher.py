@@ -63,7 +63,7 @@ def test_a_batch_sends_what_send_task_sends(redis_url: str) -> None:
         publisher.publish_many([one])
         batched = popped(client, priority.value)
         assert batched == singly
-        assert batched["headers"]["task"] == "handlers.echo" and batched["headers"]["id"] == "same-job"
+        assert batched["headers"]["task"] == "handlers.echo" and batched["headers"]["id"] == "same-job@1"
         assert "not in the message" not in json.dumps(batched)
 
 
@@ -103,14 +103,14 @@ class EventWatcher:
         self._thread.join(5)
         self._connection.release()
 
-    def sent(self, job_id: str, count: int = 1) -> list[dict]:
+    def sent(self, task_id: str, count: int = 1) -> list[dict]:
         """The task-sent events of the job, once `count` have been heard."""
 
         def heard() -> list[dict]:
-            events = [e for e in self.heard if e["type"] == "task-sent" and e["uuid"] == job_id]
+            events = [e for e in self.heard if e["type"] == "task-sent" and e["uuid"] == task_id]
             return events if len(events) >= count else []
 
-        return wait_for(heard, 10, f"{count} task-sent event(s) of {job_id}", interval=0.02)
+        return wait_for(heard, 10, f"{count} task-sent event(s) of {task_id}", interval=0.02)
 
 
 #: Fields that differ between any two events: when, and the sender's logical clock.
@@ -124,11 +124,11 @@ def test_a_batch_sends_the_task_sent_events_send_task_sends(redis_url: str) -> N
     with EventWatcher(app) as watcher:
         publisher.publish(jobs[0])
         publisher.publish_many(jobs)
-        singly, batched = watcher.sent("j0", count=2)
+        singly, batched = watcher.sent("j0@1", count=2)
         assert {k: v for k, v in batched.items() if k not in VOLATILE} == {
             k: v for k, v in singly.items() if k not in VOLATILE
         }
         assert batched["queue"] == jobs[0].priority.value and batched["name"] == "handlers.echo"
         for one in jobs[1:]:
-            (event,) = watcher.sent(one.job_id)
+            (event,) = watcher.sent(f"{one.job_id}@1")
             assert event["queue"] == one.priority.value

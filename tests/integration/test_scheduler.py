@@ -3,7 +3,9 @@ the test moves."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -15,7 +17,8 @@ from taskapp import scheduler as scheduler_module
 from taskapp.clock import utcnow
 from taskapp.jobs import JobState, SentMessage
 from taskapp.publisher import CeleryPublisher
-from taskapp.scheduler import OUTBOX_GRACE, Lease, Scheduler
+from taskapp.reconcile import MARKER_KEY, SETTLE, SWEEP_EVERY, BrokerLossWatch, publish_owed, reconcile
+from taskapp.scheduler import LAPSED, OUTBOX_GRACE, Lease, Scheduler
 from taskapp.store.engine import open_store
 from taskapp.store.sql import SqlJobStore
 from tests.helpers import create, new_job
@@ -70,7 +73,7 @@ def test_a_scheduled_job_is_published_when_due_and_not_before(
 
     clock.now = T0 + timedelta(seconds=10)
     assert scheduler.run_pass().promoted == 1
-    assert [m["headers"]["id"] for m in messages(client)] == ["later"]
+    assert [m["headers"]["id"] for m in messages(client)] == ["later@1"]
     promoted = store.get("later")
     assert promoted is not None and promoted.state is JobState.QUEUED and promoted.published_at == clock.now
     assert scheduler.run_pass().promoted == 0, "promoted once"
@@ -85,25 +88,124 @@ def test_owed_messages_are_sent_after_the_grace_period(
 
     clock.now = T0 + OUTBOX_GRACE + timedelta(milliseconds=1)
     assert scheduler.run_pass().republished == 1
-    assert [m["headers"]["id"] for m in messages(client)] == ["orphan"]
+    assert [m["headers"]["id"] for m in messages(client)] == ["orphan@1"]
     assert scheduler.run_pass().republished == 0, "marked published"
 
 
-def test_an_owed_retry_keeps_its_back_off(
+def test_a_retry_is_published_when_its_back_off_ends_ahead_of_the_waiting_jobs(
     scheduler: Scheduler, store: SqlJobStore, client: redis.Redis, clock: Clock
 ) -> None:
+    waiting = [create(store, new_job(f"waiting-{n}"), T0)[0] for n in range(3)]
+    publish_owed(store, scheduler.publisher, waiting)
     create(store, new_job("retry"), T0)
-    store.claim("retry", "w", T0, 60)
+    store.claim("retry", "w", T0, 60, "retry@1")
     retry_at = T0 + timedelta(seconds=30)
     assert store.fail_run("retry", 1, JobState.RETRYING, "boom", T0, retry_at=retry_at)
 
-    clock.now = T0 + timedelta(seconds=6)
-    published = utcnow()
+    clock.now = retry_at - timedelta(milliseconds=1)
+    assert scheduler.run_pass().republished == 0, "still backing off"
+    clock.now = retry_at
     assert scheduler.run_pass().republished == 1
-    [message] = messages(client)
-    # Celery counts the countdown from its own clock: 24 s of back-off are left on the scheduler's.
-    eta = datetime.fromisoformat(message["headers"]["eta"])
-    assert abs((eta - (published + timedelta(seconds=24))).total_seconds()) < 1
+    # Workers take from the tail of the list: the retry is next, then the jobs that waited before it.
+    in_line = [m["headers"]["id"] for m in reversed(messages(client))]
+    assert in_line == ["retry@2", "waiting-0@1", "waiting-1@1", "waiting-2@1"]
+    assert messages(client)[-1]["headers"].get("eta") is None, "due now: no countdown"
+    assert scheduler.run_pass().republished == 0, "marked published"
+
+
+def test_a_run_that_lost_its_lease_is_rescued_once_it_has_lapsed(
+    scheduler: Scheduler, store: SqlJobStore, client: redis.Redis, clock: Clock
+) -> None:
+    create(store, new_job("lost"), T0)
+    store.claim("lost", "w", T0, 30, "lost@1")
+    clock.now = T0 + timedelta(seconds=29)
+    assert scheduler.run_pass().rescued == 0, "the lease is live"
+    clock.now = T0 + timedelta(seconds=31)
+    assert scheduler.run_pass().rescued == 1
+    job = store.get("lost")
+    assert job is not None and (job.state, job.last_error, job.published_at) == (
+        JobState.RETRYING,
+        LAPSED,
+        None,
+    )
+    back_off = (job.scheduled_at - clock.now).total_seconds()
+    assert 1.0 <= back_off <= 1.25, "the first back-off, stretched by up to a quarter"
+    assert scheduler.run_pass().rescued == 0, "rescued once"
+    clock.now = job.scheduled_at
+    assert scheduler.run_pass().republished == 1
+    assert [m["headers"]["id"] for m in messages(client)] == ["lost@2"]
+
+
+def test_a_lapsed_last_attempt_ends_in_the_dead_letters(
+    scheduler: Scheduler, store: SqlJobStore, client: redis.Redis, clock: Clock
+) -> None:
+    create(store, dataclasses.replace(new_job("last"), max_attempts=1), T0)
+    store.claim("last", "w", T0, 30, "last@1")
+    clock.now = T0 + timedelta(seconds=31)
+    assert scheduler.run_pass().rescued == 1
+    job = store.get("last")
+    assert job is not None and job.state is JobState.DEAD_LETTER
+    assert [m["headers"]["id"] for m in messages(client, "dead_letter")] == ["last@1"]
+
+
+def queued_and_published(store: SqlJobStore, scheduler: Scheduler, count: int) -> list[str]:
+    jobs = [create(store, new_job(f"job-{n}"), T0)[0] for n in range(count)]
+    publish_owed(store, scheduler.publisher, jobs, lambda: T0)
+    return [job.job_id for job in jobs]
+
+
+def test_a_broker_that_lost_its_data_is_reconciled_at_once(
+    store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
+) -> None:
+    scheduler = watching_scheduler(store, client, clock, redis_url)
+    queued_and_published(store, scheduler, 5)
+    assert scheduler.run_pass().reconciled == 0, "first look: the marker is set, every message is there"
+    assert client.get(MARKER_KEY) is not None
+    assert scheduler.run_pass().reconciled == 0
+    client.flushdb()
+    assert scheduler.run_pass().reconciled == 5
+    assert sorted(m["headers"]["id"] for m in messages(client)) == [f"job-{n}@1" for n in range(5)]
+    assert scheduler.run_pass().reconciled == 0
+
+
+def test_a_broker_short_of_messages_twice_in_a_row_is_reconciled(
+    store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
+) -> None:
+    scheduler = watching_scheduler(store, client, clock, redis_url)
+    queued_and_published(store, scheduler, 5)
+    clock.now = T0 + SETTLE + timedelta(seconds=1)
+    assert scheduler.run_pass().reconciled == 0
+    client.rpop("default", 2)  # a failover lost the last two writes, say
+    clock.now += SWEEP_EVERY
+    assert scheduler.run_pass().reconciled == 0, "once short may be a message on its way"
+    clock.now += SWEEP_EVERY
+    assert scheduler.run_pass().reconciled == 2
+    assert len(messages(client)) == 5
+
+
+def test_reconcile_takes_an_old_unacknowledged_message_for_a_lost_one(
+    store: SqlJobStore, client: redis.Redis, redis_url: str
+) -> None:
+    publisher = CeleryPublisher(Celery("reconcile-test", broker=redis_url))
+    jobs = [create(store, new_job(job_id), T0)[0] for job_id in ("fresh", "stale")]
+    publisher.publish_many(jobs)
+    store.mark_published([SentMessage.of(job) for job in jobs], T0)
+    # Both taken by workers, as kombu records it; the one taken long ago belongs to a worker that is gone.
+    for age in (1, 600):
+        message = messages(client)[-1]
+        client.rpop("default")
+        tag = message["properties"]["delivery_tag"]
+        client.hset("unacked", tag, json.dumps([message, "", "default"]))
+        client.zadd("unacked_index", {tag: time.time() - age})
+    report = reconcile(store, publisher, client)
+    assert report.republished == 1
+    assert [m["headers"]["id"] for m in messages(client)] == ["stale@1"]
+
+
+def watching_scheduler(store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str) -> Scheduler:
+    publisher = CeleryPublisher(Celery("scheduler-test", broker=redis_url))
+    watch = BrokerLossWatch(client, store, clock)
+    return Scheduler(store, publisher, retention=timedelta(days=7), broker_watch=watch, clock=clock)
 
 
 def test_retention_deletes_finished_jobs_in_batches_and_nothing_else(

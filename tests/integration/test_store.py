@@ -97,11 +97,11 @@ def test_concurrent_creates_of_one_id_make_one_row(store: JobStore) -> None:
 
 def test_claim_run_succeed(store: JobStore, heard: list[JobChange]) -> None:
     create(store, new_job("a"), T0)
-    claimed = store.claim("a", "celery@w1", T0, 30)
+    claimed = store.claim("a", "celery@w1", T0, 30, "a@1")
     assert claimed is not None
     assert (claimed.state, claimed.attempts, claimed.worker) == (JobState.RUNNING, 1, "celery@w1")
     assert (claimed.started_at, claimed.lease_expires_at) == (T0, T0 + timedelta(seconds=30))
-    assert store.claim("a", "celery@w2", T0, 30) is None, "a running job is claimed once"
+    assert store.claim("a", "celery@w2", T0, 30, "a@1") is None, "a running job is claimed once"
     assert store.succeed("a", 1, {"ok": [1, 2]}, T0 + timedelta(seconds=2))
     done = store.get("a")
     assert done is not None and (done.state, done.result) == (JobState.SUCCEEDED, {"ok": [1, 2]})
@@ -116,7 +116,7 @@ def test_claim_run_succeed(store: JobStore, heard: list[JobChange]) -> None:
 def test_concurrent_claims_of_one_job_have_one_winner(store: JobStore) -> None:
     create(store, new_job("hot"))
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow(), 30), range(64)))
+        results = list(pool.map(lambda i: store.claim("hot", f"w{i}", utcnow(), 30, "hot@1"), range(64)))
     assert sum(r is not None for r in results) == 1
     job = store.get("hot")
     assert job is not None and job.attempts == 1
@@ -124,33 +124,40 @@ def test_concurrent_claims_of_one_job_have_one_winner(store: JobStore) -> None:
 
 def test_late_or_duplicate_outcomes_never_move_a_job_backwards(store: JobStore) -> None:
     create(store, new_job("a"), T0)
-    store.claim("a", "w", T0, 30)
+    store.claim("a", "w", T0, 30, "a@1")
     assert not store.fail_run("a", 2, JobState.FAILED, "wrong attempt", T0)
     assert store.fail_run("a", 1, JobState.FAILED, "boom", T0)
     assert not store.succeed("a", 1, None, T0)
     assert not store.fail_run("a", 1, JobState.DEAD_LETTER, "late", T0)
-    assert store.claim("a", "w", T0, 30) is None
+    assert store.claim("a", "w", T0, 30, "a@1") is None
     job = store.get("a")
     assert job is not None and (job.state, job.last_error, job.finished_at) == (JobState.FAILED, "boom", T0)
 
 
-def test_a_failed_run_retries_then_dead_letters(store: JobStore, heard: list[JobChange]) -> None:
+def test_a_failed_run_retries_after_its_back_off_then_dead_letters(
+    store: JobStore, heard: list[JobChange]
+) -> None:
     create(store, new_job("r"), T0)  # max_attempts 3
+    now = T0
     for attempt in (1, 2):
-        claimed = store.claim("r", "w", T0, 30)
-        assert claimed is not None and claimed.attempts == attempt
-        retry_at = T0 + timedelta(seconds=attempt)
-        assert store.fail_run("r", attempt, JobState.RETRYING, f"err {attempt}", T0, retry_at=retry_at)
+        claimed = store.claim("r", "w", now, 30, f"r@{attempt}")
+        assert claimed is not None and (claimed.attempts, claimed.runs, claimed.task_id) == (
+            attempt, attempt, f"r@{attempt}"
+        )  # fmt: skip
+        retry_at = now + timedelta(seconds=attempt)
+        assert store.fail_run("r", attempt, JobState.RETRYING, f"err {attempt}", now, retry_at=retry_at)
         job = store.get("r")
         assert job is not None
         assert (job.state, job.last_error, job.finished_at, job.scheduled_at, job.published_at) == (
             JobState.RETRYING, f"err {attempt}", None, retry_at, None
         )  # fmt: skip
-    store.claim("r", "w", T0, 30)
-    assert store.fail_run("r", 3, JobState.DEAD_LETTER, "err 3", T0)
+        assert store.claim("r", "w", retry_at - timedelta(milliseconds=1), 30, "early") is None, "backing off"
+        now = retry_at
+    store.claim("r", "w", now, 30, "r@3")
+    assert store.fail_run("r", 3, JobState.DEAD_LETTER, "err 3", now)
     job = store.get("r")
-    assert job is not None and (job.state, job.attempts, job.finished_at) == (JobState.DEAD_LETTER, 3, T0)
-    assert store.claim("r", "w", T0, 30) is None, "no attempts left"
+    assert job is not None and (job.state, job.attempts, job.finished_at) == (JobState.DEAD_LETTER, 3, now)
+    assert store.claim("r", "w", now, 30, "r@4") is None, "no attempts left"
     assert states(store, "r") == [
         "QUEUED", "RUNNING", "RETRYING", "RUNNING", "RETRYING", "RUNNING", "DEAD_LETTER"
     ]  # fmt: skip
@@ -165,28 +172,48 @@ def test_a_failed_run_ends_only_in_a_failure_state(
     store: JobStore, outcome: JobState, retry_at: object
 ) -> None:
     create(store, new_job("a"), T0)
-    store.claim("a", "w", T0, 30)
+    store.claim("a", "w", T0, 30, "a@1")
     with pytest.raises(ValueError, match="a failed run cannot end"):
         store.fail_run("a", 1, outcome, "boom", T0, retry_at=retry_at)  # type: ignore[arg-type]
     job = store.get("a")
     assert job is not None and job.state is JobState.RUNNING
 
 
-def test_a_run_past_its_lease_can_be_claimed_again(store: JobStore) -> None:
+def test_leases_are_renewed_for_the_worker_s_own_live_runs_only(store: JobStore) -> None:
+    for job_id in ("a", "b", "c", "d"):
+        create(store, new_job(job_id), T0)
+        store.claim(job_id, "w1", T0, 30, f"{job_id}@1")
+    renewed = store.renew_leases(
+        "w1", {"a": "a@1", "b": "b@9", "c": "c@1", "gone": "gone@1"}, T0 + timedelta(seconds=10), 30
+    )
+    assert renewed == {"a", "c"}, "a wrong task id and an unknown job are not renewed"
+    assert store.renew_leases("w2", {"d": "d@1"}, T0 + timedelta(seconds=10), 30) == set(), "another worker's"
+    a, d = store.get("a"), store.get("d")
+    assert a is not None and a.lease_expires_at == T0 + timedelta(seconds=40)
+    assert d is not None and d.lease_expires_at == T0 + timedelta(seconds=30)
+    assert store.renew_leases("w1", {"d": "d@1"}, T0 + timedelta(seconds=31), 30) == set(), "lapsed: lost"
+    assert store.renew_leases("w1", {}, T0, 30) == set()
+
+
+def test_a_lapsed_run_is_not_claimed_again_but_rescued_after_a_back_off(store: JobStore) -> None:
     create(store, new_job("lost"), T0)
-    store.claim("lost", "w1", T0, 30)
-    assert store.claim("lost", "w2", T0 + timedelta(seconds=29), 30) is None, "the lease is live"
-    later = T0 + timedelta(seconds=31)
-    again = store.claim("lost", "w2", later, 30)
-    assert again is not None and again.attempts == 2 and again.worker == "w2"
-    assert not store.succeed("lost", 1, None, later), "the lost run's late outcome is ignored"
-    store.claim("lost", "w3", later + timedelta(seconds=31), 30)
-    assert store.claim("lost", "w4", later + timedelta(seconds=62), 30) is None, "no attempts left"
+    store.claim("lost", "w1", T0, 30, "lost@1")
+    lapse = T0 + timedelta(seconds=31)
+    assert store.claim("lost", "w2", lapse, 30, "lost@2") is None, "a RUNNING job is never claimed"
+    assert store.lapsed_runs(T0 + timedelta(seconds=29), 10) == []
+    assert [job.job_id for job in store.lapsed_runs(lapse, 10)] == ["lost"]
+    assert not store.fail_run(
+        "lost", 1, JobState.RETRYING, "lease lapsed", T0 + timedelta(seconds=29), retry_at=lapse, lapsed=True
+    ), "a live lease is not ended as lapsed"
+    assert store.fail_run("lost", 1, JobState.RETRYING, "lease lapsed", lapse, retry_at=lapse, lapsed=True)
+    assert not store.succeed("lost", 1, None, lapse), "the lost run's late outcome is refused"
+    again = store.claim("lost", "w2", lapse, 30, "lost@2")
+    assert again is not None and (again.attempts, again.runs, again.worker) == (2, 2, "w2")
 
 
 def test_release_gives_the_attempt_back_only_to_the_run_s_own_worker(store: JobStore) -> None:
     create(store, new_job("a"), T0)
-    store.claim("a", "w1", T0, 30)
+    store.claim("a", "w1", T0, 30, "a@1")
     assert not store.release("a", "w2", T0)
     assert store.release("a", "w1", T0 + timedelta(seconds=1))
     job = store.get("a")
@@ -199,14 +226,17 @@ def test_release_gives_the_attempt_back_only_to_the_run_s_own_worker(store: JobS
 def test_cancel_from_each_state(store: JobStore, heard: list[JobChange]) -> None:
     for job_id in ("queued", "running", "done", "later"):
         create(store, new_job(job_id, run_at=T0 + timedelta(hours=1) if job_id == "later" else None), T0)
-    store.claim("running", "w", T0, 30)
-    store.claim("done", "w", T0, 30)
+    store.claim("running", "w", T0, 30, "running@1")
+    store.claim("done", "w", T0, 30, "done@1")
     store.succeed("done", 1, None, T0)
     heard.clear()
 
-    for job_id, previous in (("queued", "QUEUED"), ("running", "RUNNING"), ("later", "SCHEDULED")):
+    for job_id, previous, run in (
+        ("queued", "QUEUED", ""), ("running", "RUNNING", "running@1"), ("later", "SCHEDULED", "")
+    ):  # fmt: skip
         outcome = store.cancel(job_id, T0)
         assert outcome is not None and outcome.cancelled and outcome.previous_state == previous
+        assert outcome.task_id == run, "a running job's outcome names the run to stop"
         job = store.get(job_id)
         assert job is not None and (job.state, job.finished_at, job.lease_expires_at) == (
             JobState.CANCELLED, T0, None
@@ -214,7 +244,7 @@ def test_cancel_from_each_state(store: JobStore, heard: list[JobChange]) -> None
     done = store.cancel("done", T0)
     assert done is not None and not done.cancelled and done.state is JobState.SUCCEEDED
     assert store.cancel("missing", T0) is None
-    assert store.claim("queued", "w", T0, 30) is None
+    assert store.claim("queued", "w", T0, 30, "queued@1") is None
     assert not store.succeed("running", 1, None, T0)
     assert [change.state for change in heard] == [JobState.CANCELLED] * 3
 
@@ -223,7 +253,7 @@ def test_discard_removes_only_unstarted_jobs(store: JobStore) -> None:
     create(store, new_job("a"), T0)
     create(store, new_job("b"), T0)
     create(store, new_job("c", run_at=T0 + timedelta(hours=1)), T0)
-    store.claim("b", "w", T0, 30)
+    store.claim("b", "w", T0, 30, "b@1")
     store.discard_many(["a", "b", "c", "missing"])
     assert store.get("a") is None and store.get("c") is None and states(store, "a") == []
     assert store.get("b") is not None
@@ -248,7 +278,7 @@ def test_list_filters_and_keyset_pages(store: JobStore) -> None:
 
 def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: JobStore) -> None:
     create(store, new_job("f"), T0)
-    store.claim("f", "w", T0, 30)
+    store.claim("f", "w", T0, 30, "f@1")
     store.fail_run("f", 1, JobState.FAILED, "nope", T0)
     requeued = store.requeue("f", T0)
     assert requeued is not None
@@ -271,7 +301,7 @@ def test_mark_published_only_for_the_state_the_message_was_sent_for(store: JobSt
     store.mark_published([SentMessage.of(job)], T0)
     published = store.get("j")
     assert published is not None and published.published_at == T0
-    store.claim("j", "w", T0, 60)
+    store.claim("j", "w", T0, 60, "j@1")
     store.fail_run("j", 1, JobState.RETRYING, "boom", T0, retry_at=T0 + timedelta(seconds=1))
     store.mark_published([SentMessage.of(job)], T0)  # the submit's mark, arriving late
     retrying = store.get("j")
@@ -283,7 +313,7 @@ def test_mark_published_only_for_the_state_the_message_was_sent_for(store: JobSt
 
 def test_progress_and_events_of_a_run(store: JobStore, heard: list[JobChange]) -> None:
     create(store, new_job("p"), T0)
-    store.claim("p", "w", T0, 30)
+    store.claim("p", "w", T0, 30, "p@1")
     assert store.report_progress("p", 1, 40, "downloaded", T0)
     assert not store.report_progress("p", 2, 50, "wrong attempt", T0)
     job = store.get("p")
@@ -330,19 +360,27 @@ def test_owed_messages_and_jobs_awaiting_a_run(store: JobStore) -> None:
     create(store, new_job("owed-1"), T0)
     create(store, new_job("owed-2"), T0 + timedelta(seconds=1))
     create(store, new_job("running"), T0)
-    store.claim("running", "w", T0, 30)
+    store.claim("running", "w", T0, 30, "running@1")
     create(store, new_job("done"), T0)
     store.cancel("done", T0)
 
-    owed = store.unpublished(T0 + timedelta(seconds=2), 10)
-    assert [job.job_id for job in owed] == ["owed-1", "owed-2"]
-    assert [job.job_id for job in store.unpublished(T0 + timedelta(milliseconds=500), 10)] == ["owed-1"]
+    create(store, new_job("retry"), T0)
+    store.claim("retry", "w", T0, 30, "retry@1")
+    store.fail_run("retry", 1, JobState.RETRYING, "boom", T0, retry_at=T0 + timedelta(seconds=3))
 
-    live = store.awaiting_run(T0 + timedelta(seconds=10), 0, 10)
-    assert [job.job_id for job in live] == ["sent", "owed-1", "owed-2"]
-    lapsed = store.awaiting_run(T0 + timedelta(seconds=31), 0, 10)
-    assert [job.job_id for job in lapsed] == ["sent", "owed-1", "owed-2", "running"]
-    page = store.awaiting_run(T0 + timedelta(seconds=31), lapsed[1].seq, 1)
+    later = T0 + timedelta(seconds=10)
+    owed = store.owed(T0 + timedelta(seconds=2), T0 + timedelta(seconds=2), 10)
+    assert [job.job_id for job in owed] == ["owed-1", "owed-2"], "a retry is owed once its back-off ends"
+    assert [job.job_id for job in store.owed(later, T0 + timedelta(milliseconds=500), 10)] == [
+        "owed-1",
+        "retry",
+    ]
+
+    assert store.expected_messages(later, later) == (1, 1), "sent, published; running"
+    waiting = store.awaiting_run(later, 0, 10)
+    assert [job.job_id for job in waiting] == ["sent", "owed-1", "owed-2", "retry"]
+    assert [job.job_id for job in store.awaiting_run(T0, 0, 10)] == ["sent", "owed-1", "owed-2"]
+    page = store.awaiting_run(later, waiting[1].seq, 1)
     assert [job.job_id for job in page] == ["owed-2"]
 
 

@@ -83,8 +83,9 @@ def test_a_permanent_error_is_permanent_even_if_its_type_is_declared_retryable()
         (Failure.TIMEOUT, 3, 3, Finish(JobState.DEAD_LETTER)),
         (Failure.KILLED_AT_TIMEOUT, 2, 3, Retry(2.0)),
         (Failure.KILLED_AT_TIMEOUT, 3, 3, Finish(JobState.DEAD_LETTER)),
-        # A lost worker counts as an attempt; its message comes back at once.
-        (Failure.WORKER_LOST, 1, 3, Retry(0.0)),
+        # A lost worker (or lease) counts as an attempt, backed off like any other.
+        (Failure.WORKER_LOST, 1, 3, Retry(1.0)),
+        (Failure.WORKER_LOST, 2, 3, Retry(2.0)),
         (Failure.WORKER_LOST, 3, 3, Finish(JobState.DEAD_LETTER)),
         # A cancelled run: the job is CANCELLED already.
         (Failure.CANCELLED, 1, 3, Nothing()),
@@ -111,23 +112,33 @@ def test_back_off_is_capped() -> None:
 NOW = utcnow()
 
 
-def running(lease_left: float | None) -> Job:
+def claimed(lease_left: float | None) -> Job:
     store = InMemoryJobStore()
     create(store, new_job("j"), NOW)
-    claimed = store.claim("j", "w", NOW, 30)
-    assert claimed is not None
+    job = store.claim("j", "w", NOW, 30, "j@1")
+    assert job is not None
     lease = None if lease_left is None else NOW + timedelta(seconds=lease_left)
-    return dataclasses.replace(claimed, lease_expires_at=lease)
+    return dataclasses.replace(job, lease_expires_at=lease)
+
+
+def retrying(due_in: float) -> Job:
+    return dataclasses.replace(
+        claimed(30.0), state=JobState.RETRYING, scheduled_at=NOW + timedelta(seconds=due_in)
+    )
 
 
 @pytest.mark.parametrize(
     ("job", "refusal"),
     [
         (None, Drop()),
-        (running(lease_left=12.0), PutOff(13.0)),
-        (running(lease_left=0.2), PutOff(1.2)),
-        (running(lease_left=-0.1), EndLostRun()),
-        (running(lease_left=None), EndLostRun()),
+        # Another delivery runs it under a live lease: this message is a duplicate.
+        (claimed(lease_left=12.0), Drop()),
+        # Its run lost its lease: end that run here.
+        (claimed(lease_left=-0.1), EndLostRun()),
+        (claimed(lease_left=None), EndLostRun()),
+        # A retry delivered before its back-off ended: again when it ends.
+        (retrying(due_in=2.5), PutOff(2.5)),
+        (retrying(due_in=0.0), Drop()),
     ],
 )
 def test_after_refused_claim(job: Job | None, refusal: object) -> None:
@@ -137,5 +148,5 @@ def test_after_refused_claim(job: Job | None, refusal: object) -> None:
 @pytest.mark.parametrize(
     "state", [JobState.CANCELLED, JobState.SUCCEEDED, JobState.QUEUED, JobState.DEAD_LETTER]
 )
-def test_a_job_that_is_not_running_is_dropped(state: JobState) -> None:
-    assert after_refused_claim(dataclasses.replace(running(30.0), state=state), NOW) == Drop()
+def test_a_job_that_is_not_running_or_backing_off_is_dropped(state: JobState) -> None:
+    assert after_refused_claim(dataclasses.replace(claimed(30.0), state=state), NOW) == Drop()

@@ -189,9 +189,9 @@ def test_cancel_running_job_terminates_it(
     service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
 ) -> None:
     job_id = service.submit(SubmitRequest(type="sleep", payload={"seconds": 5})).job.job_id
-    assert store.claim(job_id, "w1", utcnow(), 30) is not None
+    assert store.claim(job_id, "w1", utcnow(), 30, f"{job_id}@1") is not None
     assert service.cancel(job_id).cancelled
-    assert publisher.terminated == [job_id]
+    assert publisher.terminated == [f"{job_id}@1"], "the run that holds it, by its task id"
     # The run's late success must not overwrite CANCELLED.
     assert not store.succeed(job_id, 1, None, utcnow())
     assert service.get(job_id).state is JobState.CANCELLED
@@ -199,7 +199,7 @@ def test_cancel_running_job_terminates_it(
 
 def test_cancel_finished_job_answers_false(service: JobService, store: InMemoryJobStore) -> None:
     job_id = service.submit(SubmitRequest(type="noop")).job.job_id
-    store.claim(job_id, "w1", utcnow(), 30)
+    store.claim(job_id, "w1", utcnow(), 30, f"{job_id}@1")
     store.succeed(job_id, 1, None, utcnow())
     outcome = service.cancel(job_id)
     assert not outcome.cancelled and outcome.state is JobState.SUCCEEDED
@@ -208,7 +208,7 @@ def test_cancel_finished_job_answers_false(service: JobService, store: InMemoryJ
 def test_cancelled_job_cannot_be_claimed(service: JobService, store: InMemoryJobStore) -> None:
     job_id = service.submit(SubmitRequest(type="noop")).job.job_id
     service.cancel(job_id)
-    assert store.claim(job_id, "w1", utcnow(), 30) is None
+    assert store.claim(job_id, "w1", utcnow(), 30, f"{job_id}@1") is None
 
 
 def test_list_pages_through_every_job_once(service: JobService) -> None:
@@ -256,7 +256,7 @@ def test_retry_requeues_a_failed_job_and_takes_it_out_of_the_dead_letters(
     service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
 ) -> None:
     job_id = service.submit(SubmitRequest(type="fail", payload={"times": 9})).job.job_id
-    store.claim(job_id, "w", utcnow(), 30)
+    store.claim(job_id, "w", utcnow(), 30, f"{job_id}@1")
     store.fail_run(job_id, 1, JobState.FAILED, "boom", utcnow())
     job = service.retry(job_id)
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)
@@ -270,7 +270,7 @@ def test_retry_of_a_job_that_has_not_failed_is_a_failed_precondition(
 ) -> None:
     job_id = service.submit(SubmitRequest(type="noop")).job.job_id
     if state != "queued":
-        store.claim(job_id, "w", utcnow(), 30)
+        store.claim(job_id, "w", utcnow(), 30, f"{job_id}@1")
     if state == "succeeded":
         store.succeed(job_id, 1, None, utcnow())
     with pytest.raises(JobNotRetryable, match=state.upper()):
