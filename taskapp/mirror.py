@@ -19,7 +19,7 @@ from taskapp import policy
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import Job, JobState
-from taskapp.routing import job_id_of
+from taskapp.routing import job_id_of, task_id_for
 from taskapp.tasks import (
     JobTask,
     current_run,
@@ -32,6 +32,10 @@ from taskapp.tasks import (
 
 log = logging.getLogger(__name__)
 
+#: A run whose outcome the guarded write refused: its job moved on (cancelled, or its lease lapsed and
+#: another run took over, as when this worker stalled).
+LATE = "run %s reported its %s too late: its job has moved on, and the outcome is not stored"
+
 
 def _run(task: Task) -> Job | None:
     """The run as its claim left it, in the pool process that ran it."""
@@ -42,11 +46,14 @@ def record_success(sender: Task | None = None, result: Any = None, **_: Any) -> 
     if not isinstance(sender, JobTask):
         return
     run = _run(sender)
-    if run is not None:
-        keep_writing(
-            lambda: worker_store().succeed(run.job_id, run.attempts, result, utcnow()),
-            f"the success of {sender.request.id}",
-        )
+    if run is None:
+        return
+    stored = keep_writing(
+        lambda: worker_store().succeed(run.job_id, run.attempts, result, utcnow()),
+        f"the success of {sender.request.id}",
+    )
+    if not stored:
+        log.warning(LATE, sender.request.id, "success")
 
 
 def record_failure(
@@ -64,7 +71,11 @@ def record_failure(
     error = describe(exception, (sender.request.timelimit or (None, None))[1])
     run = _run(sender)
     if run is not None:
-        keep_writing(lambda: end_failed_run(sender.app, run, failure, error), f"the failure of {task_id}")
+        decision = keep_writing(
+            lambda: end_failed_run(sender.app, run, failure, error), f"the failure of {task_id}"
+        )
+        if decision is None:
+            log.warning(LATE, task_id, "failure")
         return
     try:
         lost = current_run(task_id, lease_keeper.worker)
@@ -75,13 +86,14 @@ def record_failure(
 
 
 def record_revoked(sender: Task | None = None, request: Any = None, **_: Any) -> None:
-    """A revoke from outside the API (Flower, `celery control revoke`) cancels the job in SQL too, unless it
-    names an earlier run than the one the job is on."""
+    """A revoke from outside the API (Flower, `celery control revoke`) cancels the job in SQL too, if it names
+    the job's current run or the one its waiting message is for: a revoke of an earlier run (the one a cancel
+    stopped, say, before a RetryJob) must not cancel a later one."""
     if not isinstance(sender, JobTask) or request is None:
         return
     store = worker_store()
     job = store.get(job_id_of(request.id))
-    if job is not None and not (job.state is JobState.RUNNING and job.task_id != request.id):
+    if job is not None and request.id == (job.task_id if job.state is JobState.RUNNING else task_id_for(job)):
         store.cancel(job.job_id, utcnow())
 
 

@@ -100,10 +100,13 @@ def publish_owed(
 
 
 def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> ReconcileReport:
+    """Publish every job that wants a run, was published before the broker was read, and has no message there.
+    (A job not yet published at all is the outbox's: the scheduler sends it after its grace.)"""
+    read_from = utcnow()
     in_broker = job_ids_in_broker(client)
     checked = republished = 0
     after_seq = 0
-    while jobs := store.awaiting_run(utcnow(), after_seq, JOBS_PER_PAGE):
+    while jobs := store.awaiting_run(utcnow(), read_from, after_seq, JOBS_PER_PAGE):
         after_seq = jobs[-1].seq
         checked += len(jobs)
         missing = [job for job in jobs if job.job_id not in in_broker]
@@ -132,7 +135,7 @@ class BrokerLossWatch:
         if marker is None:
             self.client.set(MARKER_KEY, uuid.uuid4().hex, nx=True)
             self._marker = self.client.get(MARKER_KEY)  # type: ignore[assignment]
-            return "its marker is gone: it restarted without its data, failed over, or was flushed"
+            return "its marker is missing: a new Redis, or one that lost its data (a restart without it, a failover, a flush)"
         if self._marker is not None and marker != self._marker:
             self._marker = marker  # type: ignore[assignment]
             return "its marker changed: another scheduler saw it gone"

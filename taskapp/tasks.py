@@ -65,7 +65,7 @@ def worker_store() -> JobStore:
 lease_keeper = LeaseKeeper(
     worker_store(), "", get_settings().lease_seconds, runs=lambda: list(worker_state.active_requests)
 )
-consuming_pause = ConsumingPause(app, lambda: worker_store().ping())
+consuming_pause = ConsumingPause(lambda: worker_store().ping())
 
 
 def start_keeping_leases(sender: Any = None, **_: Any) -> None:

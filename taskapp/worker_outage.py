@@ -2,8 +2,10 @@
 
 A delivery whose claim cannot reach SQL gives its message back (`taskapp.tasks.WaitForDatabase`, a requeueing
 reject). Were the worker to go on consuming, it would spin through the whole queue, handing every message
-back; instead its main process stops consuming its queues, checks the database every second, and consumes
-them again, in their priority order, once it answers. One warning when it stops, one when it starts again.
+back; instead its main process stops consuming its queues, a thread checks the database every second, and once
+it answers the worker consumes its queues again, in their priority order. One warning when it stops, one when
+it starts again. It acts on its own consumer, in the consumer's event loop: a broadcast would also reach other
+workers that share its node name.
 """
 
 from __future__ import annotations
@@ -14,51 +16,56 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
-
 from taskapp.errors import StoreUnavailable
-from taskapp.publisher import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
-#: Seconds between checks of the database while paused.
+#: Seconds between checks of the database while paused, and between looks at the result from the event loop.
 CHECK_EVERY_SECONDS = 1.0
 
 
 class ConsumingPause:
-    def __init__(self, app: Celery, ping: Callable[[], None]) -> None:
-        self.app = app
+    def __init__(self, ping: Callable[[], None]) -> None:
         self.ping = ping
         self.paused = False
-        self.worker = ""
+        self._consumer: Any = None
         #: The queues the worker consumes, in priority order (`-Q`), known once it is ready.
-        self.queues: list[str] = []
+        self._queues: list[Any] = []
+        self._answered = threading.Event()
+        self._looking: Any = None
 
     def worker_ready(self, consumer: Any) -> None:
-        self.worker = consumer.hostname
-        self.queues = [queue.name for queue in consumer.task_consumer.queues]
+        self._consumer = consumer
+        self._queues = list(consumer.task_consumer.queues)
 
     def begin(self, reason: str) -> None:
-        """Stop consuming until the database answers (called in the main process's event loop)."""
-        if self.paused or not self.queues:
+        """Stop consuming until the database answers. Called in the consumer's event loop."""
+        if self.paused or self._consumer is None:
             return
         self.paused = True
-        log.warning("job database unavailable (%s): taking no messages until it answers", reason)
-        for queue in self.queues:
-            self.app.control.cancel_consumer(queue, destination=[self.worker], reply=False)
-        threading.Thread(target=self._resume_when_back, name="database-outage", daemon=True).start()
+        self._answered.clear()
+        log.warning("%s: taking no messages until the job database answers", reason)
+        for queue in self._queues:
+            self._consumer.cancel_task_queue(queue.name)
+        threading.Thread(target=self._wait_for_database, name="database-outage", daemon=True).start()
+        self._looking = self._consumer.timer.call_repeatedly(CHECK_EVERY_SECONDS, self._resume_if_answered)
 
-    def _resume_when_back(self) -> None:
+    def _wait_for_database(self) -> None:
+        """Off the event loop: a database cut off by the network makes each check wait its connect timeout."""
         while True:
             time.sleep(CHECK_EVERY_SECONDS)
             try:
                 self.ping()
-                for queue in self.queues:
-                    self.app.control.add_consumer(
-                        queue, routing_key=queue, destination=[self.worker], reply=False
-                    )
-            except (StoreUnavailable, *BROKER_ERRORS):
+            except StoreUnavailable:
                 continue
-            break
-        log.warning("job database answers again: taking messages")
+            self._answered.set()
+            return
+
+    def _resume_if_answered(self) -> None:
+        if not self.paused or not self._answered.is_set():
+            return
+        self._looking.cancel()
+        for queue in self._queues:
+            self._consumer.add_task_queue(queue.name, routing_key=queue.routing_key)
         self.paused = False
+        log.warning("job database answers again: taking messages")

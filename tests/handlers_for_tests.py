@@ -68,3 +68,33 @@ def progress(payload: Steps, job: JobContext) -> None:
     for percent in payload.steps:
         job.report_progress(percent, f"step {percent}")
         time.sleep(payload.pause)
+
+
+class RecordedRun(BaseModel):
+    #: The execution record: a file outside taskapp's SQL (`tests.helpers.ExecutionRecord`).
+    record: str
+    #: While this file exists the run holds, ticking; then it sleeps `seconds` and finishes.
+    hold: str = ""
+    seconds: float = 0.0
+
+
+def note(record: str, event: str, job: JobContext) -> None:
+    """One line, in one write to a file opened for appending: lines of concurrent runs never interleave."""
+    line = f"{event} {job.job_id} {job.attempt} {os.getpid()} {time.time():.6f}\n"
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@handler("recorded", schema=RecordedRun, max_attempts=5)
+def recorded(payload: RecordedRun, job: JobContext) -> dict[str, int]:
+    """Writes down when each run starts, that it is alive while it holds, and when it finishes."""
+    note(payload.record, "start", job)
+    while payload.hold and Path(payload.hold).exists():
+        note(payload.record, "tick", job)
+        time.sleep(0.2)
+    time.sleep(payload.seconds)
+    note(payload.record, "finish", job)
+    return {"attempt": job.attempt}

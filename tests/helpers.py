@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -182,9 +187,12 @@ class Stack:
         finally:
             channel.close()
 
-    def start_worker(self, concurrency: int = 2) -> None:
-        self.start("worker", TASKAPP_WORKER_CONCURRENCY=str(concurrency))
-        wait_for(lambda: " ready." in self.log("worker"), 60, "the worker to be ready")
+    def start_worker(self, concurrency: int = 2, name: str = "worker", **extra_env: str) -> None:
+        """The Procfile's worker as process `name`; a second one gets a metrics port of its own."""
+        if name != "worker":
+            extra_env.setdefault("TASKAPP_WORKER_METRICS_ADDR", f"127.0.0.1:{free_port()}")
+        self.start(name, "worker", TASKAPP_WORKER_CONCURRENCY=str(concurrency), **extra_env)
+        wait_for(lambda: " ready." in self.log(name), 60, f"{name} to be ready")
 
     def start_scheduler(self, name: str = "scheduler", **extra_env: str) -> None:
         self.start(name, "scheduler", **extra_env)
@@ -311,3 +319,174 @@ def create(store: JobStore, new: NewJob, now: datetime | None = None) -> tuple[J
     """One job into a store, as a batch of one."""
     [result] = store.create_many([new], now or utcnow())
     return result
+
+
+# Servers of a test's own, to stop and start.
+
+PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user when we are
+    root (initdb refuses to run as root)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self._user is not None:
+            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
+        self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, *command: object, check: bool = True) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
+        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
+
+    def stop(self) -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OwnRedis:
+    """A redis-server on a free port that keeps nothing on disk."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _answers(client), 10, "redis-server to answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+class DatabaseProxy:
+    """A TCP relay between some processes and a database, which the test can cut as a network partition
+    would: while cut, new connections are not accepted and what is sent on open ones goes nowhere, with no
+    error to tell. Healing closes the connections the cut left behind; clients connect again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.cut = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url_for(self, url: str) -> str:
+        """`url` (a database URL on the upstream port) through this relay."""
+        return url.replace(f":{self.upstream[1]}/", f":{self.port}/")
+
+    def _accept(self) -> None:
+        while not self._closed:
+            if self.cut.is_set():
+                time.sleep(0.05)  # Connections wait in the backlog, unanswered, as across a partition.
+                continue
+            ready, _, _ = select.select([self.listener], [], [], 0.05)
+            if not ready or self.cut.is_set():
+                continue
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65_536):
+                if not self.cut.is_set():
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                end.close()
+
+    def heal(self) -> None:
+        for connection in self._sockets:
+            connection.close()
+        self._sockets = []
+        self.cut.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self.heal()
+        self.listener.close()
+
+
+@dataclass
+class Run:
+    """One run of a `recorded` job, as its handler wrote it down."""
+
+    job_id: str
+    attempt: int
+    pid: int
+    started: float
+    #: The run's last sign of life: its last tick, or its finish.
+    last_seen: float
+    finished: bool = False
+
+
+class ExecutionRecord:
+    """What `recorded` jobs wrote to their file, outside taskapp's SQL: a line when a run starts, while it
+    holds (every 0.2 s), and when it finishes. Proof of how often each job ran, from outside taskapp."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def payload(self, hold: Path | None = None, seconds: float = 0.0) -> dict[str, Any]:
+        return {"record": str(self.path), "hold": str(hold or ""), "seconds": seconds}
+
+    def runs(self) -> list[Run]:
+        runs: list[Run] = []
+        open_runs: dict[tuple[str, int], Run] = {}
+        text = self.path.read_text() if self.path.exists() else ""
+        for line in text.splitlines():
+            event, job_id, attempt, pid, at = line.split()
+            key = (job_id, int(pid))
+            if event == "start":
+                open_runs[key] = Run(job_id, int(attempt), int(pid), float(at), float(at))
+                runs.append(open_runs[key])
+            elif key in open_runs:
+                open_runs[key].last_seen = float(at)
+                open_runs[key].finished = event == "finish"
+        return runs
+
+    def of(self, job_id: str) -> list[Run]:
+        return [run for run in self.runs() if run.job_id == job_id]
+
+    def finished(self) -> dict[str, int]:
+        """Finished runs per job."""
+        counts: dict[str, int] = {}
+        for run in self.runs():
+            counts[run.job_id] = counts.get(run.job_id, 0) + run.finished
+        return counts

@@ -161,8 +161,12 @@ class JobStore(Protocol):
         its worker holds until the run ends)."""
         ...
 
-    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
-        """Jobs that need a message in the broker now (`taskapp.jobs.wants_a_run`), keyset-paged by `seq`."""
+    def awaiting_run(
+        self, now: datetime, published_before: datetime, after_seq: int, limit: int
+    ) -> builtins.list[Job]:
+        """Jobs that need a message in the broker now (`taskapp.jobs.wants_a_run`) and were published before
+        `published_before` (a later message may not show in what was read of the broker yet), keyset-paged by
+        `seq`."""
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:

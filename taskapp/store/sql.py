@@ -430,9 +430,16 @@ class SqlJobStore:
             waiting, running = conn.execute(query).one()
         return int(waiting), int(running)
 
-    def awaiting_run(self, now: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+    def awaiting_run(
+        self, now: datetime, published_before: datetime, after_seq: int, limit: int
+    ) -> builtins.list[Job]:
         c = jobs_table.c
-        query = sa.select(jobs_table).where(c.seq > after_seq, _wants_a_run(now)).order_by(c.seq).limit(limit)
+        query = (
+            sa.select(jobs_table)
+            .where(c.seq > after_seq, _wants_a_run(now), c.published_at < published_before)
+            .order_by(c.seq)
+            .limit(limit)
+        )
         with self._transaction() as conn:
             return [_job(row) for row in conn.execute(query)]
 

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, ROOT, RedisDatabases, Stack, free_port, make_database_url
+from tests.helpers import (
+    BIN,
+    ROOT,
+    OwnPostgres,
+    OwnRedis,
+    RedisDatabases,
+    Stack,
+    free_port,
+    make_database_url,
+)
 
 
 @pytest.fixture
@@ -70,3 +79,19 @@ def make_stack(
         stack.stop_all()
     for url in redis_urls:
         redis_databases.release(url)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    cluster = OwnPostgres()
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

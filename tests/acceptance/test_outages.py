@@ -7,105 +7,19 @@ the shared ones.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import httpx
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.migrate import upgrade
 from taskapp.store.tables import jobs_table
-from tests.helpers import Stack, free_port, sql_count, submit, wait_for
+from tests.helpers import OwnPostgres, OwnRedis, Stack, sql_count, submit, wait_for
 
 MakeStack = Callable[..., Stack]
-PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user when we are
-    root (initdb refuses to run as root)."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-        if self._user is not None:
-            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
-        self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def _run(self, *command: object, check: bool = True) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
-        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
-
-    def stop(self) -> None:
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class OwnRedis:
-    """A redis-server on a free port that keeps nothing on disk."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _answers(client), 10, "redis-server to answer")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[OwnPostgres]:
-    cluster = OwnPostgres()
-    cluster.start()
-    yield cluster
-    cluster.remove()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def submit_refused(stack: Stack, job_id: str) -> grpc.RpcError:
