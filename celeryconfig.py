@@ -56,4 +56,5 @@ imports = (
     "taskapp.worker_shutdown",
     "taskapp.worker_logging",
     "taskapp.worker_metrics",
+    "taskapp.worker_timers",
 )
