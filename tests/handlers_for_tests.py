@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
 from taskapp.registry import JobContext, handler
@@ -98,3 +99,18 @@ def recorded(payload: RecordedRun, job: JobContext) -> dict[str, int]:
     time.sleep(payload.seconds)
     note(payload.record, "finish", job)
     return {"attempt": job.attempt}
+
+
+class Stubborn(BaseModel):
+    seconds: float
+
+
+@handler("stubborn", schema=Stubborn)
+def stubborn(payload: Stubborn, job: JobContext) -> None:
+    """Ignores its soft time limit: only the hard one stops it."""
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            job.logger.info("ignoring the soft time limit")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -148,14 +147,18 @@ def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letters(make_st
     assert stack.processes["worker"].poll() is None
 
 
-def test_whole_worker_killed_mid_run_a_new_worker_finishes_the_job(make_stack: MakeStack) -> None:
-    stack = make_stack(concurrency=1, TASKAPP_VISIBILITY_TIMEOUT="3")
-    job_id = submit(stack, "sleep", {"seconds": 1.5}, timeout_seconds=3, max_attempts=3)
-    wait_for(lambda: get(stack, job_id).state == jobs_pb2.JOB_STATE_RUNNING, 20, "the run", interval=0.02)
-    stack.kill("worker")
-    killed_at = time.monotonic()
-    assert get(stack, job_id).state == jobs_pb2.JOB_STATE_RUNNING
-    stack.start_worker(concurrency=1)
+def test_a_run_that_ignores_its_timeout_is_killed_and_retried_then_dead_lettered(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack(concurrency=1)
+    job_id = submit(stack, "stubborn", {"seconds": 60}, timeout_seconds=1, max_attempts=2)
+
+    def killed_and_retrying() -> jobs_pb2.Job | None:
+        job = get(stack, job_id)
+        return job if job.state == jobs_pb2.JOB_STATE_RETRYING else None
+
+    retrying = wait_for(killed_and_retrying, 30, "the killed run to be retried", interval=0.05)
+    assert "ignored its timeout and was killed" in retrying.last_error
     job = stack.wait_terminal(job_id, timeout=60)
-    assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_SUCCEEDED, 2)
-    assert time.monotonic() - killed_at >= 3, "redelivered only after the visibility timeout"
+    assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 2)
+    wait_dead_letters(stack, 1)
