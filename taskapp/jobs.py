@@ -131,11 +131,6 @@ class SentMessage(NamedTuple):
     def of(cls, job: Job) -> SentMessage:
         return cls(job.job_id, job.state, job.attempts)
 
-    @classmethod
-    def retry_of(cls, run: Job) -> SentMessage:
-        """The message for the next attempt after `run` (the job as its claim left it)."""
-        return cls(run.job_id, JobState.RETRYING, run.attempts)
-
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:

@@ -22,7 +22,7 @@ from taskapp.routing import DEAD_LETTER_QUEUE, job_id_of, queue_for, task_id_for
 log = logging.getLogger(__name__)
 
 #: What a lost broker looks like from kombu and redis-py.
-BROKER_ERRORS = (
+_BROKER_ERRORS = (
     kombu.exceptions.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -97,7 +97,7 @@ class CeleryPublisher:
                 time_limit=hard_time_limit(job.timeout_seconds),
                 countdown=countdown,
             )
-        except BROKER_ERRORS as exc:
+        except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
     @cached_property
@@ -149,7 +149,7 @@ class CeleryPublisher:
                     sent_events.send(producer)
             if at_front:
                 self._move_to_front(jobs)
-        except (*BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
+        except (*_BROKER_ERRORS, kombu.exceptions.BatchPublishError) as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
 
     def _move_to_front(self, jobs: Sequence[Job]) -> None:
@@ -183,13 +183,13 @@ class CeleryPublisher:
                 for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
                     if job_id_of(json.loads(raw).get("headers", {}).get("id", "")) in job_ids:
                         client.lrem(DEAD_LETTER_QUEUE, 0, raw)
-        except BROKER_ERRORS as exc:
+        except _BROKER_ERRORS as exc:
             log.warning("could not remove %d job(s) from the dead-letter queue: %s", len(job_ids), exc)
 
     def terminate(self, task_id: str) -> None:
         try:
             self.app.control.revoke(task_id, terminate=True, signal="SIGKILL")
-        except BROKER_ERRORS as exc:
+        except _BROKER_ERRORS as exc:
             # The job is CANCELLED in SQL already; its run's outcome will not be recorded over that.
             log.warning("could not broadcast termination of run %s: %s", task_id, exc)
 

@@ -306,7 +306,7 @@ def test_mark_published_only_for_the_state_the_message_was_sent_for(store: JobSt
     store.mark_published([SentMessage.of(job)], T0)  # the submit's mark, arriving late
     retrying = store.get("j")
     assert retrying is not None and retrying.state is JobState.RETRYING and retrying.published_at is None
-    store.mark_published([SentMessage.retry_of(retrying)], T0 + timedelta(seconds=1))
+    store.mark_published([SentMessage.of(retrying)], T0 + timedelta(seconds=1))
     marked = store.get("j")
     assert marked is not None and marked.published_at == T0 + timedelta(seconds=1)
 
