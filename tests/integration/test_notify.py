@@ -23,12 +23,10 @@ def test_a_published_change_wakes_the_waiters_of_those_jobs_only(redis_url: str)
                 listener.waiting_on("job-c") as also_woken,
                 listener.waiting_on("job-b") as other,
             ):
-                subscribed = redis.Redis.from_url(redis_url)
-                channel = changes_channel(subscribed)
-                for _ in range(100):  # until the listener's subscription is in place
-                    if subscribed.pubsub_numsub(channel)[0][1]:
-                        break
-                    await asyncio.sleep(0.05)
+                # Once subscribed, the listener has every waiter look again (for changes made before).
+                await asyncio.wait_for(other.wait(), 5)
+                for event in (woken, also_woken, other):
+                    event.clear()
                 changes = [
                     JobChange("job-a", "echo", JobState.RUNNING),
                     JobChange("job-a", "echo", JobState.SUCCEEDED),
@@ -43,6 +41,37 @@ def test_a_published_change_wakes_the_waiters_of_those_jobs_only(redis_url: str)
             await listener.close()
 
     assert asyncio.run(scenario()) == (True, True, False)
+
+
+def test_the_gateway_subscribes_only_while_someone_waits(redis_url: str) -> None:
+    channel = changes_channel(redis.Redis.from_url(redis_url))
+    client = redis.Redis.from_url(redis_url)
+
+    def subscribers() -> int:
+        return int(client.pubsub_numsub(channel)[0][1])
+
+    async def until_subscribers(count: int) -> None:
+        for _ in range(100):
+            if subscribers() == count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{subscribers()} subscriber(s), not {count}")
+
+    async def scenario() -> None:
+        listener = ChangeListener(redis_url, linger_seconds=0.2)
+        listening = asyncio.create_task(listener.run())
+        try:
+            await asyncio.sleep(0.3)
+            assert subscribers() == 0
+            with listener.waiting_on("job-a") as woken:
+                await until_subscribers(1)
+                await asyncio.wait_for(woken.wait(), 5)
+            await until_subscribers(0)  # the linger over, the listener unsubscribes
+        finally:
+            listening.cancel()
+            await listener.close()
+
+    asyncio.run(scenario())
 
 
 def test_channels_are_per_redis_database() -> None:
