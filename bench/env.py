@@ -60,6 +60,13 @@ class World:
     _redis: redis.Redis | None = None
     _sql: psycopg.Connection[tuple[Any, ...]] | None = None
 
+    #: Where the processes write their stamps of each job's way to its run (`taskapp.start_latency`).
+    @property
+    def trace_file(self) -> Path:
+        return self.workdir / "trace.jsonl"
+
+    admin_dsn = PG_ADMIN
+
     @property
     def database_url(self) -> str:
         base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
@@ -114,6 +121,7 @@ class World:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "TASKAPP_WORKER_METRICS_ADDR": "",
+            "TASKAPP_TRACE_FILE": str(self.trace_file),
             **extra,
         }
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
+import psycopg
 from celery import Celery
 from rich.progress import Progress
 
@@ -164,10 +169,9 @@ async def _steady_submits(
 WARM_UP = 100
 
 
-def raw_latency(
-    world: World, app: Celery, count: int, per_second: float, advance: Advance
-) -> dict[str, float]:
-    """Raw Celery's own floor for the same measure: `send_task` at a steady rate -> the task starting."""
+def raw_latency(world: World, app: Celery, count: int, per_second: float, advance: Advance) -> dict[str, Any]:
+    """Raw Celery's own floor for the same measure: `send_task` at a steady rate -> the task starting, with
+    its stages where raw Celery has them (the message reaching the worker, the task starting)."""
     client = world.redis()
 
     def steady_sends(count: int, prefix: str, advance: Advance) -> dict[str, float]:
@@ -184,11 +188,62 @@ def raw_latency(
     steady_sends(WARM_UP, "warm-up-", lambda n: None)
     client.delete(raw_celery.STARTED)
     sent = steady_sends(count, "latency-", advance)
-    started = {
-        key.decode() if isinstance(key, bytes) else key: float(value)
+    stamps = {
+        text(key): [float(stamp) for stamp in text(value).split()]
         for key, value in client.hgetall(raw_celery.STARTED).items()
     }
-    return quantiles([(started[task_id] - at) * 1_000 for task_id, at in sent.items()])
+    journeys = [
+        {"sent": at, "delivered": delivered, "started": started, "measured": started}
+        for task_id, at in sent.items()
+        for delivered, started in [stamps[task_id]]
+    ]
+    return latency_figures(journeys, RAW_STAGES)
+
+
+#: The stages of a job's way to its run: (name, from stamp, to stamp). Those up to `started` make up the
+#: measured latency; the claim comes after (SQL's started_at is read as it begins).
+STAGES = (
+    ("to the gateway", "sent", "received"),
+    ("validate and wait to be written", "received", "writing"),
+    ("insert and commit", "writing", "committed"),
+    ("publish", "committed", "published"),
+    ("in the queue", "published", "delivered"),
+    ("to a pool process", "delivered", "started"),
+)
+CLAIM_STAGE = ("claim (after started_at)", "started", "claimed")
+RAW_STAGES = (
+    ("send and queue", "sent", "delivered"),
+    ("to a pool process", "delivered", "started"),
+)
+
+
+def latency_figures(
+    journeys: list[dict[str, float]], stages: tuple[tuple[str, str, str], ...]
+) -> dict[str, Any]:
+    """p50/p95/p99 of the measured latency (sent -> `measured`, read apart from the stamps), in ms; each
+    stage's p50, p99, mean and how many jobs had both its stamps; and the sum of the stages' means, which must
+    account for the measured mean."""
+    totals = [(journey["measured"] - journey["sent"]) * 1_000 for journey in journeys]
+    figures: dict[str, Any] = quantiles(totals)
+    figures["mean"] = statistics.mean(totals)
+    figures["stages"] = {}
+    for name, start, end in stages:
+        spans = [(journey[end] - journey[start]) * 1_000 for journey in journeys if end in journey]
+        if spans:
+            figures["stages"][name] = {
+                "p50": percentile(spans, 50),
+                "p99": percentile(spans, 99),
+                "mean": statistics.mean(spans),
+                "jobs": len(spans),
+            }
+    figures["stages_mean_sum"] = sum(
+        figures["stages"][name]["mean"] for name, _, _ in stages if name in figures["stages"]
+    )
+    return figures
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def quantiles(latencies: list[float]) -> dict[str, float]:
@@ -197,20 +252,75 @@ def quantiles(latencies: list[float]) -> dict[str, float]:
 
 def latency_to_running(
     world: World, address: str, count: int, per_second: float, advance: Advance
-) -> dict[str, float]:
-    """Submit → RUNNING (the claim's time in SQL) at a steady rate: p50, p95, p99 in milliseconds. What earlier
-    phases wrote is flushed first (CHECKPOINT), and a warm-up runs at the same rate."""
+) -> dict[str, Any]:
+    """Submit → RUNNING (the claim's time in SQL) at a steady rate: p50, p95, p99 in milliseconds, and each
+    stage from the processes' stamps (`taskapp.start_latency`'s trace file). What earlier phases wrote is
+    flushed first (CHECKPOINT), and a warm-up runs at the same rate. Notes whether an autovacuum or a
+    checkpoint ran meanwhile."""
     world.sql("CHECKPOINT")
     started = "SELECT count(*) FROM jobs WHERE job_id LIKE '{}%' AND started_at IS NOT NULL"
     asyncio.run(_steady_submits(address, WARM_UP, per_second, lambda n: None, "warm-up-"))
     wait_until(
         lambda: world.sql(started.format("warm-up-"))[0][0] == WARM_UP, 120, "the warm-up jobs to start"
     )
-    sent = asyncio.run(_steady_submits(address, count, per_second, advance, "latency-"))
-    wait_until(lambda: world.sql(started.format("latency-"))[0][0] == count, 120, "the latency jobs to start")
-    rows = world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'")
-    latencies = [(started.timestamp() - sent[job_id]) * 1_000 for job_id, started in rows]
-    return quantiles(latencies)
+    with PostgresActivity(world) as activity:
+        sent = asyncio.run(_steady_submits(address, count, per_second, advance, "latency-"))
+        wait_until(
+            lambda: world.sql(started.format("latency-"))[0][0] == count, 120, "the latency jobs to start"
+        )
+    traced = trace_stamps(world.trace_file)
+    journeys = []
+    for job_id, started_at in world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'"):
+        # The stages end at the pool process's own stamp; the latency, at the claim's started_at in SQL.
+        journeys.append({**traced.get(job_id, {}), "sent": sent[job_id], "measured": started_at.timestamp()})
+    figures = latency_figures(journeys, (*STAGES, CLAIM_STAGE))
+    figures["stages_mean_sum"] -= figures["stages"][CLAIM_STAGE[0]]["mean"]
+    figures["postgres"] = activity.seen
+    return figures
+
+
+def trace_stamps(path: Path) -> dict[str, dict[str, float]]:
+    """Job id -> every stamp the processes wrote for it."""
+    stamps: dict[str, dict[str, float]] = {}
+    with path.open() as lines:
+        for line in lines:
+            record = json.loads(line)
+            stamps.setdefault(record.pop("job_id"), {}).update(record)
+    return stamps
+
+
+class PostgresActivity:
+    """Watches, on a thread, whether an autovacuum or a checkpoint runs while a measure does: either would
+    take the cores the measure shares with it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.seen: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> PostgresActivity:
+        self._checkpoints = self._checkpoint_count()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seen["checkpoints"] = self._checkpoint_count() - self._checkpoints
+
+    def _checkpoint_count(self) -> int:
+        return int(self.world.sql("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[0][0])
+
+    def _watch(self) -> None:
+        vacuums: set[str] = set()
+        with psycopg.connect(self.world.admin_dsn, autocommit=True) as connection:
+            while not self._stop.wait(0.1):
+                for (query,) in connection.execute(
+                    "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                ).fetchall():
+                    vacuums.add(query)
+        self.seen["autovacuums"] = sorted(vacuums)
 
 
 FILL_ROWS = """

@@ -11,6 +11,8 @@ from functools import cache
 
 import redis
 from celery import Celery
+from celery.signals import task_received
+from celery.worker.request import Request
 
 app = Celery("bench_raw")
 app.config_from_object("celeryconfig")
@@ -19,8 +21,16 @@ app.conf.imports = ()
 
 NOOP = "bench.noop"
 STAMP = "bench.stamp"
-#: Where `stamp` notes when each task started: task id -> Unix time.
+#: Where `stamp` notes when each task's message reached the worker and when the task started: task id ->
+#: "<delivered> <started>", Unix times.
 STARTED = "bench:started"
+#: The key the worker's main process adds to the request it hands to a pool process (as taskapp's worker does).
+DELIVERED_AT = "bench_delivered_at"
+
+
+@task_received.connect
+def stamp_delivery(request: Request, **_: object) -> None:
+    request.request_dict[DELIVERED_AT] = time.time()
 
 
 @app.task(name=NOOP)
@@ -35,6 +45,8 @@ def _broker() -> redis.Redis:
 
 @app.task(name=STAMP, bind=True)
 def stamp(self: object) -> None:
-    """Notes when it started (after the clock is read, so the write is not part of the latency)."""
+    """Notes when it was delivered and started (after the clock is read, so the write is not part of the
+    latency)."""
     started = time.time()
-    _broker().hset(STARTED, self.request.id, started)  # type: ignore[attr-defined]
+    delivered = getattr(self.request, DELIVERED_AT)  # type: ignore[attr-defined]
+    _broker().hset(STARTED, self.request.id, f"{delivered} {started}")  # type: ignore[attr-defined]

@@ -21,11 +21,13 @@ from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.app import app as celery_app
 from taskapp.broker_stats import RedisBrokerStats
+from taskapp.clock import utcnow
 from taskapp.config import Settings, get_settings, is_loopback
 from taskapp.errors import TaskappError
 from taskapp.log_format import setup_process_logging
 from taskapp.metrics import QueueCollector, record_changes
 from taskapp.notify import ChangePublisher
+from taskapp.published_marks import PublishedMarks
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
 from taskapp.service import JobService
@@ -87,11 +89,13 @@ async def serve(settings: Settings) -> None:
         settings.database_url, change_hooks=[ChangePublisher(settings.redis_url), record_changes]
     )
     broker_stats = RedisBrokerStats(celery_app)
+    published_marks = PublishedMarks(store, utcnow)
     service = JobService(
         store=store,
         publisher=CeleryPublisher(celery_app),
         registry=load_handlers(settings.handler_modules),
         broker_stats=broker_stats,
+        published_marks=published_marks,
     )
     REGISTRY.register(QueueCollector(broker_stats, store))
     readiness = Readiness(store, settings.redis_url)
@@ -139,6 +143,7 @@ async def serve(settings: Settings) -> None:
     batching.cancel()
     listening.cancel()
     await changes.close()
+    await asyncio.to_thread(published_marks.close)
 
 
 async def report_health(health_servicer: health.aio.HealthServicer, readiness: Readiness) -> None:

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     flower_db: Path = Path("flower.db")
     #: Calls the gateway handles at once (WatchJob streams included); more are answered RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=1_000, gt=0)
+    #: A file each process appends its stamps of every job's way to its run to, one JSON line per job and
+    #: process (`taskapp.start_latency`); empty: none are written. The benchmark sets it.
+    trace_file: str = ""
 
     def accepted_tokens(self) -> list[str]:
         """Every configured token: the variable's and the file's (read when called; the gateway does once)."""

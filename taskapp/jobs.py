@@ -216,6 +216,9 @@ class SubmitRequest:
 class SubmitOutcome:
     job: Job
     created: bool
+    #: When this call committed the job and when it published its message (None: it did not).
+    committed_at: datetime | None = None
+    published_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Collection, Sequence
 from functools import cached_property
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from kombu.messaging import Producer
 from taskapp.errors import BrokerUnavailable
 from taskapp.jobs import Job, hard_time_limit
 from taskapp.routing import DEAD_LETTER_QUEUE, job_id_of, queue_for, task_id_for, task_name
+from taskapp.start_latency import SENT_AT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class CeleryPublisher:
                 soft_time_limit=job.timeout_seconds,
                 time_limit=hard_time_limit(job.timeout_seconds),
                 countdown=countdown,
+                headers={SENT_AT_HEADER: time.time()},
             )
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"broker unavailable: {exc}") from exc
@@ -137,6 +140,7 @@ class CeleryPublisher:
                         argsrepr="()",
                         kwargsrepr="{}",
                     )
+                    message.headers[SENT_AT_HEADER] = time.time()
                     amqp.send_task_message(
                         producer,
                         task_name(job.type),

@@ -45,6 +45,7 @@ from taskapp.jobs import (
     SubmitOutcome,
     SubmitRequest,
 )
+from taskapp.published_marks import PublishedMarks
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
 from taskapp.store.port import JobStore
@@ -111,6 +112,7 @@ class JobService:
         registry: HandlerRegistry,
         *,
         broker_stats: BrokerStats | None = None,
+        published_marks: PublishedMarks | None = None,
         new_job_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -118,6 +120,7 @@ class JobService:
         self.publisher = publisher
         self.registry = registry
         self.broker_stats = broker_stats
+        self.published_marks = published_marks
         self._new_job_id = new_job_id
         self._clock = clock
 
@@ -203,24 +206,25 @@ class JobService:
         first: dict[str, NewJob] = {}
         for new in news:
             first.setdefault(new.job_id, new)
-        written = {
-            job.job_id: (job, created) for job, created in self._create_and_publish(list(first.values()))
-        }
+        written = {outcome.job.job_id: outcome for outcome in self._create_and_publish(list(first.values()))}
         outcomes: builtins.list[SubmitOutcome | JobAlreadyExists] = []
         for new in news:
-            job, created = written[new.job_id]
-            if job.fingerprint != new.fingerprint:
+            outcome = written[new.job_id]
+            if outcome.job.fingerprint != new.fingerprint:
                 outcomes.append(JobAlreadyExists(new.job_id))
+            elif first[new.job_id] is new:
+                outcomes.append(outcome)
             else:
-                outcomes.append(SubmitOutcome(job=job, created=created and first[new.job_id] is new))
+                outcomes.append(SubmitOutcome(job=outcome.job, created=False))
         return outcomes
 
     def _create_and_publish(
         self, news: Sequence[NewJob], check: Callable[[builtins.list[tuple[Job, bool]]], None] | None = None
-    ) -> builtins.list[tuple[Job, bool]]:
+    ) -> builtins.list[SubmitOutcome]:
         """Insert the jobs (existing ids are left as they are), run `check` on the result, then publish the new
         QUEUED ones together and mark them published. If publishing fails, the new rows are removed again."""
         results = self.store.create_many(news, self._clock())
+        committed_at = self._clock()
         if check is not None:
             check(results)
         fresh = [job for job, created in results if created and job.state is JobState.QUEUED]
@@ -231,15 +235,28 @@ class JobService:
         except BrokerUnavailable:
             self.store.discard_many([job.job_id for job, created in results if created])
             raise
+        published_at = self._clock()
         if fresh:
             self._mark_published(fresh)
-        return results
+        return [
+            SubmitOutcome(
+                job=job,
+                created=created,
+                committed_at=committed_at if created else None,
+                published_at=published_at if created and job.state is JobState.QUEUED else None,
+            )
+            for job, created in results
+        ]
 
     def _mark_published(self, jobs: Sequence[Job]) -> None:
         """The jobs are committed and their messages sent; if this write is lost the scheduler sends harmless
-        duplicates, so the caller still gets its answer."""
+        duplicates, so the caller still gets its answer. With `published_marks`, the mark is left to it."""
+        messages = [SentMessage.of(job) for job in jobs]
+        if self.published_marks is not None:
+            self.published_marks.add(messages)
+            return
         try:
-            self.store.mark_published([SentMessage.of(job) for job in jobs], self._clock())
+            self.store.mark_published(messages, self._clock())
         except StoreUnavailable as exc:
             log.warning("%d job(s) published but not marked so: %s", len(jobs), exc)
 
@@ -270,8 +287,7 @@ class JobService:
                 if not created and job.fingerprint != new.fingerprint:
                     raise JobAlreadyExists(f"jobs[{index}]: {new.job_id}")
 
-        results = self._create_and_publish(news, check=refuse_conflicts)
-        return [SubmitOutcome(job=job, created=created) for job, created in results]
+        return self._create_and_publish(news, check=refuse_conflicts)
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(self.check_job_id(job_id))

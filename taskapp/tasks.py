@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_ready
+from celery.signals import task_received, worker_ready
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
-from taskapp import outcomes, policy, worker_shutdown
+from taskapp import outcomes, policy, start_latency, worker_shutdown
 from taskapp.app import app
 from taskapp.clock import utcnow
 from taskapp.config import get_settings
@@ -75,6 +75,14 @@ def start_keeping_leases(sender: Any = None, **_: Any) -> None:
 
 
 worker_ready.connect(start_keeping_leases)
+
+
+def stamp_delivery(request: Request, **_: Any) -> None:
+    """In the worker's main process, as a message arrives: the request handed to a pool process says when."""
+    request.request_dict[start_latency.DELIVERED_AT] = time.time()
+
+
+task_received.connect(stamp_delivery)
 
 
 class WaitForDatabase(Reject):  # type: ignore[misc]
@@ -205,6 +213,7 @@ class JobTask(Task):  # type: ignore[misc]
 
 
 def run_job(task: JobTask, **_ignored: Any) -> Any:
+    started = time.time()
     task_id = task.request.id
     job_id = job_id_of(task_id)
     store = worker_store()
@@ -214,6 +223,8 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
         current = None if job is not None else store.get(job_id)
     except StoreUnavailable as exc:
         raise WaitForDatabase(str(exc), requeue=True) from None
+    if job is not None:
+        start_latency.claimed(job_id, task.request, started, time.time())
     if job is None:
         match policy.after_refused_claim(current, now):
             case policy.EndLostRun():

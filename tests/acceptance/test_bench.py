@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 
@@ -30,7 +32,14 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
         figures["taskapp"]["drain_per_s"],
     ]
     assert all(rate > 0 for rate in rates), figures
-    assert set(figures["taskapp"]["latency_ms"]) == set(figures["raw"]["latency_ms"]) == {"p50", "p95", "p99"}
+    for side, stages in (("taskapp", 7), ("raw", 2)):
+        latency = figures[side]["latency_ms"]
+        assert {"p50", "p95", "p99"} <= set(latency)
+        assert len(latency["stages"]) == stages, latency["stages"]
+        assert {stage["jobs"] for stage in latency["stages"].values()} == {figures["sizes"]["latency"]}
+        # The stamps account for the whole measured latency: a stage left out, or stamped on another clock,
+        # would leave a gap (or an overlap) between its neighbours.
+        assert latency["stages_mean_sum"] == pytest.approx(latency["mean"], rel=0.10), latency
     assert list(figures["taskapp"]["reads_ms"]) == ["1000", "3000"]
     measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
     assert measures == {"P1", "P2", "P3", "P4"}

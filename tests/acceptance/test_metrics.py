@@ -174,6 +174,16 @@ def test_prometheus_counts_what_the_jobs_did_and_the_dashboard_queries_answer(
         "finished, by scrape job": {"worker": 10.0, "gateway": 1.0},
         "retries": 1.0,
         "runs timed": 11.0,
+        # Every created job's way through the gateway (the two scheduled ones are not published by it), and
+        # every claimed delivery's through the worker: 13 runs, the retry's included.
+        "start stages timed": {
+            "batching": 18.0,
+            "insert": 18.0,
+            "publish": 16.0,
+            "queue": 13.0,
+            "handoff": 13.0,
+            "claim": 13.0,
+        },
         "queue depth": {"critical": 0.0, "high": 0.0, "default": 0.0, "low": 4.0, "dead_letter": 1.0},
         "scheduled": 1.0,
         "celery tasks succeeded (exporter)": 7.0,
@@ -187,6 +197,7 @@ def test_prometheus_counts_what_the_jobs_did_and_the_dashboard_queries_answer(
             "finished, by scrape job": server.by("job", "sum by (job) (taskapp_jobs_finished_total)"),
             "retries": server.value("sum(taskapp_job_retries_total)"),
             "runs timed": server.value("sum(taskapp_job_run_seconds_count)"),
+            "start stages timed": server.by("stage", "sum by (stage) (taskapp_job_start_seconds_count)"),
             "queue depth": server.by("queue", "taskapp_queue_depth"),
             "scheduled": server.value("taskapp_jobs_scheduled"),
             "celery tasks succeeded (exporter)": server.value("sum(celery_task_succeeded_total)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -11,6 +12,7 @@ from celery import Celery
 
 from taskapp.jobs import Job, JobState, Priority
 from taskapp.publisher import CeleryPublisher
+from taskapp.start_latency import SENT_AT_HEADER
 from tests.helpers import wait_for
 
 
@@ -50,6 +52,8 @@ def popped(client: redis.Redis, queue: str) -> dict:
     assert isinstance(raw, bytes), f"no message in {queue}"
     message = json.loads(raw)
     del message["properties"]["delivery_tag"]  # unique per message, by design
+    sent_at = message["headers"].pop(SENT_AT_HEADER)  # when it was sent: differs by design
+    assert abs(sent_at - time.time()) < 60
     return message
 
 
