@@ -34,7 +34,7 @@ Method = Callable[[Any, RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT
 
 
 def count_submitted(outcome: SubmitOutcome, received: float) -> None:
-    """A job created by a call received at `received`: counted, and its way to the gateway's answer timed."""
+    """A job created by a call received at `received`: counted, and its stages in the gateway timed."""
     if outcome.created:
         JOBS_SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
         start_latency.submitted(outcome, received)
