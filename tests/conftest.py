@@ -19,6 +19,11 @@ settings.register_profile("thorough", max_examples=10_000, deadline=None)
 settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked slow run first, so that none of them is left running alone at the end of a run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def fresh_settings() -> Iterator[None]:
     """Settings are read once per process; a test that sets the environment reads them anew."""

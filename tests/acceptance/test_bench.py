@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import ROOT
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(

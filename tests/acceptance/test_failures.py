@@ -119,6 +119,7 @@ def test_timeouts_retry_then_dead_letter(make_stack: MakeStack) -> None:
     wait_dead_letters(stack, 1)
 
 
+@pytest.mark.slow
 def test_killed_pool_process_reruns_the_job_20_times_in_a_row(make_stack: MakeStack) -> None:
     stack = make_stack(concurrency=1)
     for _ in range(20):

@@ -61,6 +61,7 @@ def succeeded(stack: Stack) -> int:
     return sql_count(stack, jobs_table, jobs_table.c.state == "SUCCEEDED")
 
 
+@pytest.mark.slow
 def test_a_whole_worker_killed_has_its_runs_finished_by_another(
     make_stack: MakeStack, record: ExecutionRecord, hold: Path
 ) -> None:
@@ -129,6 +130,7 @@ def test_cancel_while_running_then_retry_runs_the_job_and_counts_the_cancel_once
     assert sum(counts) == 1.0, counts
 
 
+@pytest.mark.slow
 def test_postgres_stopped_mid_drain_loses_nothing_and_runs_nothing_twice(
     make_stack: MakeStack, own_postgres: OwnPostgres, record: ExecutionRecord
 ) -> None:
@@ -150,6 +152,7 @@ def test_postgres_stopped_mid_drain_loses_nothing_and_runs_nothing_twice(
     assert log.count("taking no messages") == 1 and "answers again: taking messages" in log
 
 
+@pytest.mark.slow
 def test_a_worker_cut_off_from_the_database_stops_its_run_before_its_lease_ends(
     make_stack: MakeStack, record: ExecutionRecord, hold: Path
 ) -> None:
@@ -175,6 +178,7 @@ def test_a_worker_cut_off_from_the_database_stops_its_run_before_its_lease_ends(
     assert first.last_seen < second.started, "the two runs never overlapped"
 
 
+@pytest.mark.slow
 def test_a_stalled_worker_s_late_outcome_is_refused(
     make_stack: MakeStack, record: ExecutionRecord, hold: Path
 ) -> None:

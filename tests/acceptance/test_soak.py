@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.store.tables import jobs_table
 from tests.helpers import Stack, sql_count, wait_for
@@ -34,6 +36,7 @@ def run_noops(stack: Stack, count: int, done_before: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_worker_main_process_stays_flat(make_stack: MakeStack) -> None:
     stack = make_stack(scheduler=False)
     worker = stack.processes["worker"].pid
