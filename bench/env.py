@@ -65,8 +65,6 @@ class World:
     def trace_file(self) -> Path:
         return self.workdir / "trace.jsonl"
 
-    admin_dsn = PG_ADMIN
-
     @property
     def database_url(self) -> str:
         base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)

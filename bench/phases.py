@@ -23,7 +23,7 @@ from celery import Celery
 from rich.progress import Progress
 
 from bench import raw_celery
-from bench.env import World, wait_until
+from bench.env import PG_ADMIN, World, wait_until
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 
 QUEUE = "default"
@@ -217,17 +217,20 @@ RAW_STAGES = (
 )
 
 
+Stage = tuple[str, str, str]
+
+
 def latency_figures(
-    journeys: list[dict[str, float]], stages: tuple[tuple[str, str, str], ...]
+    journeys: list[dict[str, float]], stages: tuple[Stage, ...], after: tuple[Stage, ...] = ()
 ) -> dict[str, Any]:
     """p50/p95/p99 of the measured latency (sent -> `measured`, read apart from the stamps), in ms; each
     stage's p50, p99, mean and how many jobs had both its stamps; and the sum of the stages' means, which must
-    account for the measured mean."""
+    account for the measured mean. `after`: stages reported too, but past the measured end."""
     totals = [(journey["measured"] - journey["sent"]) * 1_000 for journey in journeys]
     figures: dict[str, Any] = quantiles(totals)
     figures["mean"] = statistics.mean(totals)
     figures["stages"] = {}
-    for name, start, end in stages:
+    for name, start, end in (*stages, *after):
         spans = [(journey[end] - journey[start]) * 1_000 for journey in journeys if end in journey]
         if spans:
             figures["stages"][name] = {
@@ -273,8 +276,7 @@ def latency_to_running(
     for job_id, started_at in world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'"):
         # The stages end at the pool process's own stamp; the latency, at the claim's started_at in SQL.
         journeys.append({**traced.get(job_id, {}), "sent": sent[job_id], "measured": started_at.timestamp()})
-    figures = latency_figures(journeys, (*STAGES, CLAIM_STAGE))
-    figures["stages_mean_sum"] -= figures["stages"][CLAIM_STAGE[0]]["mean"]
+    figures = latency_figures(journeys, STAGES, after=(CLAIM_STAGE,))
     figures["postgres"] = activity.seen
     return figures
 
@@ -314,7 +316,7 @@ class PostgresActivity:
 
     def _watch(self) -> None:
         vacuums: set[str] = set()
-        with psycopg.connect(self.world.admin_dsn, autocommit=True) as connection:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
             while not self._stop.wait(0.1):
                 for (query,) in connection.execute(
                     "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 MARK_INTERVAL = 0.25
 
 
+def mark_published(store: JobStore, messages: Sequence[SentMessage], now: datetime) -> None:
+    """Mark the jobs published; if the database is away the mark is lost, and costs a duplicate message."""
+    try:
+        store.mark_published(messages, now)
+    except StoreUnavailable as exc:
+        log.warning("%d job(s) published but not marked so: %s", len(messages), exc)
+
+
 class PublishedMarks:
     def __init__(
         self, store: JobStore, clock: Callable[[], datetime], interval: float = MARK_INTERVAL
@@ -45,12 +53,8 @@ class PublishedMarks:
     def flush(self) -> None:
         with self._lock:
             messages, self._pending = self._pending, []
-        if not messages:
-            return
-        try:
-            self.store.mark_published(messages, self.clock())
-        except StoreUnavailable as exc:
-            log.warning("%d job(s) published but not marked so: %s", len(messages), exc)
+        if messages:
+            mark_published(self.store, messages, self.clock())
 
     def close(self) -> None:
         """Mark what is pending, and stop."""

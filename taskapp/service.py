@@ -8,7 +8,6 @@ import builtins
 import difflib
 import hashlib
 import json
-import logging
 import math
 import re
 import uuid
@@ -27,7 +26,6 @@ from taskapp.errors import (
     JobNotFound,
     JobNotRetryable,
     PayloadTooLarge,
-    StoreUnavailable,
 )
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH, fault_point
 from taskapp.jobs import (
@@ -45,12 +43,10 @@ from taskapp.jobs import (
     SubmitOutcome,
     SubmitRequest,
 )
-from taskapp.published_marks import PublishedMarks
+from taskapp.published_marks import PublishedMarks, mark_published
 from taskapp.publisher import Publisher
 from taskapp.registry import HandlerRegistry
 from taskapp.store.port import JobStore
-
-log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -254,11 +250,8 @@ class JobService:
         messages = [SentMessage.of(job) for job in jobs]
         if self.published_marks is not None:
             self.published_marks.add(messages)
-            return
-        try:
-            self.store.mark_published(messages, self._clock())
-        except StoreUnavailable as exc:
-            log.warning("%d job(s) published but not marked so: %s", len(jobs), exc)
+        else:
+            mark_published(self.store, messages, self._clock())
 
     def submit_many(self, requests: Sequence[SubmitRequest]) -> builtins.list[SubmitOutcome]:
         """SubmitJob for up to 1,000 jobs: every one is validated before anything is written (the error names

@@ -220,11 +220,10 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
     now = utcnow()
     try:
         job = store.claim(job_id, task.request.hostname or "", now, get_settings().lease_seconds, task_id)
+        claimed = time.time()
         current = None if job is not None else store.get(job_id)
     except StoreUnavailable as exc:
         raise WaitForDatabase(str(exc), requeue=True) from None
-    if job is not None:
-        start_latency.claimed(job_id, task.request, started, time.time())
     if job is None:
         match policy.after_refused_claim(current, now):
             case policy.EndLostRun():
@@ -244,6 +243,7 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
                     "job %s is not claimable (cancelled, finished, or run elsewhere): message dropped", job_id
                 )
         raise Ignore()
+    start_latency.claimed(job_id, task.request, started, claimed)
     # The run as claimed: outcomes are guarded on its attempt, the policy reads its attempts left.
     task.request.taskapp_run = job
     payload = task.handler.schema.model_validate(job.payload)
