@@ -51,6 +51,7 @@ def record_success(sender: Task | None = None, result: Any = None, **_: Any) -> 
     stored = keep_writing(
         lambda: worker_store().succeed(run.job_id, run.attempts, result, utcnow()),
         f"the success of {sender.request.id}",
+        sender.request.id,
     )
     if not stored:
         log.warning(LATE, sender.request.id, "success")
@@ -72,7 +73,7 @@ def record_failure(
     run = _run(sender)
     if run is not None:
         decision = keep_writing(
-            lambda: end_failed_run(sender.app, run, failure, error), f"the failure of {task_id}"
+            lambda: end_failed_run(sender.app, run, failure, error), f"the failure of {task_id}", task_id
         )
         if decision is None:
             log.warning(LATE, task_id, "failure")

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_received, worker_ready
+from celery.signals import worker_shutdown as celery_worker_shutdown
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
@@ -37,7 +41,7 @@ from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
 from taskapp.routing import job_id_of, task_name
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
-from taskapp.worker_leases import LeaseKeeper
+from taskapp.worker_leases import EndingRuns, LeaseKeeper
 from taskapp.worker_outage import ConsumingPause
 
 log = logging.getLogger(__name__)
@@ -61,9 +65,15 @@ def worker_store() -> JobStore:
     return store
 
 
+#: Made in the worker's main process as it loads its tasks, and known to the pool processes it forks.
+ending_runs = EndingRuns(Path(tempfile.gettempdir()) / f"taskapp-ending-runs-{os.getpid()}")
 #: The worker's main process keeps the leases of its runs, and stops consuming while the database is away.
 lease_keeper = LeaseKeeper(
-    worker_store(), "", get_settings().lease_seconds, runs=lambda: list(worker_state.active_requests)
+    worker_store(),
+    "",
+    get_settings().lease_seconds,
+    runs=lambda: list(worker_state.active_requests),
+    ending=ending_runs,
 )
 consuming_pause = ConsumingPause(lambda: worker_store().ping())
 
@@ -74,7 +84,12 @@ def start_keeping_leases(sender: Any = None, **_: Any) -> None:
     lease_keeper.start()
 
 
+def remove_ending_runs(**_: Any) -> None:
+    shutil.rmtree(ending_runs.directory, ignore_errors=True)
+
+
 worker_ready.connect(start_keeping_leases)
+celery_worker_shutdown.connect(remove_ending_runs)
 
 
 def stamp_delivery(request: Request, **_: Any) -> None:
@@ -90,25 +105,32 @@ class WaitForDatabase(Reject):  # type: ignore[misc]
     worker stops consuming until the database answers (`ConsumingPause`)."""
 
 
-def keep_writing(write: Callable[[], T], what: str) -> T:
-    """A run's outcome write, tried until the database takes it. Meanwhile the message stays unacknowledged;
-    if the database stays away past the run's lease, the worker stops this run and the scheduler rescues the
-    job, so an outcome is never lost, and a run whose outcome is written is never run again."""
+def keep_writing(write: Callable[[], T], what: str, task_id: str) -> T:
+    """A run's outcome write, in its pool process, tried until the database takes it. Meanwhile the message
+    stays unacknowledged, and the run is marked as ending so that the worker does not stop it for want of lease
+    renewals: if the database answers before the lease ends, the outcome is written and the job never runs
+    again; if it answers later, the scheduler may have rescued the job, and then the guarded write refuses this
+    outcome."""
     delay = WRITE_RETRY_FIRST
     waited = False
-    while True:
-        try:
-            result = write()
-        except StoreUnavailable as exc:
-            if not waited:
-                log.warning("%s waits for the job database: %s", what, exc)
-                waited = True
-            time.sleep(delay)
-            delay = min(WRITE_RETRY_MOST, delay * 2)
-            continue
+    try:
+        while True:
+            try:
+                result = write()
+            except StoreUnavailable as exc:
+                if not waited:
+                    log.warning("%s waits for the job database: %s", what, exc)
+                    ending_runs.mark(task_id)
+                    waited = True
+                time.sleep(delay)
+                delay = min(WRITE_RETRY_MOST, delay * 2)
+                continue
+            if waited:
+                log.warning("%s written", what)
+            return result
+    finally:
         if waited:
-            log.warning("%s written", what)
-        return result
+            ending_runs.unmark(task_id)
 
 
 def describe(exc: BaseException | None, timeout_seconds: int | None = None) -> str:
@@ -204,6 +226,7 @@ class JobTask(Task):  # type: ignore[misc]
         decision = keep_writing(
             lambda: end_failed_run(self.app, run, failure, describe(exc, timeout)),
             f"the retry of {self.request.id}",
+            self.request.id,
         )
         if decision is None:
             log.info("job %s moved on while failing: no retry", run.job_id)
@@ -233,6 +256,7 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
                         task.app, current, policy.Failure.WORKER_LOST, "worker lost", lapsed=True
                     ),
                     f"the lost run of {job_id}",
+                    task_id,
                 )
             case policy.PutOff(delay):
                 assert current is not None

@@ -6,6 +6,10 @@ it) is stopped (SIGKILL) before the lease can end; so is a run whose job has mov
 lapsed and another run took over). Once a lease has ended the scheduler may rescue the job, and the stop comes
 first, so two runs of one job never overlap, even in a partition. (Clocks: the lease ends by the worker's clock
 at the last renewal, the rescue by the scheduler's; keep hosts within a few seconds of each other, as NTP does.)
+
+A run whose handler has returned and that waits for the database to take its outcome (`EndingRuns`) is not
+stopped: it has nothing left to do that a rescued run could overlap, and stopping it would throw away an
+outcome SQL can still take if it answers before the lease ends.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from taskapp.clock import utcnow
@@ -31,14 +36,39 @@ log = logging.getLogger(__name__)
 FENCE_CHECK_SECONDS = 1.0
 
 
+class EndingRuns:
+    """Runs whose handler has returned and whose outcome waits for the database: a pool process marks its run
+    with a file in a directory every process of the worker knows (pool processes are forked from the main one).
+    Marked only while the database is away, so a run that writes its outcome at once touches no file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def mark(self, task_id: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / task_id).touch()
+
+    def unmark(self, task_id: str) -> None:
+        (self.directory / task_id).unlink(missing_ok=True)
+
+    def __contains__(self, task_id: str) -> bool:
+        return (self.directory / task_id).exists()
+
+
 class LeaseKeeper:
     """`runs()` gives the worker's live requests (Celery's `Request`s: `id`, `worker_pid`, `time_start`)."""
 
     def __init__(
-        self, store: JobStore, worker: str, lease_seconds: float, runs: Callable[[], list[Any]]
+        self,
+        store: JobStore,
+        worker: str,
+        lease_seconds: float,
+        runs: Callable[[], list[Any]],
+        ending: EndingRuns,
     ) -> None:
         self.store = store
         self.worker = worker
+        self.ending = ending
         self.lease_seconds = lease_seconds
         self.renew_every = lease_seconds / 6
         self.stop_after = lease_seconds * 2 / 3
@@ -47,6 +77,8 @@ class LeaseKeeper:
         self._renewed: dict[str, float] = {}
         #: Task ids of runs this worker stopped, and why: their failure is not the job's.
         self.stopped: dict[str, str] = {}
+        #: Task ids of runs past `stop_after` left alone because they are ending (said once each).
+        self.spared: set[str] = set()
         self._unavailable = False
 
     def job_runs(self) -> dict[str, Any]:
@@ -102,11 +134,24 @@ class LeaseKeeper:
         return job.state is JobState.CANCELLED
 
     def fence(self) -> None:
-        """Stop every run whose lease was not renewed for `stop_after` seconds: before it can end."""
+        """Stop every run whose lease was not renewed for `stop_after` seconds, before it can end, unless its
+        handler has returned and it only waits to write its outcome."""
         now = time.monotonic()
-        for task_id, request in self.job_runs().items():
+        runs = self.job_runs()
+        self.spared &= set(runs)
+        for task_id, request in runs.items():
             last = self._renewed.get(task_id) or _started(request, now)
-            if now - last >= self.stop_after:
+            if now - last < self.stop_after or task_id in self.spared:
+                continue
+            if task_id in self.ending:
+                self.spared.add(task_id)
+                log.warning(
+                    "run %s: lease not renewed for %.0f s, but its handler has returned: not stopped, it waits "
+                    "to write its outcome",
+                    task_id,
+                    now - last,
+                )
+            else:
                 self.stop(request, f"its lease could not be renewed for {now - last:.0f} s")
 
     def stop(self, request: Any, reason: str) -> None:

@@ -153,6 +153,34 @@ def test_postgres_stopped_mid_drain_loses_nothing_and_runs_nothing_twice(
 
 
 @pytest.mark.slow
+def test_runs_that_finish_while_the_database_is_away_wait_past_the_stopping_point_and_keep_their_outcome(
+    make_stack: MakeStack, own_postgres: OwnPostgres, record: ExecutionRecord, hold: Path
+) -> None:
+    """A worker stops a run it could not renew for two thirds of its lease, but not one whose handler has
+    returned: its outcome is written once the database answers, within the lease, and the job never runs again."""
+    upgrade(own_postgres.url)
+    stack = make_stack(DATABASE_URL=own_postgres.url, concurrency=2)
+    ids = [submit(stack, "recorded", record.payload(hold)) for _ in range(2)]
+    wait_for(lambda: len(record.runs()) == 2, 30, "both jobs to start")
+    own_postgres.stop()
+    hold.unlink()
+    wait_for(
+        lambda: stack.log("worker").count("waits for the job database") == 2, 30, "both outcomes to wait"
+    )
+    wait_for(
+        lambda: stack.log("worker").count("not stopped, it waits to write its outcome") == 2,
+        LEASE,
+        "the worker to pass the point where it stops runs it cannot renew",
+    )
+    own_postgres.start()
+    for job_id in ids:
+        job = stack.wait_terminal(job_id, timeout=LEASE)
+        assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_SUCCEEDED, 1)
+    assert record.finished() == dict.fromkeys(ids, 1), "each handler finished once"
+    assert "stopping run" not in stack.log("worker")
+
+
+@pytest.mark.slow
 def test_a_worker_cut_off_from_the_database_stops_its_run_before_its_lease_ends(
     make_stack: MakeStack, record: ExecutionRecord, hold: Path
 ) -> None:
