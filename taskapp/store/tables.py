@@ -18,7 +18,9 @@ _SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 #: JSONB on PostgreSQL, JSON text on SQLite; Python None is stored as SQL NULL.
 _JSON_TYPE = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 _TIMESTAMP = sa.DateTime(timezone=True)
-_UNPUBLISHED = sa.text("published_at IS NULL")
+#: The outbox: jobs that want a run and whose message is not known to be sent. A job claimed or cancelled before
+#: its message was marked sent owes nothing; were it kept here, the index would grow with every such job.
+_UNPUBLISHED = sa.text("published_at IS NULL AND state IN ('QUEUED', 'RETRYING')")
 
 
 class JobRow(SQLModel, table=True):

@@ -311,6 +311,37 @@ def test_mark_published_only_for_the_state_the_message_was_sent_for(store: JobSt
     assert marked is not None and marked.published_at == T0 + timedelta(seconds=1)
 
 
+def test_the_outbox_index_holds_only_jobs_that_owe_a_message(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """At a low rate a job is claimed before the gateway marks its message sent: it owes nothing, and must not
+    stay in the index that the mark and the scheduler's `owed` read (it grew with every job, and so did they)."""
+    store = open_store(make_database_url("postgres", tmp_path, request))
+    assert isinstance(store, SqlJobStore)
+    try:
+        store.create_many([new_job(f"claimed-{n}") for n in range(500)], T0)
+        for n in range(500):
+            store.claim(f"claimed-{n}", "w", T0, 30, f"claimed-{n}@1")
+        store.create_many([new_job(f"cancelled-{n}") for n in range(100)], T0)
+        for n in range(100):
+            store.cancel(f"cancelled-{n}", T0)
+        owing, _ = create(store, new_job("owing"), T0)
+        with store.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM jobs")
+            entries = conn.exec_driver_sql(
+                "SELECT reltuples FROM pg_class WHERE relname = 'ix_jobs_unpublished'"
+            ).scalar_one()
+        assert entries == 1
+        assert [
+            job.job_id for job in store.owed(T0 + timedelta(seconds=10), T0 + timedelta(seconds=10), 10)
+        ] == ["owing"]
+        store.mark_published([SentMessage.of(owing)], T0)
+        marked = store.get("owing")
+        assert marked is not None and marked.published_at == T0
+    finally:
+        store.engine.dispose()
+
+
 def test_progress_and_events_of_a_run(store: JobStore, heard: list[JobChange]) -> None:
     create(store, new_job("p"), T0)
     store.claim("p", "w", T0, 30, "p@1")
