@@ -115,7 +115,7 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
     total = phases.job_count(world)
     figures["taskapp"]["drain_per_s"] = phases.drain(
         raw_celery.app,
-        lambda: phases.succeeded(world) == total,
+        lambda: phases.taskapp_drained(world, total),
         total,
         "taskapp: drain to SUCCEEDED",
         progress,
@@ -206,11 +206,19 @@ def report(figures: dict[str, Any], checks: list[dict[str, Any]], console: Conso
         ("raw Celery: send_task → start", raw_latency),
     ):
         console.print(stage_table(title, figures_of))
-    postgres = latency["postgres"]
+    postgres, disk = latency["postgres"], latency["disk"]
     console.print(
         f"meanwhile in PostgreSQL: {postgres['checkpoints']} checkpoint(s), "
         f"autovacuum: {'; '.join(postgres['autovacuums']) or 'none'}"
     )
+    if disk["measured"]:
+        console.print(
+            f"meanwhile the disk under PostgreSQL's WAL: {disk['syncs']} fdatasync of 8 KiB, "
+            f"p50 {disk['p50']:.2f} ms, worst {disk['worst']:.0f} ms, {disk['stalls']} over "
+            f"{phases.DiskProbe.STALL_MS:.0f} ms"
+        )
+    else:
+        console.print(f"the disk under PostgreSQL's WAL was not probed: {disk['why_not']}")
     reads = Table(title="Reads (ms per call, one caller)")
     reads.add_column("rows")
     names = list(next(iter(ours["reads_ms"].values())))

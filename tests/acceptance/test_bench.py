@@ -41,7 +41,9 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
         # The stamps account for the whole measured latency: a stage left out, or stamped on another clock,
         # would leave a gap (or an overlap) between its neighbours.
         assert latency["stages_mean_sum"] == pytest.approx(latency["mean"], rel=0.10), latency
+    disk = figures["taskapp"]["latency_ms"]["disk"]
+    assert disk["syncs"] > 0 if disk["measured"] else disk["why_not"], disk
     assert list(figures["taskapp"]["reads_ms"]) == ["1000", "3000"]
     measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
     assert measures == {"P1", "P2", "P3", "P4"}
-    assert "Targets" in done.stdout and "raw Celery" in done.stdout
+    assert "Targets" in done.stdout and "raw Celery" in done.stdout and "PostgreSQL's WAL" in done.stdout
