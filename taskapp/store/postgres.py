@@ -101,13 +101,15 @@ EXISTING = "SELECT * FROM jobs WHERE job_id = ANY(%(job_id)s::text[])"
 #: One job by id: GetJob, and a worker's look at a job it could not claim.
 GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
 
-#: Each (job, state, attempts) whose message was sent -> published, if the job has not moved on since. The state
-#: list is the outbox index's (`ix_jobs_unpublished`): a job is QUEUED or RETRYING when its message is sent.
+#: Each (job, state, attempts) whose message was sent -> published, if the job has not moved on since. It finds
+#: the jobs by id: its condition must not imply the outbox index's (`ix_jobs_unpublished`), or PostgreSQL may
+#: scan that index and compare each row found with every job of the batch (planned on stale statistics, that
+#: took 14 s for a batch of thousands, and the next batch grew while it ran).
 MARK_PUBLISHED = """
 UPDATE jobs SET published_at = %(now)s
 FROM unnest(%(job_id)s::text[], %(state)s::text[], %(attempts)s::int[]) AS sent(job_id, state, attempts)
 WHERE jobs.job_id = sent.job_id AND jobs.state = sent.state AND jobs.attempts = sent.attempts
-  AND jobs.published_at IS NULL AND jobs.state IN ('QUEUED', 'RETRYING')
+  AND jobs.published_at IS NULL
 """
 
 
