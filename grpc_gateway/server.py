@@ -42,8 +42,10 @@ SHUTDOWN_GRACE = 10.0
 HEALTH_CHECK_SECONDS = 2.0
 #: Largest request or reply: a SubmitJobs of 1,000 jobs fits; a bigger one is RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: Seconds new calls are refused with UNAVAILABLE, once in-flight calls are done, before the listener closes.
-REFUSE_BEFORE_STOP = 0.5
+#: Once in-flight calls are done, new calls are refused with UNAVAILABLE until none has come for this many
+#: seconds (at most REFUSE_AT_MOST), then the listener closes.
+REFUSE_UNTIL_QUIET_FOR = 0.5
+REFUSE_AT_MOST = 5.0
 
 
 def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
@@ -134,10 +136,8 @@ async def serve(settings: Settings) -> None:
     log.info("taskapp gateway stopping: finishing in-flight calls, refusing new ones")
     await health_servicer.enter_graceful_shutdown()
     await servicer.gate.close(SHUTDOWN_GRACE)
-    # Calls the server has accepted but not started when it stops are cancelled (CANCELLED, which clients do
-    # not retry): keep answering a clear UNAVAILABLE a little longer, so callers move on first.
     watching_health.cancel()
-    await asyncio.sleep(REFUSE_BEFORE_STOP)
+    await servicer.gate.quiet(REFUSE_UNTIL_QUIET_FOR, REFUSE_AT_MOST)
     await server.stop(None)
     ops_http.shutdown()
     batching.cancel()

@@ -49,6 +49,11 @@ class Gate:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_refusal = 0.0
+
+    def refuse(self) -> None:
+        """A call came while closed; it is refused, and the gateway keeps refusing a while longer."""
+        self._last_refusal = time.monotonic()
 
     @contextlib.contextmanager
     def passage(self) -> Iterator[None]:
@@ -64,8 +69,22 @@ class Gate:
     async def close(self, grace: float) -> None:
         """Refuse new calls and wait up to `grace` seconds for the ones in flight."""
         self.closed = True
+        self._last_refusal = time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+
+    async def quiet(self, quiet_for: float, at_most: float) -> None:
+        """Return once no call has been refused for `quiet_for` seconds, or after `at_most`.
+
+        gRPC cancels (CANCELLED, which clients do not retry) every call the server holds when it stops, even
+        one not yet handed to the servicer. While callers keep knocking they are told UNAVAILABLE instead; the
+        server stops in a lull, when no call is likely to be on its way."""
+        deadline = time.monotonic() + at_most
+        while (now := time.monotonic()) < deadline:
+            lull_ends = self._last_refusal + quiet_for
+            if now >= lull_ends:
+                return
+            await asyncio.sleep(min(lull_ends, deadline) - now)
 
 
 def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, ResponseT]:
@@ -75,6 +94,7 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
     async def wrapper(self: Any, request: RequestT, context: grpc.aio.ServicerContext) -> ResponseT:
         name = method.__name__
         if self.gate.closed:
+            self.gate.refuse()
             RPCS.labels(name, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
         started = time.perf_counter()
