@@ -11,6 +11,8 @@ import signal
 
 #: The gateway has committed a new job in SQL and not yet published its message.
 AFTER_COMMIT_BEFORE_PUBLISH = "after-commit-before-publish"
+#: A worker's main process has taken a message from Redis and not yet handed it to a pool process.
+AFTER_DELIVERY_BEFORE_RUN = "after-delivery-before-run"
 
 
 def fault_point(name: str) -> None:

@@ -10,6 +10,10 @@ one delivery run the job.
 `BrokerLossWatch` lets the active scheduler notice a loss by itself: a marker key it keeps in Redis is gone, or
 Redis holds fewer waiting messages than SQL says should wait, two sweeps in a row. `taskapp reconcile` stays
 for manual use.
+
+`OrphanWatch` finds the messages a worker took and never claimed a run for: the worker is gone (a host lost
+with a message it had just taken). Redis would hand such a message out again only after the visibility
+timeout, a day later; the scheduler publishes the job again once the message is a lease old.
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 
 from taskapp.clock import utcnow
-from taskapp.jobs import Job, JobState, SentMessage
+from taskapp.jobs import Job, JobState, SentMessage, wants_a_run
 from taskapp.publisher import Publisher
-from taskapp.routing import PRIORITY_QUEUES, broker_keys, job_id_of
+from taskapp.routing import PRIORITY_QUEUES, RUN_SEPARATOR, broker_keys, job_id_of
 from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,7 @@ JOBS_PER_PAGE = 1_000
 MARKER_KEY = "taskapp:broker-marker"
 #: How often the counts of waiting messages are compared, and how long a job published must wait before it
 #: counts (so that a message on its way is not taken for a lost one).
-SWEEP_EVERY = timedelta(seconds=20)
+SWEEP_EVERY = timedelta(seconds=5)
 SETTLE = timedelta(seconds=10)
 
 
@@ -58,11 +62,16 @@ class ReconcileReport:
     republished: int
 
 
-def _job_id(message: object) -> str | None:
+def _task_id(message: object) -> str | None:
     if isinstance(message, dict):
         task_id = message.get("headers", {}).get("id")
-        return job_id_of(task_id) if isinstance(task_id, str) else None
+        return task_id if isinstance(task_id, str) else None
     return None
+
+
+def _job_id(message: object) -> str | None:
+    task_id = _task_id(message)
+    return job_id_of(task_id) if task_id is not None else None
 
 
 def job_ids_in_broker(client: redis.Redis, now: float | None = None) -> set[str]:
@@ -161,3 +170,55 @@ class BrokerLossWatch:
         if short_twice:
             return f"it holds at least {missing} fewer waiting message(s) than SQL expects"
         return None
+
+
+class OrphanWatch:
+    """Publishes again the jobs whose message a worker took `after` seconds ago or more and never claimed.
+
+    A live worker claims what it takes within moments (prefetch 1: it takes a message only for a free pool
+    process); a run it claimed is the lease's to rescue. So a message a lease old whose run is still unclaimed
+    belongs to a worker that is gone. Its entry in Redis' unacknowledged messages is dropped with the new
+    publish, so that the visibility timeout does not hand it out a second time; should its worker be alive
+    after all (stalled, or waiting for the database), the duplicate is harmless: one claim wins.
+
+    Each message is looked at once, when it comes of age: a run, once claimed, never waits for its message
+    again. A RETRYING job not yet due may have a message held back on purpose (a delivery that came early is
+    put off with a countdown): it is left alone. Messages are dated by the clock of the worker that took them.
+    """
+
+    def __init__(self, client: redis.Redis, after: float) -> None:
+        self.client = client
+        self.after = after
+        self._looked_until = float("-inf")
+
+    def release(self, store: JobStore, publisher: Publisher, now: float | None = None) -> list[Job]:
+        now = time.time() if now is None else now
+        until = now - self.after
+        taken: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            UNACKED_INDEX_KEY, f"({self._looked_until}", until
+        )
+        due_by = datetime.fromtimestamp(until, UTC)
+        orphans: dict[bytes, Job] = {}
+        if taken:
+            for tag, raw in zip(taken, self.client.hmget(UNACKED_KEY, taken), strict=True):
+                entry = json.loads(raw) if raw is not None else None
+                task_id = _task_id(entry[0]) if isinstance(entry, list) and entry else None
+                if task_id is None:
+                    continue
+                job_id, _, run = task_id.rpartition(RUN_SEPARATOR)
+                job = store.get(job_id)
+                if (
+                    job is not None
+                    and run.isdigit()
+                    and job.runs + 1 == int(run)
+                    and wants_a_run(job.state, job.scheduled_at, due_by)
+                ):
+                    orphans[tag] = job
+        if orphans:
+            publish_owed(store, publisher, list(orphans.values()))
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.hdel(UNACKED_KEY, *orphans)
+            pipeline.zrem(UNACKED_INDEX_KEY, *orphans)
+            pipeline.execute()
+        self._looked_until = until
+        return list(orphans.values())

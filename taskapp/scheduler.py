@@ -5,8 +5,9 @@ Each pass it (1) moves SCHEDULED jobs whose `run_at` has come to QUEUED and publ
 messages owed: retries whose back-off has ended (ahead of the jobs waiting in their queue: they keep their
 place in line), and jobs whose writer died between its commit and its publish (the outbox), (3) rescues RUNNING
 jobs whose lease lapsed (their worker is gone or cut off, and has stopped the run): another attempt after a
-back-off, or the dead letters, as `taskapp.policy` decides, (4) notices that Redis lost messages and publishes
-them again (`taskapp.reconcile`), and (5) deletes finished jobs older than `TASKAPP_RETENTION` in bounded
+back-off, or the dead letters, as `taskapp.policy` decides, (4) publishes again the jobs whose message a lost
+worker took and never ran, and notices that Redis lost messages and publishes them again (`taskapp.reconcile`),
+and (5) deletes finished jobs older than `TASKAPP_RETENTION` in bounded
 batches. Far schedules and back-offs therefore live in SQL, never in the broker, where Redis would redeliver
 them after the visibility timeout.
 
@@ -39,7 +40,7 @@ from taskapp.jobs import Job, JobState
 from taskapp.notify import ChangePublisher
 from taskapp.outcomes import end_failed_run
 from taskapp.publisher import CeleryPublisher, Publisher
-from taskapp.reconcile import BrokerLossWatch, publish_owed, reconcile
+from taskapp.reconcile import BrokerLossWatch, OrphanWatch, publish_owed, reconcile
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
 
@@ -71,6 +72,7 @@ class PassReport:
     promoted: int
     republished: int
     rescued: int
+    orphans: int
     reconciled: int
     purged: int
 
@@ -85,12 +87,14 @@ class Scheduler:
         *,
         retention: timedelta,
         broker_watch: BrokerLossWatch | None = None,
+        orphan_watch: OrphanWatch | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.retention = retention
         self.broker_watch = broker_watch
+        self.orphan_watch = orphan_watch
         self._clock = clock
         self._next_purge: datetime | None = None
 
@@ -99,6 +103,7 @@ class Scheduler:
             promoted=self.publish_due(),
             republished=self.publish_owed(),
             rescued=self.rescue_lapsed(),
+            orphans=self.release_orphans(),
             reconciled=self.heal_broker(),
             purged=self.purge_expired(),
         )
@@ -136,6 +141,19 @@ class Scheduler:
         if rescued:
             log.warning("rescued %d job(s) whose run lost its lease: %s", len(rescued), _some(rescued))
         return len(rescued)
+
+    def release_orphans(self) -> int:
+        """Publish again each job whose message a worker took a lease ago and never claimed (`OrphanWatch`)."""
+        if self.orphan_watch is None:
+            return 0
+        orphans = self.orphan_watch.release(self.store, self.publisher)
+        if orphans:
+            log.warning(
+                "published again %d job(s) whose message a lost worker took and never ran: %s",
+                len(orphans),
+                _some(orphans),
+            )
+        return len(orphans)
 
     def heal_broker(self) -> int:
         """If Redis lost messages, publish again every job that wants a run and has none."""
@@ -244,6 +262,7 @@ def main() -> None:
         CeleryPublisher(celery_app),
         retention=settings.retention,
         broker_watch=BrokerLossWatch(client, store),
+        orphan_watch=OrphanWatch(client, after=settings.lease_seconds),
     )
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     stop = threading.Event()

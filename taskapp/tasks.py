@@ -32,6 +32,7 @@ from taskapp.app import app
 from taskapp.clock import utcnow
 from taskapp.config import get_settings
 from taskapp.errors import PermanentError, StoreUnavailable
+from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN, fault_point
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState
 from taskapp.metrics import record_changes
@@ -98,6 +99,14 @@ def stamp_delivery(request: Request, **_: Any) -> None:
 
 
 task_received.connect(stamp_delivery)
+
+
+def die_if_armed(**_: Any) -> None:
+    """A worker lost just after it took a message (its host, say), for the tests of what heals that."""
+    fault_point(AFTER_DELIVERY_BEFORE_RUN)
+
+
+task_received.connect(die_if_armed)
 
 
 class WaitForDatabase(Reject):  # type: ignore[misc]

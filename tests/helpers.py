@@ -7,6 +7,7 @@ server with a lock key; each PostgreSQL test gets its own database cloned from a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
@@ -40,6 +41,7 @@ from taskapp.jobs import Job, NewJob, Priority
 from taskapp.migrate import upgrade
 from taskapp.store.engine import create_db_engine
 from taskapp.store.port import JobStore
+from tests.cluster import Host
 
 REDIS_SERVER = os.environ.get("TASKAPP_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN_DSN = os.environ.get("TASKAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -217,7 +219,8 @@ class Stack:
     def kill(self, name: str) -> None:
         """SIGKILL a process and all its children, as a machine losing power would."""
         process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
     def pool_children(self) -> list[int]:
@@ -327,25 +330,34 @@ PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
 
 
 class OwnPostgres:
-    """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user when we are
-    root (initdb refuses to run as root)."""
+    """A PostgreSQL cluster in a temporary directory, run as the `postgres` user when we are root (initdb
+    refuses to run as root): on a free port of 127.0.0.1, or on port 5432 of a cluster host, trusting the
+    cluster's network."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: Host | None = None, network: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
         self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.host = host
+        self.address = host.address if host is not None else "127.0.0.1"
+        self.port = 5432 if host is not None else free_port()
+        self.url = f"postgresql+psycopg://postgres@{self.address}:{self.port}/postgres"
         self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         if self._user is not None:
             os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
         self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if network:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {network} trust\n")
 
     def _run(self, *command: object, check: bool = True) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
-        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=120)
+        argv = [*prefix, *map(str, command)]
+        if self.host is not None:
+            argv = self.host.command(argv)
+        subprocess.run(argv, check=check, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        options = f"-p {self.port} -c listen_addresses={self.address} -k {self.dir} -c fsync=off"
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
 
     def stop(self) -> None:
@@ -357,20 +369,25 @@ class OwnPostgres:
 
 
 class OwnRedis:
-    """A redis-server on a free port that keeps nothing on disk."""
+    """A redis-server that keeps nothing on disk: on a free port of 127.0.0.1, or on port 6379 of a cluster
+    host."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: Host | None = None) -> None:
         self.dir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host = host
+        self.address = host.address if host is not None else "127.0.0.1"
+        self.port = 6379 if host is not None else free_port()
+        self.url = f"redis://{self.address}:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        argv = ["redis-server", "--port", str(self.port), "--bind", self.address, "--save", "", "--appendonly",
+                "no", "--dir", str(self.dir)]  # fmt: skip
+        if self.host is not None:
+            # Off loopback Redis refuses clients without a password unless told otherwise: the cluster's
+            # network is the test's own.
+            argv = self.host.command([*argv, "--protected-mode", "no"])
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _answers(client), 10, "redis-server to answer")
 

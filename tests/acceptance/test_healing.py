@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpc_gateway.v1 import jobs_pb2
+from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN
 from taskapp.migrate import upgrade
 from taskapp.store.tables import jobs_table
 from tests.helpers import (
@@ -77,6 +78,25 @@ def test_a_whole_worker_killed_has_its_runs_finished_by_another(
         assert stack.wait_terminal(job_id, timeout=left).state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert record.finished() == dict.fromkeys(ids, 1), "each handler finished once"
     assert [len(record.of(job_id)) for job_id in ids] == [2, 2], "the lost run, then the rescued one"
+
+
+@pytest.mark.slow
+def test_a_message_taken_by_a_worker_lost_before_it_ran_the_job_is_run_by_another_within_a_lease(
+    make_stack: MakeStack, record: ExecutionRecord
+) -> None:
+    """Redis keeps the taken message aside for its taker until the visibility timeout, a day later."""
+    stack = make_stack(worker=False)
+    stack.start_worker(name="doomed", TASKAPP_FAULT=AFTER_DELIVERY_BEFORE_RUN)
+    job_id = submit(stack, "recorded", record.payload())
+    doomed = stack.processes["doomed"]
+    assert doomed.wait(30) == -signal.SIGKILL, "the worker died as it took the message"
+    stack.kill("doomed")  # its pool processes: the rest of the lost host
+    lost = time.monotonic()
+    stack.start_worker(name="worker-b")
+    job = stack.wait_terminal(job_id, timeout=LEASE + 15 - (time.monotonic() - lost))
+    assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_SUCCEEDED, 1)
+    assert record.finished() == {job_id: 1}
+    assert "whose message a lost worker took and never ran" in stack.log("scheduler")
 
 
 def test_a_pool_process_killed_mid_run_runs_again_after_its_back_off_not_after_the_backlog(

@@ -17,7 +17,15 @@ from taskapp import scheduler as scheduler_module
 from taskapp.clock import utcnow
 from taskapp.jobs import JobState, SentMessage
 from taskapp.publisher import CeleryPublisher
-from taskapp.reconcile import MARKER_KEY, SETTLE, SWEEP_EVERY, BrokerLossWatch, publish_owed, reconcile
+from taskapp.reconcile import (
+    MARKER_KEY,
+    SETTLE,
+    SWEEP_EVERY,
+    BrokerLossWatch,
+    OrphanWatch,
+    publish_owed,
+    reconcile,
+)
 from taskapp.scheduler import LAPSED, OUTBOX_GRACE, Lease, Scheduler
 from taskapp.store.engine import open_store
 from taskapp.store.sql import SqlJobStore
@@ -200,6 +208,39 @@ def test_reconcile_takes_an_old_unacknowledged_message_for_a_lost_one(
     report = reconcile(store, publisher, client)
     assert report.republished == 1
     assert [m["headers"]["id"] for m in messages(client)] == ["stale@1"]
+
+
+def take(client: redis.Redis, age: float) -> None:
+    """The last waiting message taken by a worker `age` seconds ago, as kombu records it."""
+    message = messages(client)[-1]
+    client.rpop("default")
+    tag = message["properties"]["delivery_tag"]
+    client.hset("unacked", tag, json.dumps([message, "", "default"]))
+    client.zadd("unacked_index", {tag: time.time() - age})
+
+
+def test_a_message_taken_a_lease_ago_for_a_run_never_claimed_is_published_again_once(
+    store: SqlJobStore, client: redis.Redis, redis_url: str
+) -> None:
+    publisher = CeleryPublisher(Celery("orphan-test", broker=redis_url))
+    names = ("orphan", "claimed", "released", "fresh")
+    jobs = [create(store, new_job(job_id), T0)[0] for job_id in names]
+    publisher.publish_many(jobs)
+    store.mark_published([SentMessage.of(job) for job in jobs], T0)
+    for age in (60, 60, 60, 1):  # taken in the order of `names`
+        take(client, age)
+    store.claim("claimed", "worker-a", utcnow(), 30, "claimed@1")  # running: its lease's to rescue
+    store.claim("released", "worker-a", utcnow(), 30, "released@1")
+    assert store.release("released", "worker-a", utcnow()), "its worker gives it back, with its message"
+    watch = OrphanWatch(client, after=30)
+
+    assert [job.job_id for job in watch.release(store, publisher)] == ["orphan"]
+    assert [m["headers"]["id"] for m in messages(client)] == ["orphan@1"]
+    left = {json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")}
+    assert left == {"claimed@1", "released@1", "fresh@1"}, "the lost worker's copy is forgotten, no other"
+    assert client.zcard("unacked_index") == 3
+    assert watch.release(store, publisher) == [], "each message is looked at once"
+    assert len(messages(client)) == 1
 
 
 def watching_scheduler(store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str) -> Scheduler:

@@ -1,0 +1,169 @@
+"""taskapp on many hosts: network-namespace hosts (tests/cluster.py) for the database, the broker, two
+gateways, three workers and two schedulers, each process started as the Procfile starts it, reached over the
+cluster's bridge. Every count of runs comes from the jobs' execution record, outside taskapp's SQL."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+from taskapp.migrate import upgrade
+from taskapp.store.engine import create_db_engine
+from taskapp.store.tables import jobs_table
+from tests.cluster import Cluster, Host
+from tests.helpers import BIN, ROOT, ExecutionRecord, OwnPostgres, OwnRedis, procfile, wait_for
+
+TOKEN = "cluster-test-token"
+#: A short lease, so a lost host's runs are rescued soon; the bounds below are stated in it.
+LEASE = 10.0
+GRPC_PORT = 50051
+
+
+@dataclass
+class TaskappCluster:
+    """The hosts, the services on them, and the environment every taskapp process shares."""
+
+    cluster: Cluster
+    database: OwnPostgres
+    broker: OwnRedis
+    env: dict[str, str]
+    gateways: list[Host] = field(default_factory=list)
+    workers: list[Host] = field(default_factory=list)
+    schedulers: list[Host] = field(default_factory=list)
+
+    def start(self, host: Host, process: str, **extra_env: str) -> None:
+        host.start(process, procfile()[process], {**self.env, **extra_env})
+
+    def stub(self, gateway: Host) -> jobs_pb2_grpc.JobServiceStub:
+        return jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"{gateway.address}:{GRPC_PORT}"))
+
+    def count(self, *where: sa.ColumnElement[bool]) -> int:
+        engine = create_db_engine(self.database.url)
+        try:
+            with engine.connect() as conn:
+                query = sa.select(sa.func.count()).select_from(jobs_table).where(*where)
+                return int(conn.execute(query).scalar_one())
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def taskapp_cluster(tmp_path: Path) -> Iterator[TaskappCluster]:
+    cluster = Cluster(tmp_path)
+    database: OwnPostgres | None = None
+    try:
+        database = OwnPostgres(cluster.add_host("db"), network=str(cluster.subnet))
+        database.start()
+        upgrade(database.url)
+        broker = OwnRedis(tmp_path, cluster.add_host("broker"))
+        broker.start()
+        env = {
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HOME": os.environ.get("HOME", str(tmp_path)),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": database.url,
+            "REDIS_URL": broker.url,
+            "TASKAPP_HANDLER_MODULES": "tests.handlers_for_tests",
+            "TASKAPP_AUTH_TOKENS": TOKEN,
+            "TASKAPP_LEASE_SECONDS": str(LEASE),
+            "TASKAPP_WORKER_SHUTDOWN_TIMEOUT": "2",
+        }
+        world = TaskappCluster(cluster, database, broker, env)
+        for name in ("gateway-1", "gateway-2"):
+            host = cluster.add_host(name)
+            world.start(
+                host,
+                "gateway",
+                TASKAPP_GRPC_ADDR=f"{host.address}:{GRPC_PORT}",
+                TASKAPP_METRICS_ADDR=f"{host.address}:9464",
+            )
+            world.gateways.append(host)
+        for name in ("worker-1", "worker-2", "worker-3"):
+            host = cluster.add_host(name)
+            world.start(
+                host,
+                "worker",
+                TASKAPP_WORKER_CONCURRENCY="2",
+                TASKAPP_WORKER_METRICS_ADDR=f"{host.address}:9465",
+            )
+            world.workers.append(host)
+        for name in ("scheduler-1", "scheduler-2"):
+            host = cluster.add_host(name)
+            world.start(host, "scheduler")
+            world.schedulers.append(host)
+        for host, process, line in [
+            *((host, "gateway", "listening on") for host in world.gateways),
+            *((host, "worker", " ready.") for host in world.workers),
+        ]:
+            wait_for(lambda: line in host.log(process), 60, f"{host.name}'s {process} to start")  # noqa: B023
+        yield world
+    finally:
+        cluster.remove()
+        if database is not None:
+            database.remove()
+
+
+def submit_through(
+    world: TaskappCluster, gateways: list[Host], payload: dict[str, Any], count: int
+) -> list[str]:
+    """`count` recorded jobs, in batches of 500 sent to each gateway in turn."""
+    ids: list[str] = []
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    for batch in range(0, count, 500):
+        request = jobs_pb2.SubmitJobsRequest()
+        for _ in range(min(500, count - batch)):
+            request.jobs.add(type="recorded").payload.update(payload)
+        stub = world.stub(gateways[(batch // 500) % len(gateways)])
+        reply = stub.SubmitJobs(request, timeout=60, metadata=metadata)
+        ids += [result.job_id for result in reply.results]
+    return ids
+
+
+@pytest.mark.slow
+def test_a_worker_host_killed_mid_drain_has_its_jobs_done_elsewhere_and_none_twice(
+    taskapp_cluster: TaskappCluster, tmp_path: Path
+) -> None:
+    world = taskapp_cluster
+    record = ExecutionRecord(tmp_path / "record")
+    ids = submit_through(world, world.gateways, record.payload(seconds=0.01), 5_000)
+    assert len(set(ids)) == 5_000
+    victim = world.workers[1]
+    victim_pids = set(victim.pids())
+
+    def victim_is_running_a_job() -> bool:
+        return any(run.pid in victim_pids and not run.finished for run in record.runs()[-20:])
+
+    wait_for(lambda: len(record.runs()) >= 1_000, 120, "the drain to be under way")
+    pids_of = {host.name: set(host.pids()) for host in world.workers}
+    wait_for(victim_is_running_a_job, 30, f"{victim.name} to be running a job", interval=0.005)
+    victim.kill()
+    killed = time.time()
+
+    wait_for(
+        lambda: world.count(jobs_table.c.state == "SUCCEEDED") == 5_000,
+        180,
+        "every job to succeed",
+        interval=1,
+    )
+    runs = record.runs()
+    assert record.finished() == dict.fromkeys(ids, 1), "each handler finished once"
+    lost = {run.job_id for run in runs if run.pid in victim_pids and not run.finished}
+    assert lost, f"{victim.name} was killed with runs under way"
+    for job_id in lost:
+        [done] = [run for run in record.of(job_id) if run.finished]
+        assert done.pid not in victim_pids
+        assert done.last_seen - killed <= LEASE + 15, (
+            f"{job_id} done {done.last_seen - killed:.1f} s after the kill"
+        )
+    hosts_that_ran = {name for name, pids in pids_of.items() if any(run.pid in pids for run in runs)}
+    assert hosts_that_ran == {host.name for host in world.workers}
