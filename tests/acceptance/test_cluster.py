@@ -4,6 +4,7 @@ cluster's bridge. Every count of runs comes from the jobs' execution record, out
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from taskapp.migrate import upgrade
 from taskapp.store.engine import create_db_engine
 from taskapp.store.tables import jobs_table
 from tests.cluster import Cluster, Host
-from tests.helpers import BIN, ROOT, ExecutionRecord, OwnPostgres, OwnRedis, procfile, wait_for
+from tests.helpers import BIN, ROOT, ExecutionRecord, OwnPostgres, OwnRedis, Run, procfile, wait_for
 
 TOKEN = "cluster-test-token"
 #: A short lease, so a lost host's runs are rescued soon; the bounds below are stated in it.
@@ -167,3 +168,55 @@ def test_a_worker_host_killed_mid_drain_has_its_jobs_done_elsewhere_and_none_twi
         )
     hosts_that_ran = {name for name, pids in pids_of.items() if any(run.pid in pids for run in runs)}
     assert hosts_that_ran == {host.name for host in world.workers}
+
+
+def overlapping(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Pairs of runs of one job that were alive at the same time (start to last sign of life)."""
+    by_job: dict[str, list[Run]] = {}
+    for run in runs:
+        by_job.setdefault(run.job_id, []).append(run)
+    pairs = []
+    for job_runs in by_job.values():
+        job_runs.sort(key=lambda run: run.started)
+        pairs += [(a, b) for a, b in itertools.pairwise(job_runs) if b.started < a.last_seen]
+    return pairs
+
+
+@pytest.mark.slow
+def test_a_worker_host_cut_off_for_a_minute_runs_nothing_twice_at_once_and_serves_again_when_back(
+    taskapp_cluster: TaskappCluster, tmp_path: Path
+) -> None:
+    world = taskapp_cluster
+    record = ExecutionRecord(tmp_path / "record")
+    # Runs of a second, ticking in the record while they hold: a run cut off is seen to stop.
+    hold = tmp_path / "hold"
+    hold.touch()
+    ids = submit_through(world, world.gateways, record.payload(hold), 600)
+    victim = world.workers[1]
+    worker_main = victim.processes["worker"].pid
+    victim_pids = set(victim.pids())
+    wait_for(lambda: {run.pid for run in record.runs()} & victim_pids, 60, f"{victim.name} to run jobs")
+    wait_for(lambda: len(record.runs()) >= 6, 60, "every worker to run jobs")
+    victim.cut()
+    cut = time.time()
+
+    def victims_runs_stopped() -> bool:
+        """Its worker stops each run it cannot renew the lease of: they tick no more."""
+        return all(run.last_seen < time.time() - 1 for run in record.runs() if run.pid in victim_pids)
+
+    wait_for(victims_runs_stopped, LEASE, f"{victim.name} to stop its runs")
+    hold.unlink()  # the other hosts drain, the cut-off host's jobs among them once the scheduler rescued them
+    wait_for(lambda: time.time() - cut >= 60, 70, "a minute of the cut", interval=1)
+    victim.heal()
+
+    wait_for(
+        lambda: world.count(jobs_table.c.state == "SUCCEEDED") == 600, 120, "every job to succeed", interval=1
+    )
+    assert overlapping(record.runs()) == []
+    assert record.finished() == dict.fromkeys(ids, 1), "each handler finished once"
+
+    more = submit_through(world, [world.gateways[0]], record.payload(seconds=0.05), 100)
+    wait_for(lambda: all(record.finished().get(job_id) for job_id in more), 60, "the next jobs to run")
+    assert victim.processes["worker"].pid == worker_main and victim.processes["worker"].poll() is None
+    served = {run.pid for run in record.runs() if run.job_id in set(more)} & set(victim.pids())
+    assert served, f"{victim.name} serves again, with no restart"
