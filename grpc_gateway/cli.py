@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from grpc_gateway.client import DEFAULT_ADDRESS, JobClient, JobServiceError
+from grpc_gateway.client import DEFAULT_ADDRESS, JobClient, JobServiceError, channel_target
 from taskapp import cli as taskapp_cli
 from taskapp.jobs import Job, JobEvent, JobState, Priority
 
@@ -53,7 +53,7 @@ _CONFIG_OPTIONS = (
         show_default=True,
         show_envvar=True,
         metavar="HOST:PORT",
-        help="The gateway.",
+        help="The gateway; several, comma separated by IP address, or dns:///NAME:PORT with a record for each.",
     ),
     click.option(
         "--token",
@@ -89,6 +89,10 @@ class CliConfig:
     def connect(self) -> Iterator[JobClient]:
         """A client of the gateway; an error it answers ends the command with exit code 1 and one line on
         stderr."""
+        try:
+            channel_target(self.address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--address'") from None
         try:
             with JobClient(self.address, self.token) as client:
                 yield client

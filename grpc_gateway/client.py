@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import builtins
+import ipaddress
+import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,9 +31,60 @@ __all__ = [
     "JobServiceError",
     "JobSpec",
     "Submitted",
+    "channel_target",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+#: Calls spread over every gateway the address names (round robin), a gateway whose connection is gone (or
+#: silent: keepalive pings go unanswered for 2 s) is left out, and a call refused with UNAVAILABLE (a gateway
+#: stopping, or lost before it answered) is tried again, on another gateway if there is one. SubmitJob is safe
+#: to try again: the client names each job it submits (see `_submit_request`).
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+CHANNEL_OPTIONS = [
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def channel_target(address: str) -> str:
+    """gRPC's target for `address`: one gateway (`host:port`), a DNS name with a record per gateway
+    (`dns:///jobs.internal:50051`), or several gateways by IP address, comma separated
+    (`10.0.0.1:50051,10.0.0.2:50051`)."""
+    addresses = [part.strip() for part in address.split(",") if part.strip()]
+    if len(addresses) == 1:
+        return addresses[0]
+    versions = set()
+    for each in addresses:
+        host = each.rpartition(":")[0].strip("[]")
+        try:
+            versions.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(
+                f"several gateways are given by IP address ({each!r} is not): for host names, use one DNS name "
+                "with a record per gateway, as dns:///name:port"
+            ) from None
+    if len(versions) > 1:
+        raise ValueError(f"several gateways are all IPv4 or all IPv6, not both: {address!r}")
+    return f"ipv{versions.pop()}:{','.join(addresses)}"
 
 
 class JobServiceError(Exception):
@@ -51,7 +105,8 @@ JobSpec = SubmitRequest
 class Submitted:
     job_id: str
     state: JobState
-    #: False when `job_id` named a job already submitted with the same request.
+    #: False when `job_id` named a job already submitted with the same request (or when the call was tried again
+    #: after a first try that made the job but whose answer was lost).
     created: bool
 
 
@@ -76,9 +131,11 @@ def _state(value: int) -> JobState:
 
 
 def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
+    # A job the caller does not name is named here, not by the gateway, so that a call tried again (on another
+    # gateway, after the first was lost before it answered) finds the job its first try made, if it did.
     request = jobs_pb2.SubmitJobRequest(
         type=spec.type,
-        job_id=spec.job_id or "",
+        job_id=spec.job_id or str(uuid.uuid4()),
         max_attempts=spec.max_attempts,
         timeout_seconds=spec.timeout_seconds,
     )
@@ -147,10 +204,11 @@ class JobClient:
     ) -> None:
         self._settings = _Settings(address, token, timeout)
         self.address = self._settings.address
+        target = channel_target(self.address)
         self._channel = (
-            grpc.secure_channel(self.address, credentials)
+            grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
             if credentials
-            else grpc.insecure_channel(self.address)
+            else grpc.insecure_channel(target, CHANNEL_OPTIONS)
         )
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 
@@ -255,10 +313,11 @@ class AsyncJobClient:
     ) -> None:
         self._settings = _Settings(address, token, timeout)
         self.address = self._settings.address
+        target = channel_target(self.address)
         self._channel = (
-            grpc.aio.secure_channel(self.address, credentials)
+            grpc.aio.secure_channel(target, credentials, CHANNEL_OPTIONS)
             if credentials
-            else grpc.aio.insecure_channel(self.address)
+            else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
         )
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 

@@ -108,6 +108,10 @@ async def serve(settings: Settings) -> None:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # taskapp's clients ping every 2 s to notice a gateway that went silent (grpc_gateway.client):
+            # allowed, idle or not, where gRPC's default would close their connection for it.
+            ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     changes = ChangeListener(settings.redis_url)

@@ -83,6 +83,7 @@ def test_bad_options_are_usage_errors() -> None:
         (("submit", "echo", "--run-at", "next tuesday"), "--run-at"),
         (("submit", "echo", "--priority", "urgent"), "--priority"),
         (("list", "--state", "DONE"), "--state"),
+        (("stats", "--address", "gw1.internal:50051,gw2.internal:50051"), "use one DNS name"),
     ):
         result = taskapp(None, *args)
         assert result.returncode == 2, args

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
+from grpc_gateway.client import JobClient
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.migrate import upgrade
 from taskapp.store.engine import create_db_engine
@@ -220,3 +224,55 @@ def test_a_worker_host_cut_off_for_a_minute_runs_nothing_twice_at_once_and_serve
     assert victim.processes["worker"].pid == worker_main and victim.processes["worker"].poll() is None
     served = {run.pid for run in record.runs() if run.job_id in set(more)} & set(victim.pids())
     assert served, f"{victim.name} serves again, with no restart"
+
+
+def submits_answered(gateway: Host) -> float:
+    """SubmitJob calls the gateway answered OK, from its /metrics."""
+    text = httpx.get(f"http://{gateway.address}:9464/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "taskapp_gateway_rpcs_total"
+        and sample.labels == {"method": "SubmitJob", "code": "OK"}
+    )
+
+
+@pytest.mark.slow
+def test_a_client_given_both_gateways_carries_on_through_the_other_when_one_is_cut_off(
+    taskapp_cluster: TaskappCluster, tmp_path: Path
+) -> None:
+    world = taskapp_cluster
+    record = ExecutionRecord(tmp_path / "record")
+    first, second = world.gateways
+    address = ",".join(f"{gateway.address}:{GRPC_PORT}" for gateway in world.gateways)
+    answered: list[str] = []
+    served_before_cut: dict[str, float] = {}
+
+    def cut_after_500() -> None:
+        wait_for(lambda: len(answered) >= 500, 60, "500 answers", interval=0.001)
+        served_before_cut.update({gateway.name: submits_answered(gateway) for gateway in world.gateways})
+        first.cut()
+
+    cutter = threading.Thread(target=cut_after_500)
+    cutter.start()
+    with JobClient(address, token=TOKEN, timeout=10) as client:
+        for _ in range(2_000):
+            answered.append(client.submit("recorded", record.payload()).job_id)
+    cutter.join()
+
+    assert all(served_before_cut.values()), f"both gateways answered before the cut: {served_before_cut}"
+    assert submits_answered(second) - served_before_cut[second.name] >= 2_000 - 500 - 50, (
+        "every call after the cut was answered by the other gateway"
+    )
+    wait_for(
+        lambda: world.count(jobs_table.c.state == "SUCCEEDED") == 2_000, 120, "every job to run", interval=1
+    )
+    engine = create_db_engine(world.database.url)
+    try:
+        with engine.connect() as conn:
+            stored = set(conn.execute(sa.select(jobs_table.c.job_id)).scalars())
+    finally:
+        engine.dispose()
+    assert stored == set(answered) and len(answered) == 2_000
+    assert record.finished() == dict.fromkeys(answered, 1), "each handler finished once"
