@@ -16,6 +16,7 @@ import random
 import shlex
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,15 @@ class Host:
         return [int(pid) for pid in ip("netns", "pids", self.namespace, check=False).stdout.split()]
 
     def kill(self) -> None:
-        """Every process of the host SIGKILLed at once, as a machine losing power."""
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Every process of the host SIGKILLed at once, as a machine losing power; returns once all are gone."""
+        deadline = time.monotonic() + 30
+        while pids := self.pids():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: processes {pids} outlived SIGKILL for 30 s")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
         for process in self.processes.values():
             process.wait(30)
         self.processes.clear()
@@ -158,6 +164,7 @@ class Cluster:
     def remove(self) -> None:
         for host in self.hosts.values():
             host.kill()
+            ip("link", "del", host.link, check=False)  # and its peer in the host
             ip("netns", "del", host.namespace, check=False)
         ip("link", "del", self.bridge, check=False)
         self.hosts.clear()

@@ -332,9 +332,12 @@ PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
 class OwnPostgres:
     """A PostgreSQL cluster in a temporary directory, run as the `postgres` user when we are root (initdb
     refuses to run as root): on a free port of 127.0.0.1, or on port 5432 of a cluster host, trusting the
-    cluster's network."""
+    cluster's network (replication too). `replica_of` makes it a streaming standby of that one, copied from it
+    with pg_basebackup."""
 
-    def __init__(self, host: Host | None = None, network: str = "") -> None:
+    def __init__(
+        self, host: Host | None = None, network: str = "", replica_of: OwnPostgres | None = None
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
         self.data = self.dir / "data"
         self.host = host
@@ -344,10 +347,16 @@ class OwnPostgres:
         self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         if self._user is not None:
             os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
+        if replica_of is not None:
+            self._run(
+                PG_BIN / "pg_basebackup", "-h", replica_of.address, "-p", replica_of.port, "-U", "postgres",
+                "-D", self.data, "--write-recovery-conf", "--wal-method=stream", "--no-sync",
+            )  # fmt: skip
+            return
         self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         if network:
             with (self.data / "pg_hba.conf").open("a") as hba:
-                hba.write(f"host all all {network} trust\n")
+                hba.write(f"host all all {network} trust\nhost replication all {network} trust\n")
 
     def _run(self, *command: object, check: bool = True) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
@@ -359,6 +368,10 @@ class OwnPostgres:
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses={self.address} -k {self.dir} -c fsync=off"
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
+
+    def promote(self) -> None:
+        """A standby becomes a primary, as an operator or a failover manager would make it."""
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-w", "promote")
 
     def stop(self) -> None:
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")

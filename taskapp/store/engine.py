@@ -13,11 +13,22 @@ from taskapp.store.sql import SqlJobStore
 
 
 def normalize_database_url(url: str) -> str:
-    """Use psycopg 3 for plain `postgresql://` URLs (SQLAlchemy would pick psycopg2, which we do not ship)."""
+    """Use psycopg 3 for plain `postgresql://` URLs (SQLAlchemy would pick psycopg2, which we do not ship), and
+    read libpq's list of hosts (`postgresql://user@db1:5432,db2:5432/taskapp?target_session_attrs=read-write`)
+    as SQLAlchemy writes it (`...@/taskapp?host=db1:5432&host=db2:5432&...`)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
+            url = "postgresql+psycopg://" + url.removeprefix(prefix)
+    scheme, separator, rest = url.partition("://")
+    if not scheme.startswith("postgresql") or not separator:
+        return url
+    authority, _, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    database, _, query = tail.partition("?")
+    host_params = "&".join(f"host={host}" for host in hosts.split(",") if host)
+    return f"{scheme}://{userinfo}{at}/{database}?{host_params}{'&' if query else ''}{query}"
 
 
 def create_db_engine(url: str) -> Engine:

@@ -116,7 +116,10 @@ WHERE jobs.job_id = sent.job_id AND jobs.state = sent.state AND jobs.attempts = 
 class PostgresJobStore(SqlJobStore):
     def __init__(self, engine: Engine, change_hooks: Sequence[ChangeHook] = ()) -> None:
         super().__init__(engine, change_hooks)
-        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # What SQLAlchemy would connect with: several hosts too, as libpq takes them.
+        _, parameters = engine.dialect.create_connect_args(engine.url)
+        parameters.pop("context", None)
+        self._parameters: dict[str, Any] = {"connect_timeout": 5, **parameters}
         self._local = threading.local()
         self._names: dict[str, tuple[str, ...]] = {}
 
@@ -127,7 +130,7 @@ class PostgresJobStore(SqlJobStore):
         connection: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
         if connection is None or connection.closed:
             try:
-                connection = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+                connection = psycopg.connect(autocommit=True, **self._parameters)
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"job database unavailable: {exc}") from exc
             self._local.connection = connection
