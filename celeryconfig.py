@@ -8,11 +8,13 @@ from __future__ import annotations
 from kombu import Queue
 
 from taskapp.config import get_settings
+from taskapp.redis_target import celery_broker
 from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
 _settings = get_settings()
 
-broker_url = _settings.redis_url
+# A `sentinel://` REDIS_URL becomes kombu's Sentinel broker URL and its `master_name` (taskapp.redis_target).
+broker_url, _sentinel_options = celery_broker(_settings.redis_url)
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # BRPOP over the queues in `-Q` order: a worker always takes the highest priority waiting job.
@@ -25,6 +27,7 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
+    **_sentinel_options,
 }
 # A submit must answer UNAVAILABLE quickly when Redis is gone, not hang in publish retries.
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -12,10 +12,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
 from taskapp.notify import changes_channel
+from taskapp.redis_target import async_redis_client
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ LINGER_SECONDS = 30.0
 
 class ChangeListener:
     def __init__(self, redis_url: str, linger_seconds: float = LINGER_SECONDS) -> None:
-        self._client = redis.asyncio.Redis.from_url(redis_url)
+        self._client = async_redis_client(redis_url)
         self.channel = changes_channel(self._client)  # type: ignore[arg-type]
         self._linger_seconds = linger_seconds
         self._waiting: defaultdict[str, set[asyncio.Event]] = defaultdict(set)

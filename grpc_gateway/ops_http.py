@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram, make_wsgi_app
 
 from taskapp.config import split_address
 from taskapp.errors import StoreUnavailable
+from taskapp.redis_target import redis_client
 from taskapp.store.port import JobStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Readiness:
 
     def __init__(self, store: JobStore, redis_url: str) -> None:
         self.store = store
-        self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self.redis = redis_client(redis_url, socket_connect_timeout=1, socket_timeout=1)
 
     def check(self) -> dict[str, str]:
         status = {"database": "ok", "redis": "ok"}

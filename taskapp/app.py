@@ -8,7 +8,10 @@ from celery import Celery
 
 app = Celery("taskapp")
 app.config_from_object("celeryconfig")
-if urlsplit(app.conf.broker_url).scheme in ("redis", "rediss"):
-    # kombu's Redis transport, building one Redis client per channel rather than one per command: taskapp's
-    # code, not a setting, so raw Celery in the benchmark runs without it.
-    app.conf.broker_transport = "taskapp.broker_transport:Transport"
+# kombu's Redis transport, building one Redis client per channel rather than one per command: taskapp's code,
+# not a setting, so raw Celery in the benchmark runs without it.
+match urlsplit(app.conf.broker_url).scheme:
+    case "redis" | "rediss":
+        app.conf.broker_transport = "taskapp.broker_transport:Transport"
+    case "sentinel":
+        app.conf.broker_transport = "taskapp.broker_transport:SentinelTransport"

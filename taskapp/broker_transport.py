@@ -18,10 +18,12 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):
+class OneClientPerChannel:
+    """The override, for kombu's plain Redis channel and its Sentinel channel alike."""
+
     @cached_property
     def _commands_client(self) -> redis.Redis:
-        client: redis.Redis = self._create_client()  # type: ignore[no-untyped-call]
+        client: redis.Redis = self._create_client()  # type: ignore[attr-defined]
         return client
 
     @contextmanager
@@ -29,7 +31,21 @@ class Channel(kombu_redis.Channel):
         yield client or self._commands_client
 
 
+class Channel(OneClientPerChannel, kombu_redis.Channel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     """Use with a `redis://` or `rediss://` broker URL (`broker_transport`)."""
 
     Channel = Channel
+
+
+class SentinelChannel(OneClientPerChannel, kombu_redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """Use with kombu's `sentinel://` broker URL and the `master_name` transport option."""
+
+    Channel = SentinelChannel

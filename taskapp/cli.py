@@ -43,9 +43,11 @@ def ping_redis(quiet: bool) -> None:
     """Check that the broker at REDIS_URL answers (exit 1 with a clear message if not)."""
     import redis
 
+    from taskapp.redis_target import redis_client
+
     url = get_settings().redis_url
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+        redis_client(url, socket_connect_timeout=2, socket_timeout=2).ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError) as exc:
         if not quiet:
             click.echo(f"taskapp: Redis at {url} is unreachable: {exc}", err=True)
@@ -68,6 +70,7 @@ def reconcile() -> None:
     from taskapp.app import app as celery_app
     from taskapp.publisher import CeleryPublisher
     from taskapp.reconcile import reconcile as run_reconcile
+    from taskapp.redis_target import redis_client
     from taskapp.store.engine import open_store
 
     settings = get_settings()
@@ -75,7 +78,7 @@ def reconcile() -> None:
         report = run_reconcile(
             open_store(settings.database_url),
             CeleryPublisher(celery_app),
-            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30),
+            redis_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=30),
         )
     except (TaskappError, redis.exceptions.RedisError) as exc:
         click.echo(f"taskapp: reconcile failed: {exc}", err=True)
@@ -129,12 +132,14 @@ def exporter() -> None:
     """Run the Celery exporter (danihodovic/celery-exporter) on TASKAPP_EXPORTER_ADDR, reading REDIS_URL."""
     import os
 
+    from taskapp.redis_target import celery_broker
     from taskapp.routing import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
     settings = get_settings()
     host, port = split_address(settings.exporter_addr)
     # The broker URL through the environment, not argv: it may hold a password.
-    env = {**os.environ, "CE_BROKER_URL": settings.redis_url}
+    broker, transport_options = celery_broker(settings.redis_url)
+    env = {**os.environ, "CE_BROKER_URL": broker}
     if settings.log_format == "json":
         env["LOGURU_SERIALIZE"] = "true"  # celery-exporter logs through loguru: one JSON object per line
     argv = [
@@ -145,6 +150,12 @@ def exporter() -> None:
         f"--queues={','.join((*PRIORITY_QUEUES, DEAD_LETTER_QUEUE))}",
         # Keep going through a broker restart instead of exiting.
         "--retry-interval=5",
+        # Only `master_name` can be said on the command line; the Sentinels are then asked at redis-py's pace.
+        *(
+            f"--broker-transport-option={name}={value}"
+            for name, value in transport_options.items()
+            if name == "master_name"
+        ),
     ]
     try:
         os.execvpe(argv[0], argv, env)

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     #: A file each process appends its stamps of every job's way to its run to, one JSON line per job and
     #: process (`taskapp.start_latency`); empty: none are written. The benchmark sets it.
     trace_file: str = ""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_readable(cls, url: str) -> str:
+        """A `sentinel://` URL that names no Sentinel, master or database is refused at start, saying why."""
+        from taskapp.redis_target import sentinel_target
+
+        sentinel_target(url)
+        return url
 
     def accepted_tokens(self) -> list[str]:
         """Every configured token: the variable's and the file's (read when called; the gateway does once)."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import redis
 
 from taskapp.jobs import JobChange
+from taskapp.redis_target import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ChangePublisher:
     publish is under way, go out together, each once."""
 
     def __init__(self, redis_url: str) -> None:
-        self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self._client = redis_client(redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.channel = changes_channel(self._client)
         self._pending: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None

@@ -41,6 +41,7 @@ from taskapp.notify import ChangePublisher
 from taskapp.outcomes import end_failed_run
 from taskapp.publisher import CeleryPublisher, Publisher
 from taskapp.reconcile import BrokerLossWatch, OrphanWatch, publish_owed, reconcile
+from taskapp.redis_target import redis_client
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
 
@@ -256,7 +257,7 @@ def main() -> None:
     settings = get_settings()
     setup_process_logging(settings.log_format)
     store = open_store(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     scheduler = Scheduler(
         store,
         CeleryPublisher(celery_app),
