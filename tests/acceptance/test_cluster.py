@@ -393,7 +393,7 @@ def submit_through_a_failover(
     world: TaskappCluster, record: ExecutionRecord, lost: Host, fail_over: Callable[[], None]
 ) -> Failover:
     """Submit one job at a time from a client given both gateways; once 300 are in, kill the host `lost` and
-    call `fail_over` (it returns once the service's primary is the new one); keep submitting until 900 are in.
+    call `fail_over` (it returns once the service's primary is the new one); keep submitting until 600 are in.
     Then wait until every job stored has run, and check that no process but the lost host's was restarted."""
     processes = {(host.name, name): process for host in world.cluster.hosts.values()
                  for name, process in host.processes.items() if host is not lost}  # fmt: skip
@@ -413,7 +413,7 @@ def submit_through_a_failover(
     failing_over = threading.Thread(target=lose_and_fail_over)
     failing_over.start()
     with JobClient(address, token=TOKEN, timeout=10) as client:
-        while not done.is_set() or len(seen.accepted) < 900:
+        while not done.is_set() or len(seen.accepted) < 600:
             try:
                 seen.accepted.append(client.submit("recorded", record.payload()).job_id)
                 seen.answered_at.append(time.time())
