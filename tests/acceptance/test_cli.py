@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import BIN, Stack, free_port
 from tests.loopback import Reply, scripted_http_server
 
@@ -151,6 +153,7 @@ def test_connection_options_before_the_subcommand_and_after_it_which_wins(make_s
     )
 
 
+@pytest.mark.slow
 def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None:
     stack = make_stack()
     submitted = taskapp(stack, "submit", "echo", "--payload", '{"a": 1}', "--id", "cli-1", "--json")

@@ -65,6 +65,7 @@ def shows_job(page: Page, url: str, job_id: str) -> None:
     assert "SUCCESS" in row.inner_text() and "handlers.echo" in row.inner_text()
 
 
+@pytest.mark.slow
 def test_flower_shows_a_job_by_its_id_to_its_user_only_and_keeps_it_across_a_restart(
     make_stack: MakeStack, browser: Browser
 ) -> None:
