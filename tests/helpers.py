@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import httpx
 import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.clock import utcnow
@@ -41,6 +43,7 @@ from taskapp.jobs import Job, NewJob, Priority
 from taskapp.migrate import upgrade
 from taskapp.store.engine import create_db_engine
 from taskapp.store.port import JobStore
+from taskapp.store.tables import jobs_table
 from tests.cluster import Host
 
 REDIS_SERVER = os.environ.get("TASKAPP_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -276,12 +279,37 @@ def get(stack: Stack, job_id: str) -> jobs_pb2.Job:
 
 
 def sql_count(stack: Stack, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
-    engine = create_db_engine(stack.env["DATABASE_URL"])
+    return count_rows(stack.env["DATABASE_URL"], table, *where)
+
+
+def count_rows(database_url: str, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+    engine = create_db_engine(database_url)
     try:
         with engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
     finally:
         engine.dispose()
+
+
+def stored_job_ids(database_url: str) -> set[str]:
+    """The id of every job in the database, whatever its state."""
+    engine = create_db_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(jobs_table.c.job_id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def metric_total(address: str, sample: str, timeout: float = 10, **labels: str) -> float:
+    """The sum of a process's /metrics samples named `sample` whose labels include `labels`."""
+    families = text_string_to_metric_families(httpx.get(f"http://{address}/metrics", timeout=timeout).text)
+    return sum(
+        found.value
+        for family in families
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
 
 
 def dead_letters(stack: Stack) -> int:

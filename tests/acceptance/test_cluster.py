@@ -14,20 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from grpc_gateway.client import JobClient, JobServiceError
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.migrate import upgrade
-from taskapp.store.engine import create_db_engine
 from taskapp.store.tables import jobs_table
 from tests.cluster import Cluster, Host
-from tests.helpers import BIN, ROOT, ExecutionRecord, OwnPostgres, OwnRedis, Run, procfile, wait_for
+from tests.helpers import (
+    BIN,
+    ROOT,
+    ExecutionRecord,
+    OwnPostgres,
+    OwnRedis,
+    Run,
+    count_rows,
+    metric_total,
+    procfile,
+    stored_job_ids,
+    wait_for,
+)
 
 TOKEN = "cluster-test-token"
 #: A short lease, so a lost host's runs are rescued soon; the bounds below are stated in it.
@@ -54,14 +63,16 @@ class TaskappCluster:
     def stub(self, gateway: Host) -> jobs_pb2_grpc.JobServiceStub:
         return jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"{gateway.address}:{GRPC_PORT}"))
 
+    @property
+    def gateways_address(self) -> str:
+        """Every gateway, for a client: `ip:port,ip:port`."""
+        return ",".join(f"{gateway.address}:{GRPC_PORT}" for gateway in self.gateways)
+
     def count(self, *where: sa.ColumnElement[bool]) -> int:
-        engine = create_db_engine(self.env["DATABASE_URL"])
-        try:
-            with engine.connect() as conn:
-                query = sa.select(sa.func.count()).select_from(jobs_table).where(*where)
-                return int(conn.execute(query).scalar_one())
-        finally:
-            engine.dispose()
+        return count_rows(self.env["DATABASE_URL"], jobs_table, *where)
+
+    def stored_jobs(self) -> set[str]:
+        return stored_job_ids(self.env["DATABASE_URL"])
 
 
 @pytest.fixture
@@ -318,15 +329,10 @@ def test_a_worker_host_cut_off_for_a_minute_runs_nothing_twice_at_once_and_serve
 
 
 def submits_answered(gateway: Host, code: str = "OK") -> float:
-    """SubmitJob calls the gateway answered with `code`, from its /metrics."""
-    text = httpx.get(f"http://{gateway.address}:9464/metrics", timeout=5).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "taskapp_gateway_rpcs_total"
-        and sample.labels == {"method": "SubmitJob", "code": code}
-    )
+    """SubmitJob calls the gateway answered with `code`, from its /metrics (which must answer within 5 s, failed
+    over or not)."""
+    address = f"{gateway.address}:9464"
+    return metric_total(address, "taskapp_gateway_rpcs_total", timeout=5, method="SubmitJob", code=code)
 
 
 @pytest.mark.slow
@@ -336,7 +342,6 @@ def test_a_client_given_both_gateways_carries_on_through_the_other_when_one_is_c
     world = make_cluster(workers=1, schedulers=1)
     record = ExecutionRecord(tmp_path / "record")
     first, second = world.gateways
-    address = ",".join(f"{gateway.address}:{GRPC_PORT}" for gateway in world.gateways)
     answered: list[str] = []
     served_before_cut: dict[str, float] = {}
 
@@ -350,7 +355,7 @@ def test_a_client_given_both_gateways_carries_on_through_the_other_when_one_is_c
 
     cutter = threading.Thread(target=cut_after_500)
     cutter.start()
-    with JobClient(address, token=TOKEN, timeout=10) as client:
+    with JobClient(world.gateways_address, token=TOKEN, timeout=10) as client:
         for _ in range(2_000):
             answered.append(client.submit("recorded", record.payload()).job_id)
     cutter.join()
@@ -361,13 +366,7 @@ def test_a_client_given_both_gateways_carries_on_through_the_other_when_one_is_c
     wait_for(
         lambda: world.count(jobs_table.c.state == "SUCCEEDED") == 2_000, 120, "every job to run", interval=1
     )
-    engine = create_db_engine(world.database.url)
-    try:
-        with engine.connect() as conn:
-            stored = set(conn.execute(sa.select(jobs_table.c.job_id)).scalars())
-    finally:
-        engine.dispose()
-    assert stored == set(answered) and len(answered) == 2_000
+    assert world.stored_jobs() == set(answered) and len(answered) == 2_000
     assert record.finished() == dict.fromkeys(answered, 1), "each handler finished once"
 
 
@@ -397,7 +396,6 @@ def submit_through_a_failover(
     Then wait until every job stored has run, and check that no process but the lost host's was restarted."""
     processes = {(host.name, name): process for host in world.cluster.hosts.values()
                  for name, process in host.processes.items() if host is not lost}  # fmt: skip
-    address = ",".join(f"{gateway.address}:{GRPC_PORT}" for gateway in world.gateways)
     seen = Failover()
     done = threading.Event()
 
@@ -412,7 +410,7 @@ def submit_through_a_failover(
 
     failing_over = threading.Thread(target=lose_and_fail_over)
     failing_over.start()
-    with JobClient(address, token=TOKEN, timeout=10) as client:
+    with JobClient(world.gateways_address, token=TOKEN, timeout=10) as client:
         while not done.is_set() or len(seen.accepted) < 600:
             try:
                 seen.accepted.append(client.submit("recorded", record.payload()).job_id)
@@ -436,15 +434,6 @@ def submit_through_a_failover(
     return seen
 
 
-def stored_jobs(world: TaskappCluster) -> set[str]:
-    engine = create_db_engine(world.env["DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(sa.select(jobs_table.c.job_id)).scalars())
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.slow
 def test_the_database_primary_lost_and_its_standby_promoted_every_process_carries_on_and_no_job_is_lost(
     make_cluster: Callable[..., TaskappCluster], tmp_path: Path
@@ -466,7 +455,7 @@ def test_the_database_primary_lost_and_its_standby_promoted_every_process_carrie
     assert sum(submits_answered(gateway, "UNAVAILABLE") for gateway in world.gateways) > 0
     assert sum(submits_answered(gateway, "INTERNAL") for gateway in world.gateways) == 0
     assert seen.longest_pause < 15
-    stored = stored_jobs(world)
+    stored = world.stored_jobs()
     # A submit refused after the primary had replicated its commit made its job all the same: a caller that
     # tries again with the same job id finds it.
     assert set(seen.accepted) <= stored and len(stored - set(seen.accepted)) <= seen.unavailable
@@ -498,6 +487,6 @@ def test_the_redis_primary_lost_sentinel_promotes_its_replica_every_process_foll
     assert {code for _, code in seen.refused if code.isupper()} <= {"UNAVAILABLE"}, seen.refused
     assert sum(submits_answered(gateway, "INTERNAL") for gateway in world.gateways) == 0
     assert seen.longest_pause < 15
-    stored = stored_jobs(world)
+    stored = world.stored_jobs()
     assert set(seen.accepted) <= stored and len(stored - set(seen.accepted)) <= seen.unavailable
     assert record.finished() == dict.fromkeys(stored, 1), "every job ran, once"

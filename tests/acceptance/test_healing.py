@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN
@@ -26,6 +24,7 @@ from tests.helpers import (
     OwnRedis,
     Stack,
     get,
+    metric_total,
     sql_count,
     submit,
     wait_for,
@@ -120,16 +119,6 @@ def test_a_pool_process_killed_mid_run_runs_again_after_its_back_off_not_after_t
     assert stack.wait_terminal(victim).state == jobs_pb2.JOB_STATE_SUCCEEDED
 
 
-def finished_count(address: str, state: str) -> float:
-    families = text_string_to_metric_families(httpx.get(f"http://{address}/metrics", timeout=10).text)
-    return sum(
-        sample.value
-        for family in families
-        for sample in family.samples
-        if sample.name == "taskapp_jobs_finished_total" and sample.labels.get("state") == state
-    )
-
-
 def test_cancel_while_running_then_retry_runs_the_job_and_counts_the_cancel_once(
     make_stack: MakeStack, record: ExecutionRecord, hold: Path
 ) -> None:
@@ -144,7 +133,7 @@ def test_cancel_while_running_then_retry_runs_the_job_and_counts_the_cancel_once
     assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_SUCCEEDED, 1)
     assert record.finished() == {job_id: 1}, "the cancelled run was stopped, the retried one finished"
     counts = [
-        finished_count(stack.env[name], "CANCELLED")
+        metric_total(stack.env[name], "taskapp_jobs_finished_total", state="CANCELLED")
         for name in ("TASKAPP_METRICS_ADDR", "TASKAPP_WORKER_METRICS_ADDR")
     ]
     assert sum(counts) == 1.0, counts

@@ -9,12 +9,10 @@ import signal
 from collections.abc import Callable
 
 import grpc
-import sqlalchemy as sa
 
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from taskapp.store.engine import create_db_engine
 from taskapp.store.tables import events_table, jobs_table
-from tests.helpers import Stack, get, sql_count, submit, wait_for
+from tests.helpers import Stack, get, sql_count, stored_job_ids, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 
@@ -91,13 +89,9 @@ def test_sigterm_to_the_gateway_answers_or_refuses_each_of_2000_submits_cleanly(
     refused = {job_id: code for job_id, code in outcomes.items() if code is not grpc.StatusCode.OK}
     assert len(answered) >= 100 and refused, (len(answered), len(refused))
     assert set(refused.values()) == {grpc.StatusCode.UNAVAILABLE}
-    engine = create_db_engine(stack.env["DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            stored = set(conn.execute(sa.select(jobs_table.c.job_id)).scalars())
-    finally:
-        engine.dispose()
-    assert stored == answered, "every answered submit has its job, and no refused one does"
+    assert stored_job_ids(stack.env["DATABASE_URL"]) == answered, (
+        "every answered submit has its job, and no refused one does"
+    )
     wait_for(
         lambda: sql_count(stack, jobs_table, jobs_table.c.state == "SUCCEEDED") == len(answered),
         60,
