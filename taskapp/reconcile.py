@@ -109,8 +109,9 @@ def publish_owed(
 
 
 def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> ReconcileReport:
-    """Publish every job that wants a run, was published before the broker was read, and has no message there.
-    (A job not yet published at all is the outbox's: the scheduler sends it after its grace.)"""
+    """Publish every job that wants a run, was published (or written, its published mark still on its way)
+    before the broker was read, and has no message there. A job whose writer publishes it while this runs is
+    doubled: one claim wins."""
     read_from = utcnow()
     in_broker = job_ids_in_broker(client)
     checked = republished = 0

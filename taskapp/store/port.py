@@ -161,12 +161,11 @@ class JobStore(Protocol):
         its worker holds until the run ends)."""
         ...
 
-    def awaiting_run(
-        self, now: datetime, published_before: datetime, after_seq: int, limit: int
-    ) -> builtins.list[Job]:
+    def awaiting_run(self, now: datetime, before: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
         """Jobs that need a message in the broker now (`taskapp.jobs.wants_a_run`) and were published before
-        `published_before` (a later message may not show in what was read of the broker yet), keyset-paged by
-        `seq`."""
+        `before` (a later message may not show in what was read of the broker yet), or written before it and
+        not marked published yet (their publish may have been lost with the broker's data before the mark
+        landed), keyset-paged by `seq`."""
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:

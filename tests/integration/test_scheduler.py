@@ -176,6 +176,20 @@ def test_a_broker_that_lost_its_data_is_reconciled_at_once(
     assert scheduler.run_pass().reconciled == 0
 
 
+def test_a_job_the_broker_lost_before_its_published_mark_landed_is_reconciled(
+    store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
+) -> None:
+    scheduler = watching_scheduler(store, client, clock, redis_url)
+    assert scheduler.run_pass().reconciled == 0, "first look: the marker is set"
+    job, _ = create(store, new_job("unmarked"), T0)
+    scheduler.publisher.publish_many([job])  # the gateway published it; its batched mark has not landed yet
+    client.flushdb()
+    assert clock.now < T0 + OUTBOX_GRACE, "not the outbox's yet"
+    assert scheduler.run_pass().reconciled == 1
+    assert [m["headers"]["id"] for m in messages(client)] == ["unmarked@1"]
+    assert scheduler.run_pass().reconciled == 0
+
+
 def test_a_broker_short_of_messages_twice_in_a_row_is_reconciled(
     store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
 ) -> None:

@@ -437,6 +437,8 @@ def test_owed_messages_and_jobs_awaiting_a_run(store: JobStore) -> None:
     ]
 
     assert store.expected_messages(later, later) == (1, 1), "sent, published; running"
+    unmarked = store.awaiting_run(later, T0 + timedelta(milliseconds=500), 0, 10)
+    assert [job.job_id for job in unmarked] == ["sent", "owed-1", "retry"], "written before, mark pending"
     for job in store.owed(later, later, 10):  # the scheduler sends what is owed
         store.mark_published([SentMessage.of(job)], T0 + timedelta(seconds=5))
     assert store.expected_messages(later, later) == (4, 1)
