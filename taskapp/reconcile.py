@@ -56,6 +56,16 @@ SETTLE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerLoss:
+    """Why the broker must be reconciled, and whether a loss is certain: a marker this scheduler had seen is
+    gone, or Redis holds fewer messages than SQL says. A marker missing at first sight may only be a new Redis,
+    while the jobs just submitted still have their messages on the way."""
+
+    reason: str
+    certain: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcileReport:
     in_broker: int
     checked: int
@@ -108,15 +118,19 @@ def publish_owed(
     store.mark_published([SentMessage.of(job) for job in jobs], clock())
 
 
-def reconcile(store: JobStore, publisher: Publisher, client: redis.Redis) -> ReconcileReport:
-    """Publish every job that wants a run, was published (or written, its published mark still on its way)
-    before the broker was read, and has no message there. A job whose writer publishes it while this runs is
-    doubled: one claim wins."""
+def reconcile(
+    store: JobStore, publisher: Publisher, client: redis.Redis, unmarked: bool = True
+) -> ReconcileReport:
+    """Publish every job that wants a run, was published before the broker was read, and has no message there.
+    With `unmarked`, also the jobs written before then whose published mark is still on its way: a loss may
+    have taken their messages before the mark landed (a job whose writer publishes it while this runs is
+    doubled; one claim wins). Without, they are left to their writer, or the outbox."""
     read_from = utcnow()
     in_broker = job_ids_in_broker(client)
     checked = republished = 0
     after_seq = 0
-    while jobs := store.awaiting_run(utcnow(), read_from, after_seq, JOBS_PER_PAGE):
+    written_before = read_from if unmarked else datetime.min.replace(tzinfo=UTC)
+    while jobs := store.awaiting_run(utcnow(), read_from, written_before, after_seq, JOBS_PER_PAGE):
         after_seq = jobs[-1].seq
         checked += len(jobs)
         missing = [job for job in jobs if job.job_id not in in_broker]
@@ -138,21 +152,26 @@ class BrokerLossWatch:
         self._next_sweep: datetime | None = None
         self._short_before = False
 
-    def loss(self) -> str | None:
+    def loss(self) -> BrokerLoss | None:
         """Why the broker must be reconciled now, or None. A missing marker is taken for a loss even on the
         first look, when it may only be a new Redis: reconciling costs little when nothing waits."""
         marker = self.client.get(MARKER_KEY)
         if marker is None:
+            seen = self._marker is not None
             self.client.set(MARKER_KEY, uuid.uuid4().hex, nx=True)
             self._marker = self.client.get(MARKER_KEY)  # type: ignore[assignment]
-            return "its marker is missing: a new Redis, or one that lost its data (a restart without it, a failover, a flush)"
+            return BrokerLoss(
+                "its marker is missing: a new Redis, or one that lost its data (a restart without it, a "
+                "failover, a flush)",
+                certain=seen,
+            )
         if self._marker is not None and marker != self._marker:
             self._marker = marker  # type: ignore[assignment]
-            return "its marker changed: another scheduler saw it gone"
+            return BrokerLoss("its marker changed: another scheduler saw it gone", certain=True)
         self._marker = marker  # type: ignore[assignment]
         return self._sweep()
 
-    def _sweep(self) -> str | None:
+    def _sweep(self) -> BrokerLoss | None:
         now = self._clock()
         if self._next_sweep is not None and now < self._next_sweep:
             return None
@@ -169,7 +188,7 @@ class BrokerLossWatch:
         short_twice = missing > 0 and self._short_before
         self._short_before = missing > 0
         if short_twice:
-            return f"it holds at least {missing} fewer waiting message(s) than SQL expects"
+            return BrokerLoss(f"it holds at least {missing} fewer waiting message(s) than SQL expects", True)
         return None
 
 

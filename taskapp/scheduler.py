@@ -158,10 +158,11 @@ class Scheduler:
 
     def heal_broker(self) -> int:
         """If Redis lost messages, publish again every job that wants a run and has none."""
-        if self.broker_watch is None or (reason := self.broker_watch.loss()) is None:
+        if self.broker_watch is None or (loss := self.broker_watch.loss()) is None:
             return 0
-        log.warning("the broker lost messages (%s): publishing again what it no longer holds", reason)
-        return reconcile(self.store, self.publisher, self.broker_watch.client).republished
+        log.warning("the broker lost messages (%s): publishing again what it no longer holds", loss.reason)
+        client = self.broker_watch.client
+        return reconcile(self.store, self.publisher, client, unmarked=loss.certain).republished
 
     def purge_expired(self) -> int:
         """Delete one batch of finished jobs past retention; sweep again soon while batches come back full."""

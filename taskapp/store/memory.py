@@ -386,14 +386,20 @@ class InMemoryJobStore:
         )
         return waiting, sum(job.state is JobState.RUNNING for job in jobs)
 
-    def awaiting_run(self, now: datetime, before: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+    def awaiting_run(
+        self, now: datetime, published_before: datetime, written_before: datetime, after_seq: int, limit: int
+    ) -> builtins.list[Job]:
         with self._lock:
             waiting = [
                 job
                 for job in self.jobs.values()
                 if job.seq > after_seq
                 and wants_a_run(job.state, job.scheduled_at, now)
-                and (job.published_at < before if job.published_at is not None else job.updated_at < before)
+                and (
+                    job.published_at < published_before
+                    if job.published_at is not None
+                    else job.updated_at < written_before
+                )
             ]
         return sorted(waiting, key=lambda job: job.seq)[:limit]
 

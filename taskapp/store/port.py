@@ -161,10 +161,12 @@ class JobStore(Protocol):
         its worker holds until the run ends)."""
         ...
 
-    def awaiting_run(self, now: datetime, before: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+    def awaiting_run(
+        self, now: datetime, published_before: datetime, written_before: datetime, after_seq: int, limit: int
+    ) -> builtins.list[Job]:
         """Jobs that need a message in the broker now (`taskapp.jobs.wants_a_run`) and were published before
-        `before` (a later message may not show in what was read of the broker yet), or written before it and
-        not marked published yet (their publish may have been lost with the broker's data before the mark
+        `published_before` (a later message may not show in what was read of the broker yet), or written before
+        `written_before` and not marked published yet (their message may have been lost before the mark
         landed), keyset-paged by `seq`."""
         ...
 

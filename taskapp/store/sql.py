@@ -430,10 +430,13 @@ class SqlJobStore:
             waiting, running = conn.execute(query).one()
         return int(waiting), int(running)
 
-    def awaiting_run(self, now: datetime, before: datetime, after_seq: int, limit: int) -> builtins.list[Job]:
+    def awaiting_run(
+        self, now: datetime, published_before: datetime, written_before: datetime, after_seq: int, limit: int
+    ) -> builtins.list[Job]:
         c = jobs_table.c
         sent_or_written_before = sa.or_(
-            c.published_at < before, sa.and_(c.published_at.is_(None), c.updated_at < before)
+            c.published_at < published_before,
+            sa.and_(c.published_at.is_(None), c.updated_at < written_before),
         )
         query = (
             sa.select(jobs_table)

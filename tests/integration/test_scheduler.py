@@ -190,6 +190,16 @@ def test_a_job_the_broker_lost_before_its_published_mark_landed_is_reconciled(
     assert scheduler.run_pass().reconciled == 0
 
 
+def test_a_new_redis_at_first_sight_does_not_double_the_messages_on_their_way(
+    store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
+) -> None:
+    scheduler = watching_scheduler(store, client, clock, redis_url)
+    job, _ = create(store, new_job("on-its-way"), T0)
+    scheduler.publisher.publish_many([job])  # the gateway published it; its batched mark has not landed yet
+    assert scheduler.run_pass().reconciled == 0, "no marker yet: maybe a new Redis, not a lost one"
+    assert [m["headers"]["id"] for m in messages(client)] == ["on-its-way@1"]
+
+
 def test_a_broker_short_of_messages_twice_in_a_row_is_reconciled(
     store: SqlJobStore, client: redis.Redis, clock: Clock, redis_url: str
 ) -> None:

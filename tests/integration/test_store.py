@@ -437,16 +437,18 @@ def test_owed_messages_and_jobs_awaiting_a_run(store: JobStore) -> None:
     ]
 
     assert store.expected_messages(later, later) == (1, 1), "sent, published; running"
-    unmarked = store.awaiting_run(later, T0 + timedelta(milliseconds=500), 0, 10)
+    half = T0 + timedelta(milliseconds=500)
+    unmarked = store.awaiting_run(later, half, half, 0, 10)
     assert [job.job_id for job in unmarked] == ["sent", "owed-1", "retry"], "written before, mark pending"
+    assert [job.job_id for job in store.awaiting_run(later, half, T0, 0, 10)] == ["sent"], "published only"
     for job in store.owed(later, later, 10):  # the scheduler sends what is owed
         store.mark_published([SentMessage.of(job)], T0 + timedelta(seconds=5))
     assert store.expected_messages(later, later) == (4, 1)
     assert store.expected_messages(later, T0 + timedelta(seconds=5)) == (1, 1), "published before then"
-    waiting = store.awaiting_run(later, later, 0, 10)
+    waiting = store.awaiting_run(later, later, later, 0, 10)
     assert [job.job_id for job in waiting] == ["sent", "owed-1", "owed-2", "retry"]
-    assert [job.job_id for job in store.awaiting_run(later, T0 + timedelta(seconds=1), 0, 10)] == ["sent"]
-    page = store.awaiting_run(later, later, waiting[1].seq, 1)
+    assert [job.job_id for job in store.awaiting_run(later, T0 + timedelta(seconds=1), T0, 0, 10)] == ["sent"]
+    page = store.awaiting_run(later, later, later, waiting[1].seq, 1)
     assert [job.job_id for job in page] == ["owed-2"]
 
 
