@@ -12,20 +12,20 @@ import json
 import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import celery
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench import phases, raw_celery
-from bench.env import World, free_port, procfile, wait_until
+from bench import phases, raw_celery, scale_out
+from bench.env import World, free_port, procfile, serving, wait_until
 
 #: Callers at once for SubmitJob, and for SubmitJobs of `BATCH` jobs each.
 SUBMIT_CONCURRENCY = 50
@@ -52,15 +52,6 @@ SIZES = {
         publish=10_000, submit=10_000, batches=100, latency=1_000, rows=(10_000, 1_000_000), reads=300
     ),
 }
-
-
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def worker_answers() -> bool:
@@ -255,7 +246,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny only proves it runs")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also on hosts made of network namespaces (as root): two gateways, three worker hosts, costs per job",
+    )
     args = parser.parse_args()
+    # Stopped (a timeout, a CI job cancelled): still remove what the run made.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = SIZES[args.size]
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="taskapp-bench-"))
@@ -263,13 +261,19 @@ def main() -> None:
     world.open()
     try:
         with Progress(console=console, transient=True) as progress:
-            figures = measure(world, sizes, progress)
+            try:
+                figures = measure(world, sizes, progress)
+            finally:
+                world.close()
+            if args.cluster:
+                figures["cluster"] = scale_out.measure(workdir / "cluster", sizes.submit, progress)
     except BaseException:
         console.print(f"[red]benchmark failed; the processes' logs are in {workdir}[/red]")
         raise
-    finally:
-        world.close()
     checks = targets(figures, sizes)
+    if args.cluster:
+        checks += scale_out.targets(figures["cluster"])
+        scale_out.report(figures["cluster"], console)
     report(figures, checks, console)
     result = {
         "size": args.size,

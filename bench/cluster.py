@@ -1,7 +1,7 @@
-"""Hosts made of network namespaces, for tests of what crosses a network: each host has its own network stack
-(and host name), joined to the others by a bridge that also carries the test's own address. A host can be
-killed, as a machine losing power (every process in it SIGKILLed), or cut off, as a pulled cable (its link
-down: what it sends goes nowhere, with no error to tell), and healed.
+"""Hosts made of network namespaces, for the tests and the benchmark of what crosses a network: each host has
+its own network stack (and host name), joined to the others by a bridge that also carries the caller's own
+address. A host can be killed, as a machine losing power (every process in it SIGKILLed), or cut off, as a
+pulled cable (its link down: what it sends goes nowhere, with no error to tell), and healed.
 
 Everything is made with iproute2 (`ip netns`, veth pairs, a bridge), needs root, and is removed by `remove()`.
 Traffic stays on a /24 of 10.0.0.0/8 that no interface of the machine uses, so two runs can share a machine.

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.cluster import Host
 from taskapp.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +46,15 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
         time.sleep(interval)
 
 
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def procfile() -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
@@ -53,6 +65,9 @@ class World:
     """One PostgreSQL database and one Redis database, claimed for the run and given back at its end."""
 
     workdir: Path
+    #: The PostgreSQL server (its admin database) and the Redis server the run claims its own part of.
+    pg_admin: str = PG_ADMIN
+    redis_server: str = REDIS_SERVER
     database: str = field(default_factory=lambda: f"taskapp_bench_{uuid.uuid4().hex[:10]}")
     redis_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -67,17 +82,17 @@ class World:
 
     @property
     def database_url(self) -> str:
-        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        base = self.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         return f"{base}/{self.database}"
 
     def open(self) -> None:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        with psycopg.connect(self.pg_admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         upgrade(self.database_url)
-        admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+        admin = redis.Redis.from_url(f"{self.redis_server}/0")
         for number in range(1, 16):
             if admin.set(REDIS_LOCK.format(number), self._token, nx=True, ex=3600):
-                self.redis_url = f"{REDIS_SERVER}/{number}"
+                self.redis_url = f"{self.redis_server}/{number}"
                 self.redis().flushdb()
                 return
         raise RuntimeError("all Redis databases 1-15 are taken by tests or other runs")
@@ -90,10 +105,10 @@ class World:
         if self.redis_url:
             self.redis().flushdb()
             number = self.redis_url.rsplit("/", 1)[1]
-            admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+            admin = redis.Redis.from_url(f"{self.redis_server}/0")
             if admin.get(REDIS_LOCK.format(number)) == self._token.encode():
                 admin.delete(REDIS_LOCK.format(number))
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        with psycopg.connect(self.pg_admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def redis(self) -> redis.Redis:
@@ -106,7 +121,7 @@ class World:
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         """A query on the run's database, over one connection for the run (the drains poll through it)."""
         if self._sql is None:
-            dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.database}"
+            dsn = self.pg_admin.rsplit("/", 1)[0] + f"/{self.database}"
             self._sql = psycopg.connect(dsn, autocommit=True)
         cursor = self._sql.execute(query)
         return cursor.fetchall() if cursor.description else []
@@ -123,7 +138,11 @@ class World:
             **extra,
         }
 
-    def start(self, name: str, command: str, **extra_env: str) -> None:
+    def start(self, name: str, command: str, host: Host | None = None, **extra_env: str) -> None:
+        """Start process `name` here, or on a host of a network-namespace cluster."""
+        if host is not None:
+            self.processes[name] = host.start(name, command, self.env(**extra_env))
+            return
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
         self.processes[name] = subprocess.Popen(
             shlex.split(command),
@@ -133,9 +152,6 @@ class World:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-    def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)

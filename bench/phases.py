@@ -24,7 +24,8 @@ from celery import Celery
 from rich.progress import Progress
 
 from bench import raw_celery
-from bench.env import PG_ADMIN, World, wait_until
+from bench.env import World, wait_until
+from grpc_gateway.client import CHANNEL_OPTIONS, channel_target
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 
 QUEUE = "default"
@@ -50,9 +51,11 @@ def progress_of(progress: Progress, label: str, total: int | None) -> Iterator[A
     progress.update(task, total=total or 1, completed=total or 1)
 
 
-def pause_consuming(app: Celery) -> None:
-    """The worker stops taking from the queue, so it can be filled first and then drained at full speed."""
-    app.control.cancel_consumer(QUEUE, reply=True, limit=1, timeout=5)
+def pause_consuming(app: Celery, workers: int = 1) -> None:
+    """The workers stop taking from the queue, so it can be filled first and then drained at full speed."""
+    replies = app.control.cancel_consumer(QUEUE, reply=True, limit=workers, timeout=5)
+    if len(replies) != workers:
+        raise RuntimeError(f"{len(replies)} of {workers} worker(s) stopped consuming")
 
 
 def raw_publish(app: Celery, count: int, progress: Progress) -> float:
@@ -66,12 +69,14 @@ def raw_publish(app: Celery, count: int, progress: Progress) -> float:
         return count / (time.perf_counter() - started)
 
 
-def drain(app: Celery, done: Callable[[], bool], count: int, label: str, progress: Progress) -> float:
-    """Let the paused worker at its full queue, and time it until `done` says all `count` are through."""
+def drain(
+    app: Celery, done: Callable[[], bool], count: int, label: str, progress: Progress, workers: int = 1
+) -> float:
+    """Let the paused workers at their full queue, and time them until `done` says all `count` are through."""
     with progress_of(progress, label, None):
         started = time.perf_counter()
-        # `limit`: back as soon as the one worker answers, not after the whole timeout.
-        app.control.add_consumer(QUEUE, reply=True, limit=1, timeout=5)
+        # `limit`: back as soon as every worker answers, not after the whole timeout.
+        app.control.add_consumer(QUEUE, reply=True, limit=workers, timeout=5)
         wait_until(done, 600, label, interval=POLL_SECONDS)
         return count / (time.perf_counter() - started)
 
@@ -109,16 +114,18 @@ async def _submit_calls(
     method: str,
     per_call: int,
     advance: Advance,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> float:
-    async with grpc.aio.insecure_channel(address) as channel:
+    # As taskapp's clients connect: `address` may name several gateways, comma separated.
+    async with grpc.aio.insecure_channel(channel_target(address), options=CHANNEL_OPTIONS) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         call = getattr(stub, method)
-        await call(request(), timeout=30)  # the connection is up before the clock starts
+        await call(request(), timeout=30, metadata=metadata)  # the connection is up before the clock starts
         calls = itertools.count()
 
         async def caller() -> None:
             while (n := next(calls)) < count:
-                await call(request(), timeout=60)
+                await call(request(), timeout=60, metadata=metadata)
                 if n % 100 == 99 or per_call > 1:
                     advance(100 if per_call == 1 else per_call)
 
@@ -127,13 +134,16 @@ async def _submit_calls(
         return count * per_call / (time.perf_counter() - started)
 
 
-def submit_jobs(address: str, count: int, concurrency: int, advance: Advance) -> float:
-    """SubmitJob for `count` noop jobs from `concurrency` callers at once: jobs created per second."""
+def submit_jobs(
+    address: str, count: int, concurrency: int, advance: Advance, metadata: tuple[tuple[str, str], ...] = ()
+) -> float:
+    """SubmitJob for `count` noop jobs from `concurrency` callers at once, over one channel to the gateway or
+    gateways `address` names: jobs created per second."""
 
     def request() -> jobs_pb2.SubmitJobRequest:
         return jobs_pb2.SubmitJobRequest(type="noop")
 
-    return asyncio.run(_submit_calls(address, count, concurrency, request, "SubmitJob", 1, advance))
+    return asyncio.run(_submit_calls(address, count, concurrency, request, "SubmitJob", 1, advance, metadata))
 
 
 def submit_batches(address: str, batches: int, batch_size: int, concurrency: int, advance: Advance) -> float:
@@ -326,7 +336,7 @@ class PostgresActivity:
 
     def _watch(self) -> None:
         vacuums: set[str] = set()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        with psycopg.connect(self.world.pg_admin, autocommit=True) as connection:
             while not self._stop.wait(0.1):
                 for (query,) in connection.execute(
                     "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"

@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pwd
 import select
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +41,6 @@ from taskapp.migrate import upgrade
 from taskapp.store.engine import create_db_engine
 from taskapp.store.port import JobStore
 from taskapp.store.tables import jobs_table
-from tests.cluster import Host
 
 REDIS_SERVER = os.environ.get("TASKAPP_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN_DSN = os.environ.get("TASKAPP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -350,100 +346,6 @@ def create(store: JobStore, new: NewJob, now: datetime | None = None) -> tuple[J
     """One job into a store, as a batch of one."""
     [result] = store.create_many([new], now or utcnow())
     return result
-
-
-# Servers of a test's own, to stop and start.
-
-PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/nonexistent"))
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster in a temporary directory, run as the `postgres` user when we are root (initdb
-    refuses to run as root): on a free port of 127.0.0.1, or on port 5432 of a cluster host, trusting the
-    cluster's network (replication too). `replica_of` makes it a streaming standby of that one, copied from it
-    with pg_basebackup."""
-
-    def __init__(
-        self, host: Host | None = None, network: str = "", replica_of: OwnPostgres | None = None
-    ) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="taskapp-pg-"))
-        self.data = self.dir / "data"
-        self.host = host
-        self.address = host.address if host is not None else "127.0.0.1"
-        self.port = 5432 if host is not None else free_port()
-        self.url = f"postgresql+psycopg://postgres@{self.address}:{self.port}/postgres"
-        self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-        if self._user is not None:
-            os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
-        if replica_of is not None:
-            self._run(
-                PG_BIN / "pg_basebackup", "-h", replica_of.address, "-p", replica_of.port, "-U", "postgres",
-                "-D", self.data, "--write-recovery-conf", "--wal-method=stream", "--no-sync",
-            )  # fmt: skip
-            return
-        self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        if network:
-            with (self.data / "pg_hba.conf").open("a") as hba:
-                hba.write(f"host all all {network} trust\nhost replication all {network} trust\n")
-
-    def _run(self, *command: object, check: bool = True) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if self._user is not None else []
-        argv = [*prefix, *map(str, command)]
-        if self.host is not None:
-            argv = self.host.command(argv)
-        subprocess.run(argv, check=check, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses={self.address} -k {self.dir} -c fsync=off"
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.dir / "log", "-w", "start")
-
-    def promote(self) -> None:
-        """A standby becomes a primary, as an operator or a failover manager would make it."""
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-w", "promote")
-
-    def stop(self) -> None:
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class OwnRedis:
-    """A redis-server that keeps nothing on disk: on a free port of 127.0.0.1, or on port 6379 of a cluster
-    host."""
-
-    def __init__(self, workdir: Path, host: Host | None = None) -> None:
-        self.dir = workdir
-        self.host = host
-        self.address = host.address if host is not None else "127.0.0.1"
-        self.port = 6379 if host is not None else free_port()
-        self.url = f"redis://{self.address}:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", self.address, "--save", "", "--appendonly",
-                "no", "--dir", str(self.dir)]  # fmt: skip
-        if self.host is not None:
-            # Off loopback Redis refuses clients without a password unless told otherwise: the cluster's
-            # network is the test's own.
-            argv = self.host.command([*argv, "--protected-mode", "no"])
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _answers(client), 10, "redis-server to answer")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 class DatabaseProxy:

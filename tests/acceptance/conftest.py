@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import OwnPostgres, OwnRedis
 from tests.helpers import (
     BIN,
     ROOT,
-    OwnPostgres,
-    OwnRedis,
     RedisDatabases,
     Stack,
     free_port,

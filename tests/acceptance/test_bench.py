@@ -1,5 +1,5 @@
-"""The benchmark runs: once, at its tiny size, to prove every phase works end to end. Its figures
-are not checked against anything: timings belong to the benchmark's own runs, never to a test."""
+"""The benchmark runs: once, at its tiny size and with its cluster mode, to prove every phase works end to end.
+Its figures are not checked against anything: timings belong to the benchmark's own runs, never to a test."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.helpers import ROOT
 def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--size", "tiny", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--size", "tiny", "--cluster", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -44,6 +44,19 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
     disk = figures["taskapp"]["latency_ms"]["disk"]
     assert disk["syncs"] > 0 if disk["measured"] else disk["why_not"], disk
     assert list(figures["taskapp"]["reads_ms"]) == ["1000", "3000"]
+    cluster = figures["cluster"]
+    assert all(cluster[rate] > 0 for rate in cluster if rate.endswith("_per_s")), cluster
+    assert cluster["jobs_by_gateway"]["gateway-1"] > figures["sizes"]["submit"], "both phases' jobs"
+    assert cluster["jobs_by_gateway"]["gateway-2"] > 0, "round robin over both gateways"
+    for phase, kinds in (
+        ("submit", {"gateway", "postgres", "redis"}),
+        ("drain", {"worker main", "worker pool", "postgres", "redis"}),
+    ):
+        costs = cluster["costs"][phase]
+        assert all(costs["cpu_ms"][kind] > 0 for kind in kinds), costs["cpu_ms"]
+        assert costs["commits"] > 0 and costs["wal_bytes"] > 0 and costs["sql"] and costs["redis_calls"], (
+            costs
+        )
     measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
-    assert measures == {"P1", "P2", "P3", "P4"}
+    assert measures == {"P1", "P2", "P3", "P4", "S1", "S2"}
     assert "Targets" in done.stdout and "raw Celery" in done.stdout and "PostgreSQL's WAL" in done.stdout

@@ -1,4 +1,4 @@
-"""taskapp on many hosts: network-namespace hosts (tests/cluster.py) for the database, the broker, two
+"""taskapp on many hosts: network-namespace hosts (bench/cluster.py) for the database, the broker, two
 gateways, three workers and two schedulers, each process started as the Procfile starts it, reached over the
 cluster's bridge. Every count of runs comes from the jobs' execution record, outside taskapp's SQL."""
 
@@ -19,17 +19,16 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from bench.cluster import Cluster, Host
+from bench.servers import OwnPostgres, OwnRedis
 from grpc_gateway.client import JobClient, JobServiceError
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.migrate import upgrade
 from taskapp.store.tables import jobs_table
-from tests.cluster import Cluster, Host
 from tests.helpers import (
     BIN,
     ROOT,
     ExecutionRecord,
-    OwnPostgres,
-    OwnRedis,
     Run,
     count_rows,
     metric_total,

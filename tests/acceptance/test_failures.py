@@ -123,7 +123,7 @@ def test_timeouts_retry_then_dead_letter(make_stack: MakeStack) -> None:
 def test_killed_pool_process_reruns_the_job_20_times_in_a_row(make_stack: MakeStack) -> None:
     stack = make_stack(concurrency=1)
     for _ in range(20):
-        job_id = submit(stack, "sleep", {"seconds": 1}, max_attempts=3)
+        job_id = submit(stack, "sleep", {"seconds": 0.5}, max_attempts=3)
         running = (lambda j: lambda: get(stack, j).state == jobs_pb2.JOB_STATE_RUNNING)(job_id)
         wait_for(running, 20, "the run", interval=0.02)
         (child,) = stack.pool_children()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.servers import OwnPostgres, OwnRedis
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN
 from taskapp.migrate import upgrade
@@ -20,8 +21,6 @@ from taskapp.store.tables import jobs_table
 from tests.helpers import (
     DatabaseProxy,
     ExecutionRecord,
-    OwnPostgres,
-    OwnRedis,
     Stack,
     get,
     metric_total,

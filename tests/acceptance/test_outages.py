@@ -14,10 +14,11 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.servers import OwnPostgres, OwnRedis
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.migrate import upgrade
 from taskapp.store.tables import jobs_table
-from tests.helpers import OwnPostgres, OwnRedis, Stack, sql_count, submit, wait_for
+from tests.helpers import Stack, sql_count, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 
