@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,20 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-def make_stack(
-    tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
-) -> Iterator[Callable[..., Stack]]:
-    """Builds stacks; `make_stack(backend="postgres", worker=True, concurrency=2, scheduler=True, start=True,
+class StackFactory:
+    """Builds stacks; `factory(backend="postgres", worker=True, concurrency=2, scheduler=True, start=True,
     **env)`; with `start=False` nothing is started. The scheduler runs by default, as in the Procfile: it
-    publishes retries when their back-off ends and rescues lost runs.
+    publishes retries when their back-off ends and rescues lost runs. `close()` stops them all."""
 
-    All stop at teardown."""
-    stacks: list[Stack] = []
-    redis_urls: list[str] = []
+    def __init__(self, root: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases) -> None:
+        self.root = root
+        self.request = request
+        self.redis_databases = redis_databases
+        self.stacks: list[Stack] = []
+        self.redis_urls: list[str] = []
 
-    def make(
+    def __call__(
+        self,
         backend: str = "postgres",
         worker: bool = True,
         concurrency: int = 2,
@@ -39,16 +40,16 @@ def make_stack(
         start: bool = True,
         **extra_env: str,
     ) -> Stack:
-        workdir = tmp_path / f"stack{len(stacks)}"
+        workdir = self.root / f"stack{len(self.stacks)}"
         workdir.mkdir()
-        redis_url = redis_databases.acquire()
-        redis_urls.append(redis_url)
+        redis_url = self.redis_databases.acquire()
+        self.redis_urls.append(redis_url)
         port = free_port()
         env = {
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "HOME": os.environ.get("HOME", str(workdir)),
             "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": make_database_url(backend, workdir, request),
+            "DATABASE_URL": make_database_url(backend, workdir, self.request),
             "REDIS_URL": redis_url,
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
             "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
@@ -63,7 +64,7 @@ def make_stack(
             **extra_env,
         }
         stack = Stack(workdir=workdir, env=env, address=f"127.0.0.1:{port}")
-        stacks.append(stack)
+        self.stacks.append(stack)
         if not start:
             return stack
         stack.start_gateway()
@@ -73,11 +74,32 @@ def make_stack(
             stack.start_scheduler()
         return stack
 
-    yield make
-    for stack in stacks:
-        stack.stop_all()
-    for url in redis_urls:
-        redis_databases.release(url)
+    def close(self) -> None:
+        for stack in self.stacks:
+            stack.stop_all()
+        for url in self.redis_urls:
+            self.redis_databases.release(url)
+
+
+@pytest.fixture
+def make_stack(
+    tmp_path: Path, request: pytest.FixtureRequest, redis_databases: RedisDatabases
+) -> Iterator[StackFactory]:
+    """Stacks of one test's own (`StackFactory`), stopped at its end."""
+    factory = StackFactory(tmp_path, request, redis_databases)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def make_module_stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, redis_databases: RedisDatabases
+) -> Iterator[StackFactory]:
+    """Stacks shared by a module's tests, stopped after its last: for tests that change nothing another of
+    them looks at (each stack costs seconds of CPU to start, on the cores the whole run shares)."""
+    factory = StackFactory(tmp_path_factory.mktemp("module-stacks"), request, redis_databases)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture

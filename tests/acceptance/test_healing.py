@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from bench.servers import OwnPostgres, OwnRedis
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN
 from taskapp.migrate import upgrade
+from taskapp.reconcile import MARKER_KEY
 from taskapp.store.tables import jobs_table
 from tests.helpers import (
     DatabaseProxy,
@@ -245,13 +247,20 @@ def test_redis_restarted_without_its_data_loses_no_job(
     make_stack: MakeStack, own_redis: OwnRedis, record: ExecutionRecord
 ) -> None:
     stack = make_stack(worker=False, REDIS_URL=own_redis.url)
-    wait_for(lambda: "is active" in stack.log("scheduler"), 30, "the scheduler to be active")
+    broker = redis.Redis.from_url(own_redis.url)
+    wait_for(lambda: broker.get(MARKER_KEY), 30, "the active scheduler to have seen the broker")
     ids = submit_many(stack, record.payload(), 1_000)
     own_redis.stop()
     own_redis.start()  # empty: it keeps nothing on disk
     back = time.monotonic()
     stack.start_worker()
-    wait_for(lambda: succeeded(stack) == 1_000, 30, "every job to succeed")
+    try:
+        wait_for(lambda: succeeded(stack) == 1_000, 30, "every job to succeed")
+    except AssertionError as late:
+        said = [
+            line for line in stack.log("scheduler").splitlines() if "broker" in line or "reconcile" in line
+        ]
+        raise AssertionError(f"{succeeded(stack)} of 1,000 SUCCEEDED; the scheduler said: {said}") from late
     assert time.monotonic() - back <= 30
     assert record.finished() == dict.fromkeys(ids, 1), "each handler finished once"
     assert "the broker lost messages" in stack.log("scheduler")

@@ -55,9 +55,15 @@ def call(stack: Stack, method: str, authorization: str | None) -> grpc.StatusCod
     return grpc.StatusCode.OK
 
 
+@pytest.fixture(scope="module")
+def guarded(make_module_stack: MakeStack) -> Stack:
+    """A gateway with two tokens, for the tests that only knock."""
+    return make_module_stack(worker=False, TASKAPP_AUTH_TOKENS=f"{TOKEN}, {OTHER_TOKEN}")
+
+
 @pytest.mark.parametrize("method", sorted(CALLS))
-def test_every_rpc_needs_a_right_token(make_stack: MakeStack, method: str) -> None:
-    stack = make_stack(worker=False, TASKAPP_AUTH_TOKENS=f"{TOKEN}, {OTHER_TOKEN}")
+def test_every_rpc_needs_a_right_token(guarded: Stack, method: str) -> None:
+    stack = guarded
     unauthenticated = grpc.StatusCode.UNAUTHENTICATED
     assert call(stack, method, None) is unauthenticated
     assert call(stack, method, "Bearer wrong-token") is unauthenticated
