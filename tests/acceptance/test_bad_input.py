@@ -35,6 +35,12 @@ def nested(levels: int) -> dict[str, Any]:
     return value
 
 
+@pytest.fixture(scope="module")
+def gateway(make_module_stack: MakeStack) -> Stack:
+    """One gateway for the tests that count nothing another writes."""
+    return make_module_stack(worker=False)
+
+
 def test_a_nul_character_fails_only_its_own_call(make_stack: MakeStack) -> None:
     stack = make_stack(worker=False)
     payloads: list[dict[str, Any]] = [{"n": n} for n in range(40)]
@@ -51,16 +57,16 @@ def test_a_nul_character_fails_only_its_own_call(make_stack: MakeStack) -> None:
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
-def test_nan_and_infinity_are_invalid(make_stack: MakeStack, number: float) -> None:
-    stack = make_stack(worker=False)
+def test_nan_and_infinity_are_invalid(gateway: Stack, number: float) -> None:
+    stack = gateway
     with pytest.raises(grpc.RpcError) as raised:
         submit(stack, "echo", {"x": number})
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("payload")
 
 
-def test_a_forged_page_token_is_invalid(make_stack: MakeStack) -> None:
-    stack = make_stack(worker=False)
+def test_a_forged_page_token_is_invalid(gateway: Stack) -> None:
+    stack = gateway
     submit(stack, "noop")
     filters = json.loads(base64.urlsafe_b64decode(_token(stack) + "=="))["filter"]
     for after in (2**63, 10**30, 0, -5):
@@ -77,8 +83,8 @@ def _token(stack: Stack) -> str:
     return str(page.next_page_token)
 
 
-def test_the_documented_nesting_limit_holds(make_stack: MakeStack) -> None:
-    stack = make_stack(worker=False)
+def test_the_documented_nesting_limit_holds(gateway: Stack) -> None:
+    stack = gateway
     submit(stack, "echo", nested(32))
     for levels in (33, 40):
         with pytest.raises(grpc.RpcError) as raised:
