@@ -55,16 +55,21 @@ def rss_by_process(bench: ClusterBench) -> dict[str, dict[int, int]]:
     return kinds
 
 
-def run_round(bench: ClusterBench, stub: jobs_pb2_grpc.JobServiceStub, jobs: int, done_before: int) -> None:
-    for sent in range(0, jobs, BATCH):
-        noops = [jobs_pb2.SubmitJobRequest(type="noop")] * min(BATCH, jobs - sent)
+def run_round(
+    bench: ClusterBench, stub: jobs_pb2_grpc.JobServiceStub, jobs: int, done_before: int, batch: int
+) -> None:
+    for sent in range(0, jobs, batch):
+        noops = [jobs_pb2.SubmitJobRequest(type="noop")] * min(batch, jobs - sent)
         stub.SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=noops), timeout=60, metadata=METADATA)
     wait_until(lambda: drained(bench, done_before + jobs), 600, "the round's jobs to succeed", interval=0.2)
 
 
-def soak(bench: ClusterBench, total: int, warm: int, progress: Progress | None = None) -> dict[str, Any]:
-    """Run `total` jobs in rounds of `warm` on an opened cluster; the memory of every process after the first
-    round and after the last, and each kind's largest growth between the two."""
+def soak(
+    bench: ClusterBench, total: int, warm: int, batch: int = BATCH, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run `total` jobs in rounds of `warm` (SubmitJobs of `batch`) on an opened cluster; the memory of every
+    process after the first round and after the last, and each kind's largest growth between the two. The first
+    round must give each gateway a few calls: a gateway's memory settles over its first batches."""
     while len(bench.workers) < WORKER_HOSTS:
         bench.add_worker()
     bench.resume()
@@ -75,7 +80,7 @@ def soak(bench: ClusterBench, total: int, warm: int, progress: Progress | None =
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         for done in range(0, total, warm):
-            run_round(bench, stub, min(warm, total - done), done)
+            run_round(bench, stub, min(warm, total - done), done, batch)
             if progress and task is not None:
                 progress.advance(task, min(warm, total - done))
             if done == 0:
@@ -110,7 +115,7 @@ def main() -> None:
     try:
         bench.open()
         with Progress(console=console, transient=True) as progress:
-            figures = soak(bench, args.jobs, args.jobs // 10, progress)
+            figures = soak(bench, args.jobs, args.jobs // 10, progress=progress)
     except BaseException:
         console.print(f"[red]soak failed; the processes' logs are in {workdir}[/red]")
         raise
