@@ -82,10 +82,11 @@ class ClusterBench:
     database: OwnPostgres
     broker: OwnRedis
     world: World
+    #: A Celery app of its own to pause and start the workers: raw Celery's is bound to the one-host run's Redis.
+    control: Celery
     gateways: list[Host] = field(default_factory=list)
     workers: list[Host] = field(default_factory=list)
     scheduler: Host | None = None
-    control: Celery = field(default_factory=Celery)
     #: How often a drain asked whether it was through.
     drain_checks: int = 0
 
@@ -104,7 +105,9 @@ class ClusterBench:
             raise
         admin = f"postgresql://postgres@{database.address}:{database.port}/postgres"
         world = World(workdir, pg_admin=admin, redis_server=f"redis://{broker.address}:{broker.port}")
-        return cls(cluster, database, broker, world)
+        control = Celery("bench_cluster")
+        control.config_from_object("celeryconfig")
+        return cls(cluster, database, broker, world, control)
 
     def open(self) -> None:
         self.world.open()
@@ -126,9 +129,6 @@ class ClusterBench:
         self.world.start("scheduler", procfile()["scheduler"], self.scheduler, **env)
         for host in self.gateways:
             wait_until(lambda: serving(self.address(host)), 60, f"{host.name}'s gateway to serve")  # noqa: B023
-        # A Celery app of its own to pause and start the workers: raw Celery's is bound to the one-host run's Redis.
-        self.control = Celery("bench_cluster")
-        self.control.config_from_object("celeryconfig")
         self.control.conf.update(imports=(), broker_url=self.world.redis_url)
         self.add_worker()
 

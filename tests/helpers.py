@@ -15,7 +15,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +33,10 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.env import BIN as BIN
+from bench.env import ROOT as ROOT
+from bench.env import free_port as free_port
+from bench.env import procfile as procfile
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.clock import utcnow
 from taskapp.jobs import Job, NewJob, Priority
@@ -125,25 +128,12 @@ def make_database_url(backend: str, tmp_path: Path, request: pytest.FixtureReque
     return url
 
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TERMINAL = {
     jobs_pb2.JOB_STATE_SUCCEEDED,
     jobs_pb2.JOB_STATE_FAILED,
     jobs_pb2.JOB_STATE_DEAD_LETTER,
     jobs_pb2.JOB_STATE_CANCELLED,
 }
-
-
-def procfile() -> dict[str, str]:
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
