@@ -178,32 +178,41 @@ class Stack:
         finally:
             channel.close()
 
-    def start_worker(self, concurrency: int = 2, name: str = "worker", **extra_env: str) -> None:
-        """The Procfile's worker as process `name`; a second one gets a metrics port of its own."""
+    def start_worker(
+        self, concurrency: int = 2, name: str = "worker", ready: bool = True, **extra_env: str
+    ) -> None:
+        """The Procfile's worker as process `name`, waiting until it consumes unless `ready=False`; a second one
+        gets a metrics port of its own."""
         if name != "worker":
             extra_env.setdefault("TASKAPP_WORKER_METRICS_ADDR", f"127.0.0.1:{free_port()}")
         self.start(name, "worker", TASKAPP_WORKER_CONCURRENCY=str(concurrency), **extra_env)
-        wait_for(lambda: " ready." in self.log(name), 60, f"{name} to be ready")
+        if ready:
+            wait_for(lambda: " ready." in self.log(name), 60, f"{name} to be ready")
 
     def start_scheduler(self, name: str = "scheduler", **extra_env: str) -> None:
         self.start(name, "scheduler", **extra_env)
         wait_for(lambda: "starting" in self.log(name), 30, f"{name} to start")
 
     def stop(self, name: str, timeout: float = 20) -> None:
-        process = self.processes.pop(name, None)
-        if process is None:
-            return
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        self._stop([name], timeout)
 
     def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+        """SIGTERM every process at once, then wait for them: a test's teardown waits for the slowest only."""
+        self._stop(list(self.processes), timeout=20)
+
+    def _stop(self, names: list[str], timeout: float) -> None:
+        processes = [process for name in names if (process := self.processes.pop(name, None)) is not None]
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):  # the whole group ended meanwhile
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def kill(self, name: str) -> None:
         """SIGKILL a process and all its children, as a machine losing power would."""
