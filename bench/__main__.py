@@ -89,6 +89,7 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
         procfile()["gateway"],
         TASKAPP_GRPC_ADDR=address,
         TASKAPP_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        TASKAPP_HTTP_ADDR=f"127.0.0.1:{free_port()}",
     )
     wait_until(lambda: serving(address), 60, "the gateway to serve")
     start_worker(world, "worker", "taskapp")

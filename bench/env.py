@@ -4,6 +4,7 @@ Procfile's processes started on them, so a run shares the machine with tests or 
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import socket
@@ -33,9 +34,17 @@ REDIS_LOCK = "taskapp:test-lock:{}"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel handed out and took back
+    can go to the next outgoing connection (to Redis, say) before the process it was meant for binds it."""
+    low, _ = (int(bound) for bound in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    while True:
+        port = random.randrange(low // 2, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:

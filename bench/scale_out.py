@@ -32,6 +32,7 @@ from bench.env import World, procfile, serving, wait_until
 from bench.servers import OwnPostgres, OwnRedis
 
 GRPC_PORT = 50051
+HTTP_PORT = 8080
 #: Off loopback a gateway serves only callers with a token.
 TOKEN = "bench-token"
 METADATA = (("authorization", f"Bearer {TOKEN}"),)
@@ -122,6 +123,7 @@ class ClusterBench:
                 host,
                 TASKAPP_GRPC_ADDR=f"{host.address}:{GRPC_PORT}",
                 TASKAPP_METRICS_ADDR=f"{host.address}:9464",
+                TASKAPP_HTTP_ADDR=f"{host.address}:{HTTP_PORT}",
                 **env,
             )
             self.gateways.append(host)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +18,7 @@ from grpc_gateway.auth import TokenAuth
 from grpc_gateway.batching import SubmitBatcher
 from grpc_gateway.changes import ChangeListener
 from grpc_gateway.decoding import RequestDecoding
+from grpc_gateway.http_api import http_app, http_server
 from grpc_gateway.ops_http import Readiness, serve_ops_http
 from grpc_gateway.servicer import JobServicer
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
@@ -48,22 +51,37 @@ REFUSE_UNTIL_QUIET_FOR = 0.5
 REFUSE_AT_MOST = 5.0
 
 
-def interceptors_for(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """Requests that cannot be parsed are refused clearly; token auth when tokens are set. Without any token,
-    the gateway serves this machine only, and says so."""
+def token_auth(settings: Settings) -> TokenAuth | None:
+    """Token auth when tokens are set. Without any token, the gateway serves this machine only, and says so."""
     tokens = settings.accepted_tokens()
     if tokens:
-        return [RequestDecoding(), TokenAuth(tokens)]
-    if not is_loopback(settings.grpc_addr):
-        raise SystemExit(
-            f"taskapp gateway: refusing to listen on {settings.grpc_addr} without TASKAPP_AUTH_TOKENS: "
-            "anyone who can reach it could run jobs. Set TASKAPP_AUTH_TOKENS (or TASKAPP_AUTH_TOKENS_FILE), "
-            "or listen on 127.0.0.1."
-        )
+        return TokenAuth(tokens)
+    for address in (settings.grpc_addr, settings.http_addr):
+        if not is_loopback(address):
+            raise SystemExit(
+                f"taskapp gateway: refusing to listen on {address} without TASKAPP_AUTH_TOKENS: "
+                "anyone who can reach it could run jobs. Set TASKAPP_AUTH_TOKENS (or TASKAPP_AUTH_TOKENS_FILE), "
+                "or listen on 127.0.0.1."
+            )
     log.warning(
         "no TASKAPP_AUTH_TOKENS set: the gateway accepts calls without a token, from this machine only"
     )
-    return [RequestDecoding()]
+    return None
+
+
+def interceptors_for(auth: TokenAuth | None) -> list[grpc.aio.ServerInterceptor]:
+    """Requests that cannot be parsed are refused clearly; then the token is checked."""
+    return [RequestDecoding()] if auth is None else [RequestDecoding(), auth]
+
+
+def tls_for_http(settings: Settings) -> dict[str, Any]:
+    """Uvicorn's TLS settings from the gateway's (`listen` checks they are whole)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {}
+    tls: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    if settings.tls_client_ca is not None:
+        tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return tls
 
 
 def listen(server: grpc.aio.Server, settings: Settings) -> None:
@@ -86,7 +104,7 @@ def listen(server: grpc.aio.Server, settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    interceptors = interceptors_for(settings)
+    auth = token_auth(settings)
     store = open_store(
         settings.database_url, change_hooks=[ChangePublisher(settings.redis_url), record_changes]
     )
@@ -103,7 +121,7 @@ async def serve(settings: Settings) -> None:
     readiness = Readiness(store, settings.redis_url)
     ops_http = serve_ops_http(settings.metrics_addr, readiness)
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=interceptors_for(auth),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -127,10 +145,27 @@ async def serve(settings: Settings) -> None:
 
     listen(server, settings)
     await server.start()
+    http = http_server(
+        http_app(servicer, auth),
+        settings.http_addr,
+        max_bytes=MAX_MESSAGE_BYTES,
+        max_calls=settings.max_concurrent_rpcs,
+        tls=tls_for_http(settings),
+    )
+    serving_http = asyncio.create_task(http.serve())
+    while not http.started:  # listening before the gateway says it is (uvicorn exits if it cannot)
+        if serving_http.done():
+            serving_http.result()
+        await asyncio.sleep(0.01)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watching_health = asyncio.create_task(report_health(health_servicer, readiness))
-    log.info("taskapp gateway listening on %s%s", settings.grpc_addr, " (TLS)" if settings.tls_cert else "")
+    log.info(
+        "taskapp gateway listening on %s (gRPC) and %s (HTTP)%s",
+        settings.grpc_addr,
+        settings.http_addr,
+        " with TLS" if settings.tls_cert else "",
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,6 +178,8 @@ async def serve(settings: Settings) -> None:
     watching_health.cancel()
     await servicer.gate.quiet(REFUSE_UNTIL_QUIET_FOR, REFUSE_AT_MOST)
     await server.stop(None)
+    http.should_exit = True
+    await serving_http
     ops_http.shutdown()
     batching.cancel()
     listening.cancel()

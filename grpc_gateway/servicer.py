@@ -18,13 +18,15 @@ from grpc_gateway.changes import ChangeListener
 from grpc_gateway.ops_http import RPC_SECONDS, RPCS
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp import start_latency
-from taskapp.errors import TaskappError
+from taskapp.errors import FieldError, TaskappError
 from taskapp.jobs import SubmitOutcome
 from taskapp.metrics import JOBS_SUBMITTED
 from taskapp.service import JobService
 
 log = logging.getLogger(__name__)
 
+#: Trailing metadata naming the request field an error is about (`jobs[3].payload`), when it is about one.
+FIELD_KEY = "taskapp-field"
 #: Seconds a WatchJob stream waits for a change notification before it reads SQL anyway.
 WATCH_POLL_SECONDS = 1.0
 
@@ -104,7 +106,9 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
                 return await method(self, request, context)
         except TaskappError as exc:
             code = exc.grpc_code
-            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+            # The refused field, for programs: a client's error handling need not parse the message.
+            field = ((FIELD_KEY, exc.field),) if isinstance(exc, FieldError) else ()
+            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc), field)
         except Exception:
             code = "INTERNAL"
             log.exception("%s failed", name)

@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///taskapp.db", validation_alias="DATABASE_URL")
     #: The Celery broker.
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
-    #: Where the gRPC gateway listens.
+    #: Where the gateway listens: gRPC, and the same API over HTTP/JSON.
     grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8080"
     #: Modules that register job types, beside the built-in ones.
     handler_modules: CommaSeparated = ()
     #: Worker processes per `celery worker`; Celery's default (CPU count) when unset.

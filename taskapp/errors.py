@@ -10,10 +10,8 @@ class TaskappError(Exception):
     grpc_code = "INTERNAL"
 
 
-class InvalidArgument(TaskappError):
-    """Raised when a request field is malformed; the message names the field."""
-
-    grpc_code = "INVALID_ARGUMENT"
+class FieldError(TaskappError):
+    """A request field the service refuses; the message starts with the field's path (`jobs[3].payload`)."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -21,7 +19,13 @@ class InvalidArgument(TaskappError):
         self.problem = problem
 
 
-class PayloadTooLarge(TaskappError):
+class InvalidArgument(FieldError):
+    """Raised when a request field is malformed."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class PayloadTooLarge(FieldError):
     """Raised when a payload is over the size limit."""
 
     grpc_code = "RESOURCE_EXHAUSTED"
@@ -37,13 +41,13 @@ class JobNotFound(TaskappError):
         self.job_id = job_id
 
 
-class JobAlreadyExists(TaskappError):
-    """Raised when a job_id is reused with a different request."""
+class JobAlreadyExists(FieldError):
+    """Raised when a job_id is reused with a different request; `field` names it within a batch."""
 
     grpc_code = "ALREADY_EXISTS"
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job_id: job {job_id!r} already exists with a different request")
+    def __init__(self, job_id: str, field: str = "job_id") -> None:
+        super().__init__(field, f"job {job_id!r} already exists with a different request")
         self.job_id = job_id
 
 

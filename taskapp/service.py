@@ -45,7 +45,7 @@ from taskapp.jobs import (
 )
 from taskapp.published_marks import PublishedMarks, mark_published
 from taskapp.publisher import Publisher
-from taskapp.registry import HandlerRegistry
+from taskapp.registry import TYPE_NAME, HandlerRegistry
 from taskapp.store.port import JobStore
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -134,7 +134,7 @@ class JobService:
         encoded = _canonical_json(payload)
         if len(encoded.encode()) > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(
-                f"payload: {len(encoded.encode())} bytes encoded, the limit is {MAX_PAYLOAD_BYTES}"
+                "payload", f"{len(encoded.encode())} bytes encoded, the limit is {MAX_PAYLOAD_BYTES}"
             )
         try:
             handler.schema.model_validate(payload)
@@ -267,7 +267,7 @@ class JobService:
             except InvalidArgument as exc:
                 raise InvalidArgument(f"jobs[{index}].{exc.field}", exc.problem) from None
             except PayloadTooLarge as exc:
-                raise PayloadTooLarge(f"jobs[{index}].{exc}") from None
+                raise PayloadTooLarge(f"jobs[{index}].{exc.field}", exc.problem) from None
             if new.job_id in first_index:
                 raise InvalidArgument(
                     f"jobs[{index}].job_id", f"repeats jobs[{first_index[new.job_id]}].job_id"
@@ -278,7 +278,7 @@ class JobService:
         def refuse_conflicts(results: builtins.list[tuple[Job, bool]]) -> None:
             for index, ((job, created), new) in enumerate(zip(results, news, strict=True)):
                 if not created and job.fingerprint != new.fingerprint:
-                    raise JobAlreadyExists(f"jobs[{index}]: {new.job_id}")
+                    raise JobAlreadyExists(new.job_id, f"jobs[{index}].job_id")
 
         return self._create_and_publish(news, check=refuse_conflicts)
 
@@ -340,6 +340,9 @@ class JobService:
         """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""
         if page_size < 0:
             raise InvalidArgument("page_size", f"must not be negative, got {page_size}")
+        if filter.type is not None and not TYPE_NAME.match(filter.type):
+            # No job can have it, and PostgreSQL refuses some (a NUL) outright.
+            raise InvalidArgument("type", f"is not a job type name ({TYPE_NAME.pattern})")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before_seq = _decode_page_token(page_token, filter) if page_token else None
         jobs = self.store.list(filter, limit + 1, before_seq)

@@ -145,6 +145,11 @@ class Stack:
     address: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    @property
+    def http_url(self) -> str:
+        """The gateway's HTTP/JSON API."""
+        return f"http://{self.env['TASKAPP_HTTP_ADDR']}"
+
     def start(self, name: str, line: str | None = None, **extra_env: str) -> None:
         """Start Procfile line `line` (default: `name`) as process `name`."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
@@ -175,6 +180,8 @@ class Stack:
 
         try:
             wait_for(serving, 30, "the gateway to serve")
+        except AssertionError as late:
+            raise AssertionError(f"{late}; its log ends: {self.log('gateway')[-2000:]}") from None
         finally:
             channel.close()
 

@@ -53,6 +53,7 @@ class StackFactory:
             "REDIS_URL": redis_url,
             "TASKAPP_GRPC_ADDR": f"127.0.0.1:{port}",
             "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "TASKAPP_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "TASKAPP_WORKER_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "TASKAPP_EXPORTER_ADDR": f"127.0.0.1:{free_port()}",
             "TASKAPP_FLOWER_ADDR": f"127.0.0.1:{free_port()}",

@@ -132,6 +132,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., TaskappCluster]]:
                 "gateway",
                 TASKAPP_GRPC_ADDR=f"{host.address}:{GRPC_PORT}",
                 TASKAPP_METRICS_ADDR=f"{host.address}:9464",
+                TASKAPP_HTTP_ADDR=f"{host.address}:8080",
             )
             world.gateways.append(host)
         for number in range(1, workers + 1):

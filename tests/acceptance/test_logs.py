@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.helpers import Stack, submit
+from tests.helpers import Stack, submit, wait_for
 
 MakeStack = Callable[..., Stack]
 
@@ -22,6 +22,7 @@ def test_json_logs_carry_the_job_id_on_every_line_about_a_job(make_stack: MakeSt
     ]
     for job_id in ids:
         assert stack.wait_terminal(job_id).state in (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED)
+    wait_for(lambda: stack.log("exporter").strip(), 30, "the exporter to log")
     stack.stop_all()
 
     assert "echo-payload-s3cret" not in stack.log("worker"), "no payload or result in the log"

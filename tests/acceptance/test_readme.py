@@ -17,20 +17,26 @@ from grpc_gateway.v1 import jobs_pb2
 from tests.helpers import BIN, ROOT, RedisDatabases, Stack, free_port, wait_for
 
 README_ADDRESS = "127.0.0.1:50051"
+README_HTTP_ADDRESS = "127.0.0.1:8080"
 
 
-def readme_grpcurl_lines() -> list[str]:
+def readme_lines(tool: str) -> list[str]:
+    """The lines of README's "Try it" that run `tool`."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Try it", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block is not None, "README's 'Try it' section has a sh block"
-    return [line for line in block.group(1).splitlines() if line.startswith("grpcurl ")]
+    section = text.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith(f"{tool} ")]
+    assert lines, f"README's 'Try it' section has {tool} lines"
+    return lines
 
 
 def run_line(line: str, stack: Stack) -> str:
-    """Run one README line through bash, as a user would paste it; only the address is the test's own."""
+    """Run one README line through bash, as a user would paste it; only the addresses are the test's own."""
+    line = line.replace(README_ADDRESS, stack.address).replace(
+        README_HTTP_ADDRESS, stack.env["TASKAPP_HTTP_ADDR"]
+    )
     result = subprocess.run(
-        ["bash", "-c", line.replace(README_ADDRESS, stack.address)],
+        ["bash", "-c", line],
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
         capture_output=True,
         text=True,
@@ -40,9 +46,9 @@ def run_line(line: str, stack: Stack) -> str:
     return result.stdout
 
 
-def test_readme_grpcurl_examples_run_as_written(make_stack: Callable[..., Stack]) -> None:
+def test_readme_grpcurl_and_curl_examples_run_as_written(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack()
-    lines = readme_grpcurl_lines()
+    lines = readme_lines("grpcurl")
     rpcs = {line.split()[-1] for line in lines}
     for rpc in ("SubmitJob", "GetJob", "CancelJob", "ListJobs"):
         assert f"taskapp.v1.JobService/{rpc}" in rpcs, f"README shows {rpc}"
@@ -73,6 +79,27 @@ def test_readme_grpcurl_examples_run_as_written(make_stack: Callable[..., Stack]
     assert (stats["dead_letter"], stats["scheduled"]) == ("0", "0")
     assert len(stats["workers"]) == 1
 
+    curl_lines = readme_lines("curl")
+    assert len(curl_lines) == len(lines), "a curl twin for each grpcurl line"
+    said = [run_line(line, stack) for line in curl_lines]
+    document, submitted, job, events, logs, cancelled, listed, critical, stats, health = said
+    assert json.loads(document)["openapi"].startswith("3.1")
+    assert json.loads(submitted) == {"job_id": "welcome-2", "state": "JOB_STATE_QUEUED", "created": True}
+    assert json.loads(job)["job_id"] == "welcome-2"
+    # The events stream ran until the job ended; by then GetJob shows what README says.
+    data = [line.removeprefix("data: ") for line in events.splitlines() if line.startswith("data: ")]
+    assert "event: job_event" in events and data, events
+    last = json.loads(data[-1])
+    assert (last["job_id"], last["state"]) == ("welcome-2", "JOB_STATE_SUCCEEDED")
+    job = json.loads(run_line(curl_lines[2], stack))
+    assert (job["state"], job["result"]) == ("JOB_STATE_SUCCEEDED", {"hello": "http"})
+    assert json.loads(logs) == {"lines": []}
+    assert json.loads(cancelled) == {"cancelled": False, "state": "JOB_STATE_SUCCEEDED"}
+    assert [j["job_id"] for j in json.loads(listed)["jobs"]] == ["welcome-2", "welcome-1"]
+    assert json.loads(critical)["state"] == "JOB_STATE_QUEUED"
+    assert [queue["queue"] for queue in json.loads(stats)["queues"]] == ["critical", "high", "default", "low"]
+    assert json.loads(health) == {"status": "alive"}
+
 
 def test_run_script_serves_jobs_and_stops_cleanly(tmp_path: Path, redis_databases: RedisDatabases) -> None:
     redis_url = redis_databases.acquire()
@@ -86,6 +113,7 @@ def test_run_script_serves_jobs_and_stops_cleanly(tmp_path: Path, redis_database
         "TASKAPP_FLOWER_ADDR": f"127.0.0.1:{free_port()}",
         "TASKAPP_FLOWER_DB": str(tmp_path / "flower.db"),
         "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "TASKAPP_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "TASKAPP_WORKER_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "TASKAPP_EXPORTER_ADDR": f"127.0.0.1:{free_port()}",
     }

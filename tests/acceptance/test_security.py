@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -190,11 +191,23 @@ def test_tls_with_grpcurl_and_the_python_client(make_stack: MakeStack, tmp_path:
     assert plaintext.returncode != 0
     assert "NotFound" not in plaintext.stderr, "a plaintext call never reaches the service"
 
+    http_address = stack.env["TASKAPP_HTTP_ADDR"]
+    trusting = ssl.create_default_context(cafile=str(pem["ca"]))
+    with httpx.Client(verify=trusting, headers={"authorization": f"Bearer {TOKEN}"}, timeout=10) as https:
+        assert https.get(f"https://{http_address}/v1/jobs/{job_id}").json()["job_id"] == job_id
+    with pytest.raises(httpx.TransportError):  # plaintext HTTP never reaches the service either
+        httpx.get(f"http://{http_address}/healthz", timeout=10)
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "[::]"])
-def test_no_token_on_a_non_loopback_address_refuses_to_start(make_stack: MakeStack, address: str) -> None:
+
+@pytest.mark.parametrize(
+    ("variable", "address"),
+    [("TASKAPP_GRPC_ADDR", "0.0.0.0"), ("TASKAPP_GRPC_ADDR", "[::]"), ("TASKAPP_HTTP_ADDR", "0.0.0.0")],
+)
+def test_no_token_on_a_non_loopback_address_refuses_to_start(
+    make_stack: MakeStack, variable: str, address: str
+) -> None:
     stack = make_stack(worker=False, start=False)
-    env = {**stack.env, "TASKAPP_GRPC_ADDR": f"{address}:{free_port()}"}
+    env = {**stack.env, variable: f"{address}:{free_port()}"}
     env.pop("TASKAPP_AUTH_TOKENS", None)
     done = subprocess.run(
         procfile()["gateway"].split(), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60

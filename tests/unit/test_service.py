@@ -236,6 +236,13 @@ def test_list_page_size_is_capped_and_defaulted(service: JobService) -> None:
         service.list(JobFilter(), page_size=-1)
 
 
+@pytest.mark.parametrize("type", ["nul\x00", "x" * 65, "Echo", ""])
+def test_list_refuses_a_type_filter_no_job_type_can_have(service: JobService, type: str) -> None:
+    # Found by schemathesis: a NUL in the filter was a 500 from PostgreSQL.
+    with pytest.raises(InvalidArgument, match=r"^type: "):
+        service.list(JobFilter(type=type))
+
+
 @pytest.mark.parametrize(
     "token", ["garbage!", "e30", "eyJhZnRlciI6ICJ4In0", "eyJhZnRlciI6IC0xLCAiZmlsdGVyIjogIiJ9"]
 )
