@@ -15,10 +15,12 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psycopg
 from celery import Celery
 from rich.progress import Progress
@@ -144,6 +146,34 @@ def submit_jobs(
         return jobs_pb2.SubmitJobRequest(type="noop")
 
     return asyncio.run(_submit_calls(address, count, concurrency, request, "SubmitJob", 1, advance, metadata))
+
+
+def submit_jobs_http(base_url: str, count: int, concurrency: int, advance: Advance) -> float:
+    """`submit_jobs` through the HTTP/JSON API (`POST /v1/jobs`), one keep-alive connection per caller: jobs
+    created per second."""
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+            async def submit() -> None:
+                answer = await client.post("/v1/jobs", json={"type": "noop"})
+                answer.raise_for_status()
+
+            await submit()  # a connection is up before the clock starts
+            calls = itertools.count()
+
+            async def caller() -> None:
+                while (n := next(calls)) < count:
+                    await submit()
+                    if n % 100 == 99:
+                        advance(100)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return count / (time.perf_counter() - started)
+
+    return asyncio.run(run())
 
 
 def submit_batches(address: str, batches: int, batch_size: int, concurrency: int, advance: Advance) -> float:
@@ -404,13 +434,14 @@ class DiskProbe:
 FILL_ROWS = """
 INSERT INTO jobs (job_id, type, priority, state, payload, attempts, max_attempts, last_error, timeout_seconds,
                   fingerprint, created_at, updated_at, scheduled_at, started_at, finished_at, worker,
-                  published_at, progress_message)
+                  published_at, progress_message, labels)
 SELECT 'row-' || g,
        (ARRAY['echo', 'noop', 'sleep', 'fail'])[1 + g % 4],
        (ARRAY['low', 'default', 'high', 'critical'])[1 + (g / 4) % 4],
        CASE WHEN g % 50 = 0 THEN 'FAILED' WHEN g % 97 = 0 THEN 'QUEUED' ELSE 'SUCCEEDED' END,
        jsonb_build_object('n', g), 1, 3, '', 300, md5(g::text),
-       ts, ts, ts, ts, ts, 'bench@host', ts, ''
+       ts, ts, ts, ts, ts, 'bench@host', ts, '',
+       jsonb_build_object('env', (ARRAY['prod', 'staging', 'dev', 'test'])[1 + g % 4], 'team', 't' || g % 10)
 FROM generate_series(%(start)s, %(stop)s) AS g,
      LATERAL (SELECT now() - make_interval(secs => %(stop)s - g) AS ts) AS t
 """
@@ -430,7 +461,8 @@ def fill_rows(world: World, rows: int, progress: Progress) -> None:
 
 def read_latencies(world: World, address: str, calls: int) -> dict[str, float]:
     """Mean milliseconds per call, one caller: GetJob of random jobs, and a ListJobs page (50, newest first)
-    with no filter, with a state filter, and with state and type."""
+    with no filter, with a state filter, with state and type, and with two labels (1 job in 20) and the last
+    day (one row per second was filled)."""
     ids = [row[0] for row in world.sql(f"SELECT job_id FROM jobs ORDER BY random() LIMIT {calls}")]
     channel = grpc.insecure_channel(address)
     stub = jobs_pb2_grpc.JobServiceStub(channel)
@@ -440,7 +472,9 @@ def read_latencies(world: World, address: str, calls: int) -> dict[str, float]:
         "ListJobs state+type": jobs_pb2.ListJobsRequest(
             page_size=50, state=jobs_pb2.JOB_STATE_FAILED, type="echo"
         ),
+        "ListJobs 2 labels+day": jobs_pb2.ListJobsRequest(page_size=50, labels={"env": "prod", "team": "t2"}),
     }
+    pages["ListJobs 2 labels+day"].created_after.FromDatetime(datetime.now(UTC) - timedelta(days=1))
     figures = {}
     stub.GetJob(jobs_pb2.GetJobRequest(job_id=ids[0]), timeout=10)
     timings = []

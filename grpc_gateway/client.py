@@ -20,7 +20,17 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
-from taskapp.jobs import Job, JobEvent, JobPage, JobState, LogLine, Priority, QueueStats, SubmitRequest
+from taskapp.jobs import (
+    Job,
+    JobEvent,
+    JobFilter,
+    JobPage,
+    JobState,
+    LogLine,
+    Priority,
+    QueueStats,
+    SubmitRequest,
+)
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -147,6 +157,8 @@ def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
         # Protobuf would read a naive datetime as UTC; astimezone() reads it as local time, and an aware one
         # keeps its instant.
         request.run_at.FromDatetime(spec.run_at.astimezone())
+    if spec.labels:
+        request.labels.update(spec.labels)
     return request
 
 
@@ -158,16 +170,28 @@ def _cancelled(reply: jobs_pb2.CancelJobResponse) -> Cancelled:
     return Cancelled(cancelled=reply.cancelled, state=_state(reply.state))
 
 
-def _list_request(
-    state: JobState | None, priority: Priority | None, type: str | None, page_size: int, page_token: str
-) -> jobs_pb2.ListJobsRequest:
-    return jobs_pb2.ListJobsRequest(
-        state=convert.state_to_pb(state) if state is not None else jobs_pb2.JOB_STATE_UNSPECIFIED,
-        priority=convert.priority_to_pb(priority) if priority is not None else jobs_pb2.PRIORITY_UNSPECIFIED,
-        type=type or "",
+def _list_request(filter: JobFilter, page_size: int, page_token: str) -> jobs_pb2.ListJobsRequest:
+    request = jobs_pb2.ListJobsRequest(
+        state=convert.state_to_pb(filter.state)
+        if filter.state is not None
+        else jobs_pb2.JOB_STATE_UNSPECIFIED,
+        priority=(
+            convert.priority_to_pb(filter.priority)
+            if filter.priority is not None
+            else jobs_pb2.PRIORITY_UNSPECIFIED
+        ),
+        type=filter.type or "",
         page_size=page_size,
         page_token=page_token,
+        labels=filter.labels,
+        job_id_prefix=filter.job_id_prefix or "",
     )
+    # As for run_at: a naive datetime is local time.
+    if filter.created_after is not None:
+        request.created_after.FromDatetime(filter.created_after.astimezone())
+    if filter.created_before is not None:
+        request.created_before.FromDatetime(filter.created_before.astimezone())
+    return request
 
 
 def _page(reply: jobs_pb2.ListJobsResponse) -> JobPage:
@@ -239,9 +263,10 @@ class JobClient:
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
         run_at: datetime | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
-        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at)
+        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at, labels)
         return _submitted(self._call(self._stub.SubmitJob, _submit_request(spec)))
 
     def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:
@@ -265,11 +290,17 @@ class JobClient:
         state: JobState | None = None,
         priority: Priority | None = None,
         type: str | None = None,
+        labels: dict[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        job_id_prefix: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next."""
-        request = _list_request(state, priority, type, page_size, page_token)
+        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next.
+        Every filter given must hold: `labels` all of them, created in [`created_after`, `created_before`)."""
+        filter = JobFilter(state, priority, type, labels or {}, created_after, created_before, job_id_prefix)
+        request = _list_request(filter, page_size, page_token)
         return _page(self._call(self._stub.ListJobs, request))
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
@@ -348,9 +379,10 @@ class AsyncJobClient:
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
         run_at: datetime | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
-        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at)
+        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at, labels)
         return _submitted(await self._call(self._stub.SubmitJob, _submit_request(spec)))
 
     async def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:
@@ -376,11 +408,17 @@ class AsyncJobClient:
         state: JobState | None = None,
         priority: Priority | None = None,
         type: str | None = None,
+        labels: dict[str, str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        job_id_prefix: str | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next."""
-        request = _list_request(state, priority, type, page_size, page_token)
+        """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next.
+        Every filter given must hold: `labels` all of them, created in [`created_after`, `created_before`)."""
+        filter = JobFilter(state, priority, type, labels or {}, created_after, created_before, job_id_prefix)
+        request = _list_request(filter, page_size, page_token)
         return _page(await self._call(self._stub.ListJobs, request))
 
     async def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:

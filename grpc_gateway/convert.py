@@ -57,6 +57,7 @@ def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest, field_prefix: str
         max_attempts=request.max_attempts if request.HasField("max_attempts") else None,
         timeout_seconds=request.timeout_seconds if request.HasField("timeout_seconds") else None,
         run_at=_datetime(request.run_at, f"{field_prefix}run_at") if request.HasField("run_at") else None,
+        labels=dict(request.labels),
     )
 
 
@@ -79,6 +80,16 @@ def list_filter_from_pb(request: jobs_pb2.ListJobsRequest) -> JobFilter:
         state=state_from_pb(request.state),
         priority=priority_from_pb(request.priority),
         type=request.type or None,
+        labels=dict(request.labels),
+        created_after=_datetime(request.created_after, "created_after")
+        if request.HasField("created_after")
+        else None,
+        created_before=(
+            _datetime(request.created_before, "created_before")
+            if request.HasField("created_before")
+            else None
+        ),
+        job_id_prefix=request.job_id_prefix or None,
     )
 
 
@@ -120,10 +131,12 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
         worker=job.worker,
         progress_percent=job.progress_percent,
         progress_message=job.progress_message,
+        labels=job.labels,
     )
 
 
-def event_to_pb(event: JobEvent) -> jobs_pb2.JobEvent:
+def event_to_pb(event: JobEvent, labels: dict[str, str]) -> jobs_pb2.JobEvent:
+    """`labels` are the job's (they never change, so WatchJob reads them once)."""
     return jobs_pb2.JobEvent(
         job_id=event.job_id,
         state=state_to_pb(event.state),
@@ -131,6 +144,7 @@ def event_to_pb(event: JobEvent) -> jobs_pb2.JobEvent:
         at=_timestamp(event.at),
         message=event.message,
         progress_percent=event.progress_percent,
+        labels=labels,
     )
 
 
@@ -186,6 +200,7 @@ def job_from_pb(job: jobs_pb2.Job) -> Job:
         fingerprint="",
         progress_percent=job.progress_percent if job.HasField("progress_percent") else None,
         progress_message=job.progress_message,
+        labels=dict(job.labels),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar, cast
 
 import grpc
 import uvicorn
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
@@ -55,6 +55,9 @@ TOO_LARGE = 413
 SSE_PING_SECONDS = 15
 
 MessageT = TypeVar("MessageT", bound=Message)
+_UNKNOWN_FIELD = re.compile(r'^Message type "[\w.]+" has no field named "([^"]*)"')
+#: A label in a query: `labels[env]=prod`, OpenAPI's deepObject style.
+_LABEL_PARAMETER = re.compile(r"^labels\[(.*)\]$")
 _PARSE_ERROR = re.compile(
     r"^(?:Failed to parse (?P<last>\w+) field: )*(?P<problem>.*?)(?: at \w+\.(?P<field>\S+?))?\.*$", re.DOTALL
 )
@@ -116,6 +119,10 @@ def parse(data: BaseModel | dict[str, Any] | None, message: MessageT) -> Message
     try:
         return json_format.ParseDict(data or {}, message)
     except json_format.ParseError as exc:
+        if unknown := _UNKNOWN_FIELD.match(str(exc)):
+            raise Aborted(
+                "INVALID_ARGUMENT", f"{unknown[1]}: is not a field of this call", unknown[1]
+            ) from None
         # "Failed to parse jobs field: Failed to parse run_at field: <problem> at SubmitJobsRequest.jobs[1].run_at."
         parts = _PARSE_ERROR.match(str(exc))
         field = parts and (parts["field"] or parts["last"])
@@ -180,6 +187,17 @@ ListJobsRequest = model("ListJobsRequest")
 JobId = Annotated[str, Path(description="The job's id")]
 
 
+def query_parameters(request: type[BaseModel]) -> list[dict[str, Any]]:
+    """A request message's fields as OpenAPI query parameters; a map as `name[key]=value` (deepObject)."""
+    parameters = []
+    for name, schema in request.model_json_schema()["properties"].items():
+        parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+        if schema.get("type") == "object":
+            parameter.update(style="deepObject", explode=True)
+        parameters.append(parameter)
+    return parameters
+
+
 def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
     """The API's routes on `servicer`; every one but /healthz and the document asks for a token when `auth`."""
     bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`, as on gRPC")
@@ -235,9 +253,23 @@ def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
         """SubmitJobs: up to 1,000 jobs, all validated before any is written."""
         return await answer(servicer.SubmitJobs, parse(body, jobs_pb2.SubmitJobsRequest()))
 
-    @app.get("/v1/jobs", tags=["jobs"], dependencies=guarded, response_model=model("ListJobsResponse"))
-    async def list_jobs(query: Annotated[ListJobsRequest, Query()]) -> JSONResponse:  # type: ignore[valid-type]
-        """ListJobs: newest first, with optional filters and keyset paging."""
+    @app.get(
+        "/v1/jobs",
+        tags=["jobs"],
+        dependencies=guarded,
+        response_model=model("ListJobsResponse"),
+        openapi_extra={"parameters": query_parameters(ListJobsRequest)},
+    )
+    async def list_jobs(request: Request) -> JSONResponse:
+        """ListJobs: newest first, with optional filters (labels as `labels[key]=value`) and keyset paging."""
+        query: dict[str, Any] = {}
+        for key, value in request.query_params.multi_items():
+            if label := _LABEL_PARAMETER.match(key):
+                query.setdefault("labels", {})[label[1]] = value
+            elif key in query:
+                raise Aborted("INVALID_ARGUMENT", f"{key}: is given more than once", key)
+            else:
+                query[key] = value
         return await answer(servicer.ListJobs, parse(query, jobs_pb2.ListJobsRequest()))
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=guarded, response_model=model("Job"))

@@ -161,10 +161,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
         with self.changes.waiting_on(request.job_id) as changed:
             try:
+                labels = (await asyncio.to_thread(self.service.get, request.job_id)).labels
                 last = await asyncio.to_thread(self.service.latest_event, request.job_id)
             except TaskappError as exc:
                 await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
-            yield convert.event_to_pb(last)
+            yield convert.event_to_pb(last, labels)
             while not last.state.is_terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
@@ -174,7 +175,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
                 except TaskappError:
                     continue  # The database is away for a moment: look again.
                 for event in events:
-                    yield convert.event_to_pb(event)
+                    yield convert.event_to_pb(event, labels)
                     last = event
                     if event.state.is_terminal:
                         break

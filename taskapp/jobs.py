@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -61,6 +61,8 @@ class NewJob:
     fingerprint: str
     #: When to run, if later than now: the job waits in SQL as SCHEDULED until then.
     run_at: datetime | None = None
+    #: The caller's key -> value tags, to find the job by (ListJobs); fixed at submit.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def waits_until(self, now: datetime) -> datetime | None:
         """`run_at` if it is still ahead of `now` (the job starts SCHEDULED), else None (it starts QUEUED)."""
@@ -109,6 +111,7 @@ class Job:
     runs: int = 0
     #: The Celery task id of the delivery that claimed the current (or last) run.
     task_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 #: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
@@ -134,11 +137,17 @@ class SentMessage(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """ListJobs filters; None means any."""
+    """ListJobs filters; None (or no labels) means any."""
 
     state: JobState | None = None
     priority: Priority | None = None
     type: str | None = None
+    #: Every one of these labels, with these values.
+    labels: dict[str, str] = field(default_factory=dict)
+    #: created_after <= created_at < created_before.
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    job_id_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +219,8 @@ class SubmitRequest:
     #: When to run: later makes the job SCHEDULED until then; a time already past queues it at once. A naive
     #: datetime is this machine's local time, as everywhere in Python (the client sends it so).
     run_at: datetime | None = None
+    #: Key -> value tags to find the job by (ListJobs' `labels` filter).
+    labels: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,22 @@ MAX_SCHEDULE_AHEAD = timedelta(days=365)
 MAX_JOBS_PER_SUBMIT = 1_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
+MAX_LABELS = 20
+#: A label key: 1-63 characters, a letter or digit first (Kubernetes' rule, with dots and slashes).
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+MAX_LABEL_VALUE = 255
+
+
+def check_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
+    """At most `MAX_LABELS`, keys of `LABEL_KEY`, values of at most `MAX_LABEL_VALUE` printable characters."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(field, f"must hold at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise InvalidArgument(field, f"key {key[:80]!r} must match {LABEL_KEY.pattern}")
+        if len(value) > MAX_LABEL_VALUE or not value.isprintable():
+            raise InvalidArgument(f"{field}.{key}", f"must be at most {MAX_LABEL_VALUE} printable characters")
+    return labels
 
 
 def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
@@ -153,10 +169,13 @@ class JobService:
         )
         if request.run_at is not None and request.run_at > self._clock() + MAX_SCHEDULE_AHEAD:
             raise InvalidArgument("run_at", f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
+        labels = check_labels(request.labels or {})
         priority = request.priority or Priority.DEFAULT
         identity: list[Any] = [request.type, priority.value, payload, max_attempts, timeout_seconds]
         if request.run_at is not None:
             identity.append(request.run_at.isoformat())
+        if labels:  # only then: the fingerprints of jobs from before labels stay what they were
+            identity.append({"labels": labels})
         fingerprint = hashlib.sha256(_canonical_json(identity).encode()).hexdigest()
         return NewJob(
             job_id=request.job_id or self._new_job_id(),
@@ -167,6 +186,7 @@ class JobService:
             timeout_seconds=timeout_seconds,
             fingerprint=fingerprint,
             run_at=request.run_at,
+            labels=labels,
         )
 
     def _unknown_type(self, type: str) -> str:
@@ -343,6 +363,11 @@ class JobService:
         if filter.type is not None and not TYPE_NAME.match(filter.type):
             # No job can have it, and PostgreSQL refuses some (a NUL) outright.
             raise InvalidArgument("type", f"is not a job type name ({TYPE_NAME.pattern})")
+        check_labels(filter.labels)
+        if filter.job_id_prefix is not None and not JOB_ID.match(filter.job_id_prefix):
+            raise InvalidArgument("job_id_prefix", "must be 1-128 characters of [A-Za-z0-9._:-]")
+        if filter.created_after and filter.created_before and filter.created_after >= filter.created_before:
+            raise InvalidArgument("created_before", "must be later than created_after")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before_seq = _decode_page_token(page_token, filter) if page_token else None
         jobs = self.store.list(filter, limit + 1, before_seq)
@@ -353,7 +378,10 @@ class JobService:
 
 
 def _filter_key(filter: JobFilter) -> str:
-    parts = [filter.state or "", filter.priority or "", filter.type or ""]
+    parts: list[Any] = [filter.state or "", filter.priority or "", filter.type or ""]
+    created = [stamp.isoformat() if stamp else "" for stamp in (filter.created_after, filter.created_before)]
+    if filter.labels or any(created) or filter.job_id_prefix:
+        parts += [filter.labels, *created, filter.job_id_prefix or ""]
     return hashlib.sha256(_canonical_json(parts).encode()).hexdigest()[:16]
 
 

@@ -334,6 +334,7 @@ def new_job(
     payload: dict[str, Any] | None = None,
     timeout_seconds: int = 300,
     run_at: datetime | None = None,
+    labels: dict[str, str] | None = None,
 ) -> NewJob:
     """A job as the service would hand it to a store, its fingerprint made from its id."""
     return NewJob(
@@ -345,6 +346,7 @@ def new_job(
         timeout_seconds=timeout_seconds,
         fingerprint=hashlib.sha256(job_id.encode()).hexdigest(),
         run_at=run_at,
+        labels=labels or {},
     )
 
 

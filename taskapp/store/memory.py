@@ -91,6 +91,10 @@ class InMemoryJobStore:
                 if (filter.state is None or job.state is filter.state)
                 and (filter.priority is None or job.priority is filter.priority)
                 and (filter.type is None or job.type == filter.type)
+                and filter.labels.items() <= job.labels.items()
+                and (filter.created_after is None or job.created_at >= filter.created_after)
+                and (filter.created_before is None or job.created_at < filter.created_before)
+                and (filter.job_id_prefix is None or job.job_id.startswith(filter.job_id_prefix))
                 and (before_seq is None or job.seq < before_seq)
             ]
         return matching[:limit]

@@ -68,15 +68,15 @@ WITH new AS (
     FROM unnest(
         %(job_id)s::text[], %(type)s::text[], %(priority)s::text[], %(state)s::text[], %(payload)s::jsonb[],
         %(max_attempts)s::int[], %(timeout_seconds)s::int[], %(fingerprint)s::text[],
-        %(scheduled_at)s::timestamptz[]
+        %(scheduled_at)s::timestamptz[], %(labels)s::jsonb[]
     ) WITH ORDINALITY AS n(job_id, type, priority, state, payload, max_attempts, timeout_seconds, fingerprint,
-                           scheduled_at, position)
+                           scheduled_at, labels, position)
 ), inserted AS (
     INSERT INTO jobs (job_id, type, priority, state, payload, attempts, max_attempts, last_error,
                       timeout_seconds, fingerprint, created_at, updated_at, scheduled_at, worker,
-                      progress_message)
+                      progress_message, labels)
     SELECT job_id, type, priority, state, payload, 0, max_attempts, '', timeout_seconds, fingerprint,
-           %(now)s, %(now)s, scheduled_at, '', ''
+           %(now)s, %(now)s, scheduled_at, '', '', labels
     FROM new ORDER BY position
     ON CONFLICT (job_id) DO NOTHING
     RETURNING *
@@ -92,7 +92,7 @@ SELECT false AS created, jobs.* FROM jobs JOIN new USING (job_id)
 #: The columns `CREATE` takes one array of (the others are the same for every new job).
 CREATE_ARRAYS = (
     "job_id", "type", "priority", "state", "payload", "max_attempts", "timeout_seconds", "fingerprint",
-    "scheduled_at",
+    "scheduled_at", "labels",
 )  # fmt: skip
 
 #: Rows that a concurrent statement inserted after `CREATE` took its snapshot.
@@ -170,6 +170,7 @@ class PostgresJobStore(SqlJobStore):
         new_rows = [new_job_row(new, now) for new in news]
         arrays = {column: [row[column] for row in new_rows] for column in CREATE_ARRAYS}
         arrays["payload"] = [Jsonb(payload) for payload in arrays["payload"]]
+        arrays["labels"] = [Jsonb(labels) for labels in arrays["labels"]]
         rows = self._rows(CREATE, {"now": now, **arrays})
         written = {row["job_id"]: (job_from_row(row), bool(row["created"])) for row in rows}
         raced = [new.job_id for new in news if new.job_id not in written]

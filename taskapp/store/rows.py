@@ -65,6 +65,7 @@ def new_job_row(new: NewJob, now: datetime) -> dict[str, Any]:
         "progress_message": "",
         "runs": 0,
         "task_id": "",
+        "labels": new.labels,
     }
 
 

@@ -41,6 +41,13 @@ from taskapp.store.tables import events_table, jobs_table, logs_table
 _CHANGED = "taskapp.changed_jobs"
 
 
+def _has_labels(labels: dict[str, str], dialect: str) -> sa.ColumnElement[bool]:
+    """Every label, on PostgreSQL as JSONB containment (`@>`, which the GIN index serves)."""
+    if dialect == "postgresql":
+        return sa.type_coerce(jobs_table.c.labels, postgresql.JSONB).contains(labels)
+    return sa.and_(*(jobs_table.c.labels[key].as_string() == value for key, value in labels.items()))
+
+
 def _job(row: sa.Row[Any]) -> Job:
     return job_from_row(row._mapping)
 
@@ -140,9 +147,17 @@ class SqlJobStore:
             query = query.where(jobs_table.c.priority == filter.priority.value)
         if filter.type is not None:
             query = query.where(jobs_table.c.type == filter.type)
+        if filter.created_after is not None:
+            query = query.where(jobs_table.c.created_at >= filter.created_after)
+        if filter.created_before is not None:
+            query = query.where(jobs_table.c.created_at < filter.created_before)
+        if filter.job_id_prefix is not None:
+            query = query.where(jobs_table.c.job_id.startswith(filter.job_id_prefix, autoescape=True))
         if before_seq is not None:
             query = query.where(jobs_table.c.seq < before_seq)
         with self._transaction() as conn:
+            if filter.labels:
+                query = query.where(_has_labels(filter.labels, conn.dialect.name))
             return [_job(row) for row in conn.execute(query)]
 
     def cancel(self, job_id: str, now: datetime) -> CancelOutcome | None:

@@ -35,6 +35,14 @@ class JobRow(SQLModel, table=True):
             "ix_jobs_unpublished", "updated_at", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED
         ),
         sa.Index("ix_jobs_finished_at", "finished_at"),
+        # ListJobs' filters: created-at ranges; on PostgreSQL also labels (`@>`) and job id prefixes (LIKE).
+        sa.Index("ix_jobs_created_at", "created_at"),
+        sa.Index(
+            "ix_jobs_labels", "labels", postgresql_using="gin", postgresql_ops={"labels": "jsonb_path_ops"}
+        ).ddl_if(dialect="postgresql"),
+        sa.Index("ix_jobs_job_id_prefix", "job_id", postgresql_ops={"job_id": "text_pattern_ops"}).ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     seq: int | None = Field(default=None, sa_type=_SEQ_TYPE, primary_key=True)
@@ -69,6 +77,10 @@ class JobRow(SQLModel, table=True):
     #: The Celery task id that claimed the current or last run: what its worker renews the lease by, and what
     #: a cancel revokes.
     task_id: str = Field(default="", sa_type=sa.String(160), sa_column_kwargs={"server_default": ""})
+    #: The caller's key -> value tags (ListJobs filters on them).
+    labels: dict[str, str] = Field(
+        default_factory=dict, sa_type=_JSON_TYPE, sa_column_kwargs={"server_default": sa.text("'{}'")}
+    )
 
 
 class JobEventRow(SQLModel, table=True):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -276,6 +277,36 @@ def test_list_filters_and_keyset_pages(store: JobStore) -> None:
     first = store.list(JobFilter(), 10, None)
     second = store.list(JobFilter(), 10, first[-1].seq)
     assert [j.job_id for j in second] == [f"j{i:02}" for i in reversed(range(10, 20))]
+
+
+def test_list_filters_on_labels_created_at_and_job_id_prefix(store: JobStore) -> None:
+    for i in range(24):
+        labels = {"env": ["prod", "dev"][i % 2], "team": f"t{i % 3}"}
+        if i == 7:
+            labels["odd key.with/all-chars_9"] = "a value: with spaces"
+        create(store, new_job(f"{['a', 'b'][i // 12]}_{i:02}", labels=labels), T0 + timedelta(minutes=i))
+
+    def ids(**filters: Any) -> list[str]:
+        return [job.job_id for job in store.list(JobFilter(**filters), 100, None)]
+
+    assert store.get("a_07") is not None and store.get("a_07").labels == {  # type: ignore[union-attr]
+        "env": "dev",
+        "team": "t1",
+        "odd key.with/all-chars_9": "a value: with spaces",
+    }
+    assert ids(labels={"env": "prod", "team": "t0"}) == [f"{'ab'[i // 12]}_{i:02}" for i in (18, 12, 6, 0)]
+    assert ids(labels={"odd key.with/all-chars_9": "a value: with spaces"}) == ["a_07"]
+    assert ids(labels={"env": "prod", "team": "nobody"}) == []
+    window = {"created_after": T0 + timedelta(minutes=5), "created_before": T0 + timedelta(minutes=9)}
+    assert ids(**window) == ["a_08", "a_07", "a_06", "a_05"]
+    assert ids(labels={"env": "dev"}, **window) == ["a_07", "a_05"]
+    assert ids(job_id_prefix="b_1") == [f"b_{i}" for i in range(19, 11, -1)]
+    # `_` is a character of job ids, not LIKE's wildcard; `%` matches itself (no job has one).
+    assert ids(job_id_prefix="a_") == [f"a_{i:02}" for i in reversed(range(12))]
+    assert ids(job_id_prefix="a%") == [] and ids(job_id_prefix="ab") == []
+    first = store.list(JobFilter(labels={"env": "dev"}), 5, None)
+    rest = store.list(JobFilter(labels={"env": "dev"}), 100, first[-1].seq)
+    assert [job.job_id for job in first + rest] == ids(labels={"env": "dev"})
 
 
 def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: JobStore) -> None:

@@ -78,6 +78,7 @@ def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobServi
         {"timeout_seconds": 10},
         {"type": "noop"},
         {"run_at": utcnow() + timedelta(hours=1)},
+        {"labels": {"env": "prod"}},
     ],
 )
 def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
@@ -105,6 +106,14 @@ def test_same_id_different_request_is_already_exists(service: JobService, change
         ({"type": "echo", "timeout_seconds": 86_401}, InvalidArgument, "timeout_seconds"),
         ({"type": "echo", "payload": {"blob": "x" * (256 * 1024)}}, PayloadTooLarge, "payload"),
         ({"type": "echo", "run_at": utcnow() + timedelta(days=366)}, InvalidArgument, "run_at"),
+        ({"type": "echo", "labels": {f"k{n}": "v" for n in range(21)}}, InvalidArgument, "labels"),
+        ({"type": "echo", "labels": {"": "v"}}, InvalidArgument, "labels"),
+        ({"type": "echo", "labels": {"-lead": "v"}}, InvalidArgument, "labels"),
+        ({"type": "echo", "labels": {"k" * 64: "v"}}, InvalidArgument, "labels"),
+        ({"type": "echo", "labels": {"sp ace": "v"}}, InvalidArgument, "labels"),
+        ({"type": "echo", "labels": {"env": "x" * 256}}, InvalidArgument, "labels.env"),
+        ({"type": "echo", "labels": {"env": "nul\x00"}}, InvalidArgument, "labels.env"),
+        ({"type": "echo", "labels": {"env": "new\nline"}}, InvalidArgument, "labels.env"),
     ],
 )
 def test_invalid_submit_names_the_field_and_writes_nothing(
@@ -234,6 +243,27 @@ def test_list_page_size_is_capped_and_defaulted(service: JobService) -> None:
     assert len(service.list(JobFilter(), page_size=5_000).jobs) == 60
     with pytest.raises(InvalidArgument, match="page_size"):
         service.list(JobFilter(), page_size=-1)
+
+
+def test_labels_are_kept_and_a_job_without_them_keeps_its_fingerprint(service: JobService) -> None:
+    labelled = service.submit(SubmitRequest(type="echo", labels={"env": "prod", "a.b/c-d_e": ""}))
+    assert service.get(labelled.job.job_id).labels == {"env": "prod", "a.b/c-d_e": ""}
+    plain = service.validate(SubmitRequest(type="echo", payload={"a": 1}))
+    # What a job without labels was fingerprinted as before labels existed: repeats of old jobs still match.
+    assert plain.fingerprint == "6602dd8c20ca1af700647e15c9fd87192a3049eefae405ddcf71c36d2959dc1e"
+
+
+@pytest.mark.parametrize(
+    ("filter", "field"),
+    [
+        (JobFilter(labels={"bad key": "v"}), "labels"),
+        (JobFilter(job_id_prefix="no spaces"), "job_id_prefix"),
+        (JobFilter(created_after=utcnow(), created_before=utcnow() - timedelta(seconds=1)), "created_before"),
+    ],
+)
+def test_list_refuses_filters_outside_their_rules(service: JobService, filter: JobFilter, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^{field}"):
+        service.list(filter)
 
 
 @pytest.mark.parametrize("type", ["nul\x00", "x" * 65, "Echo", ""])
