@@ -27,7 +27,7 @@ from rich.text import Text
 
 from grpc_gateway.client import DEFAULT_ADDRESS, JobClient, JobServiceError, channel_target
 from taskapp import cli as taskapp_cli
-from taskapp.jobs import Job, JobEvent, JobState, Priority
+from taskapp.jobs import Job, JobEvent, JobFilter, JobState, Priority
 
 #: The gateway answered an error, or could not be reached.
 EXIT_ERROR = 1
@@ -261,6 +261,16 @@ def _parse_run_at(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00Z") from None
 
 
+def _parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, equals, label = value.partition("=")
+        if not equals:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        labels[key] = label
+    return labels
+
+
 _PRIORITIES = click.Choice([priority.value for priority in reversed(Priority)])
 _STATES = click.Choice([state.value for state in JobState], case_sensitive=False)
 
@@ -286,6 +296,14 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
     "a time already past queues the job at once.",
 )
 @click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_parse_labels,
+    metavar="KEY=VALUE",
+    help="A label to find the job by (again for more).",
+)
+@click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
 @click.option(
@@ -305,6 +323,7 @@ def submit(
     max_attempts: int | None,
     timeout_seconds: int | None,
     run_at: datetime | None,
+    labels: dict[str, str],
     watch: bool,
     quiet: bool,
 ) -> None:
@@ -320,6 +339,7 @@ def submit(
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
             run_at=run_at,
+            labels=labels,
         )
         if quiet:
             click.echo(submitted.job_id)
@@ -406,27 +426,70 @@ def retry(config: CliConfig, job_id: str) -> None:
         click.echo(f"job {job.job_id}: {job.state}")
 
 
-@main.command("list")
-@click.option("--state", type=_STATES, help="Only jobs in this state.")
-@click.option("--priority", type=_PRIORITIES, help="Only jobs of this priority.")
-@click.option("--type", "job_type", metavar="TYPE", help="Only jobs of this type.")
-@click.option("--page-size", type=int, default=0, metavar="N", help="Jobs per page (1-1000)  [default: 50]")
-@click.option("--page-token", default="", metavar="TOKEN", help="Where the previous page ended.")
-@pass_cli_config
-def list_jobs(
-    config: CliConfig,
+def _filter_options(command: F) -> F:
+    """The filters ListJobs, CancelJobs and RetryJobs share, as options; `_job_filter` reads them."""
+    options = [
+        click.option("--state", type=_STATES, help="Only jobs in this state."),
+        click.option("--priority", type=_PRIORITIES, help="Only jobs of this priority."),
+        click.option("--type", "job_type", metavar="TYPE", help="Only jobs of this type."),
+        click.option(
+            "--label",
+            "labels",
+            multiple=True,
+            callback=_parse_labels,
+            metavar="KEY=VALUE",
+            help="Only jobs with this label (again for more: all must match).",
+        ),
+        click.option(
+            "--created-after", callback=_parse_run_at, metavar="TIME", help="Created at or after (ISO 8601)."
+        ),
+        click.option(
+            "--created-before", callback=_parse_run_at, metavar="TIME", help="Created before (ISO 8601)."
+        ),
+        click.option("--id-prefix", metavar="PREFIX", help="Only jobs whose id starts with this."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _job_filter(
     state: str | None,
     priority: str | None,
     job_type: str | None,
-    page_size: int,
-    page_token: str,
-) -> None:
+    labels: dict[str, str],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    id_prefix: str | None,
+) -> JobFilter:
+    return JobFilter(
+        state=JobState(state.upper()) if state else None,
+        priority=Priority(priority) if priority else None,
+        type=job_type,
+        labels=labels,
+        created_after=created_after,
+        created_before=created_before,
+        job_id_prefix=id_prefix,
+    )
+
+
+@main.command("list")
+@_filter_options
+@click.option("--page-size", type=int, default=0, metavar="N", help="Jobs per page (1-1000)  [default: 50]")
+@click.option("--page-token", default="", metavar="TOKEN", help="Where the previous page ended.")
+@pass_cli_config
+def list_jobs(config: CliConfig, page_size: int, page_token: str, **filters: Any) -> None:
     """List jobs, newest first, a page at a time."""
+    filter = _job_filter(**filters)
     with config.connect() as client:
         page = client.list(
-            state=JobState(state) if state else None,
-            priority=Priority(priority) if priority else None,
-            type=job_type,
+            state=filter.state,
+            priority=filter.priority,
+            type=filter.type,
+            labels=filter.labels,
+            created_after=filter.created_after,
+            created_before=filter.created_before,
+            job_id_prefix=filter.job_id_prefix,
             page_size=page_size,
             page_token=page_token,
         )
@@ -443,6 +506,39 @@ def list_jobs(
     _console().print(table)
     if page.next_page_token:
         click.echo(f"more: --page-token {page.next_page_token}")
+
+
+def _bulk_command(name: str, action: str, help: str) -> None:
+    """`taskapp cancel-jobs` and `taskapp retry-jobs`: the client's `<action>_many` for the filter given."""
+
+    @main.command(name, help=help)
+    @_filter_options
+    @click.option("--dry-run", is_flag=True, help="Only count the jobs it would act on.")
+    @click.option("--limit", type=int, default=0, metavar="N", help="Act on at most N jobs  [default: all]")
+    @pass_cli_config
+    def bulk(config: CliConfig, dry_run: bool, limit: int, **filters: Any) -> None:
+        with config.connect() as client:
+            outcome = getattr(client, f"{action}_many")(_job_filter(**filters), dry_run=dry_run, limit=limit)
+        if config.as_json:
+            _echo_json(outcome)
+        else:
+            verb = {"cancel": "cancelled", "retry": "queued again"}[action]
+            would = "would be " if dry_run else ""
+            click.echo(
+                f"{outcome.acted_on} job(s) {would}{verb}; {outcome.skipped} skipped (their state did not allow it)"
+            )
+
+
+_bulk_command(
+    "cancel-jobs",
+    "cancel",
+    "Cancel every job the filters match that has not finished (at least one filter).",
+)
+_bulk_command(
+    "retry-jobs",
+    "retry",
+    "Run again every FAILED, DEAD_LETTER or CANCELLED job the filters match (at least one filter).",
+)
 
 
 @main.command()

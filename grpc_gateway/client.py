@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.jobs import (
+    BulkOutcome,
     Job,
     JobEvent,
     JobFilter,
@@ -170,28 +171,30 @@ def _cancelled(reply: jobs_pb2.CancelJobResponse) -> Cancelled:
     return Cancelled(cancelled=reply.cancelled, state=_state(reply.state))
 
 
-def _list_request(filter: JobFilter, page_size: int, page_token: str) -> jobs_pb2.ListJobsRequest:
-    request = jobs_pb2.ListJobsRequest(
-        state=convert.state_to_pb(filter.state)
-        if filter.state is not None
-        else jobs_pb2.JOB_STATE_UNSPECIFIED,
-        priority=(
-            convert.priority_to_pb(filter.priority)
-            if filter.priority is not None
-            else jobs_pb2.PRIORITY_UNSPECIFIED
-        ),
-        type=filter.type or "",
-        page_size=page_size,
-        page_token=page_token,
-        labels=filter.labels,
-        job_id_prefix=filter.job_id_prefix or "",
-    )
+FilteredRequest = TypeVar(
+    "FilteredRequest", jobs_pb2.ListJobsRequest, jobs_pb2.CancelJobsRequest, jobs_pb2.RetryJobsRequest
+)
+
+
+def _filtered(request: FilteredRequest, filter: JobFilter) -> FilteredRequest:
+    """`request` with the filter fields ListJobs, CancelJobs and RetryJobs share set from `filter`."""
+    if filter.state is not None:
+        request.state = convert.state_to_pb(filter.state)
+    if filter.priority is not None:
+        request.priority = convert.priority_to_pb(filter.priority)
+    request.type = filter.type or ""
+    request.labels.update(filter.labels)
+    request.job_id_prefix = filter.job_id_prefix or ""
     # As for run_at: a naive datetime is local time.
     if filter.created_after is not None:
         request.created_after.FromDatetime(filter.created_after.astimezone())
     if filter.created_before is not None:
         request.created_before.FromDatetime(filter.created_before.astimezone())
     return request
+
+
+def _bulk(reply: jobs_pb2.BulkResponse) -> BulkOutcome:
+    return BulkOutcome(acted_on=reply.acted_on, skipped=reply.skipped)
 
 
 def _page(reply: jobs_pb2.ListJobsResponse) -> JobPage:
@@ -300,8 +303,18 @@ class JobClient:
         """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next.
         Every filter given must hold: `labels` all of them, created in [`created_after`, `created_before`)."""
         filter = JobFilter(state, priority, type, labels or {}, created_after, created_before, job_id_prefix)
-        request = _list_request(filter, page_size, page_token)
+        request = _filtered(jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token), filter)
         return _page(self._call(self._stub.ListJobs, request))
+
+    def cancel_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """Cancel every job `filter` matches that has not finished (at most `limit`; 0: all). A dry run counts."""
+        request = _filtered(jobs_pb2.CancelJobsRequest(dry_run=dry_run, limit=limit), filter)
+        return _bulk(self._call(self._stub.CancelJobs, request))
+
+    def retry_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """Retry every FAILED, DEAD_LETTER or CANCELLED job `filter` matches (at most `limit`; 0: all)."""
+        request = _filtered(jobs_pb2.RetryJobsRequest(dry_run=dry_run, limit=limit), filter)
+        return _bulk(self._call(self._stub.RetryJobs, request))
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.
@@ -418,8 +431,18 @@ class AsyncJobClient:
         """One page of jobs, newest first; pass its `next_page_token`, with the same filters, for the next.
         Every filter given must hold: `labels` all of them, created in [`created_after`, `created_before`)."""
         filter = JobFilter(state, priority, type, labels or {}, created_after, created_before, job_id_prefix)
-        request = _list_request(filter, page_size, page_token)
+        request = _filtered(jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token), filter)
         return _page(await self._call(self._stub.ListJobs, request))
+
+    async def cancel_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """Cancel every job `filter` matches that has not finished (at most `limit`; 0: all). A dry run counts."""
+        request = _filtered(jobs_pb2.CancelJobsRequest(dry_run=dry_run, limit=limit), filter)
+        return _bulk(await self._call(self._stub.CancelJobs, request))
+
+    async def retry_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """Retry every FAILED, DEAD_LETTER or CANCELLED job `filter` matches (at most `limit`; 0: all)."""
+        request = _filtered(jobs_pb2.RetryJobsRequest(dry_run=dry_run, limit=limit), filter)
+        return _bulk(await self._call(self._stub.RetryJobs, request))
 
     async def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.

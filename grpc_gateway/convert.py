@@ -75,7 +75,10 @@ def _datetime(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
         raise InvalidArgument(field, "is not a valid timestamp") from None
 
 
-def list_filter_from_pb(request: jobs_pb2.ListJobsRequest) -> JobFilter:
+def filter_from_pb(
+    request: jobs_pb2.ListJobsRequest | jobs_pb2.CancelJobsRequest | jobs_pb2.RetryJobsRequest,
+) -> JobFilter:
+    """The filter fields ListJobs, CancelJobs and RetryJobs share (same names and numbers)."""
     return JobFilter(
         state=state_from_pb(request.state),
         priority=priority_from_pb(request.priority),

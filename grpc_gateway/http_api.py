@@ -184,6 +184,8 @@ def model(name: str) -> type[BaseModel]:
 SubmitJobRequest = model("SubmitJobRequest")
 SubmitJobsRequest = model("SubmitJobsRequest")
 ListJobsRequest = model("ListJobsRequest")
+CancelJobsRequest = model("CancelJobsRequest")
+RetryJobsRequest = model("RetryJobsRequest")
 JobId = Annotated[str, Path(description="The job's id")]
 
 
@@ -271,6 +273,16 @@ def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
             else:
                 query[key] = value
         return await answer(servicer.ListJobs, parse(query, jobs_pb2.ListJobsRequest()))
+
+    @app.post("/v1/jobs:cancel", tags=["jobs"], dependencies=with_body, response_model=model("BulkResponse"))
+    async def cancel_jobs(body: CancelJobsRequest) -> JSONResponse:  # type: ignore[valid-type]
+        """CancelJobs: every job the filter matches that is not finished; `dry_run` only counts."""
+        return await answer(servicer.CancelJobs, parse(body, jobs_pb2.CancelJobsRequest()))
+
+    @app.post("/v1/jobs:retry", tags=["jobs"], dependencies=with_body, response_model=model("BulkResponse"))
+    async def retry_jobs(body: RetryJobsRequest) -> JSONResponse:  # type: ignore[valid-type]
+        """RetryJobs: every FAILED, DEAD_LETTER or CANCELLED job the filter matches; `dry_run` only counts."""
+        return await answer(servicer.RetryJobs, parse(body, jobs_pb2.RetryJobsRequest()))
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=guarded, response_model=model("Job"))
     async def get_job(job_id: JobId) -> JSONResponse:

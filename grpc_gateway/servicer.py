@@ -237,7 +237,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     ) -> jobs_pb2.ListJobsResponse:
         page = await asyncio.to_thread(
             self.service.list,
-            convert.list_filter_from_pb(request),
+            convert.filter_from_pb(request),
             request.page_size,
             request.page_token,
         )
@@ -245,3 +245,27 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
             jobs=[convert.job_to_pb(job) for job in page.jobs],
             next_page_token=page.next_page_token,
         )
+
+    @answers_errors
+    async def CancelJobs(
+        self, request: jobs_pb2.CancelJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.BulkResponse:
+        outcome = await asyncio.to_thread(
+            self.service.cancel_many,
+            convert.filter_from_pb(request),
+            dry_run=request.dry_run,
+            limit=request.limit,
+        )
+        return jobs_pb2.BulkResponse(acted_on=outcome.acted_on, skipped=outcome.skipped)
+
+    @answers_errors
+    async def RetryJobs(
+        self, request: jobs_pb2.RetryJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.BulkResponse:
+        outcome = await asyncio.to_thread(
+            self.service.retry_many,
+            convert.filter_from_pb(request),
+            dry_run=request.dry_run,
+            limit=request.limit,
+        )
+        return jobs_pb2.BulkResponse(acted_on=outcome.acted_on, skipped=outcome.skipped)

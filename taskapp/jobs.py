@@ -151,6 +151,15 @@ class JobFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """What CancelJobs or RetryJobs did (in a dry run: would do)."""
+
+    acted_on: int
+    #: Matched, but in a state that does not allow the action.
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
 class CancelOutcome:
     cancelled: bool
     #: The state before the call: a RUNNING job must also be stopped on its worker.

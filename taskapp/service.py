@@ -29,6 +29,9 @@ from taskapp.errors import (
 )
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH, fault_point
 from taskapp.jobs import (
+    CANCELLABLE_STATES,
+    RETRYABLE_BY_REQUEST,
+    BulkOutcome,
     CancelOutcome,
     Job,
     JobEvent,
@@ -62,6 +65,8 @@ MAX_SCHEDULE_AHEAD = timedelta(days=365)
 MAX_JOBS_PER_SUBMIT = 1_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
+#: Jobs CancelJobs and RetryJobs read, and act on, at a time.
+BULK_BATCH = 500
 MAX_LABELS = 20
 #: A label key: 1-63 characters, a letter or digit first (Kubernetes' rule, with dots and slashes).
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -332,6 +337,68 @@ class JobService:
         self.publisher.remove_dead_letters({job_id})
         return job
 
+    def cancel_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """`cancel` for each job `filter` matches that is not finished, at most `limit` (0: all)."""
+        return self._act_on_matching(filter, CANCELLABLE_STATES, self._cancel_batch, dry_run, limit)
+
+    def retry_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
+        """`retry` for each FAILED, DEAD_LETTER or CANCELLED job `filter` matches, at most `limit` (0: all)."""
+        return self._act_on_matching(filter, RETRYABLE_BY_REQUEST, self._retry_batch, dry_run, limit)
+
+    def _act_on_matching(
+        self,
+        filter: JobFilter,
+        allowed: frozenset[JobState],
+        act: Callable[[builtins.list[Job]], int],
+        dry_run: bool,
+        limit: int,
+    ) -> BulkOutcome:
+        """Read the matching jobs a page at a time, newest first (jobs submitted meanwhile come after), and act on
+        those in an `allowed` state one batch at a time: each job's change its own transaction, each batch's
+        messages one publish, so that neither a long transaction nor the broker holds up submits."""
+        if filter == JobFilter():
+            raise InvalidArgument("filter", "give at least one filter (state, type, labels, ...)")
+        if limit < 0:
+            raise InvalidArgument("limit", f"must not be negative, got {limit}")
+        self._check_filter(filter)
+        acted_on = skipped = 0
+        before_seq: int | None = None
+        while page := self.store.list(filter, BULK_BATCH, before_seq):
+            before_seq = page[-1].seq
+            wanted = [job for job in page if job.state in allowed]
+            skipped += len(page) - len(wanted)
+            if limit:
+                wanted = wanted[: limit - acted_on]
+            done = len(wanted) if dry_run else act(wanted)
+            skipped += len(wanted) - done  # moved on between the read and the change
+            acted_on += done
+            if limit and acted_on >= limit:
+                break
+        return BulkOutcome(acted_on=acted_on, skipped=skipped)
+
+    def _cancel_batch(self, jobs: builtins.list[Job]) -> int:
+        cancelled = 0
+        for job in jobs:
+            outcome = self.store.cancel(job.job_id, self._clock())
+            if outcome is not None and outcome.cancelled:
+                cancelled += 1
+                if outcome.task_id:
+                    self.publisher.terminate(outcome.task_id)
+        return cancelled
+
+    def _retry_batch(self, jobs: builtins.list[Job]) -> int:
+        """Queue the jobs again in one transaction, then publish them together. Were the broker down, the outbox
+        (the scheduler) publishes them once it is back; the call answers UNAVAILABLE."""
+        requeued = self.store.requeue_many([job.job_id for job in jobs], self._clock())
+        queued = [job for job, _ in requeued]
+        if queued:
+            self.publisher.publish_many(queued)
+            self._mark_published(queued)
+            dead = {job.job_id for job, previous in requeued if previous is JobState.DEAD_LETTER}
+            if dead:
+                self.publisher.remove_dead_letters(dead)
+        return len(queued)
+
     def latest_event(self, job_id: str) -> JobEvent:
         """The job's current state, as the event that put it there (WatchJob's first event)."""
         event = self.store.latest_event(self.check_job_id(job_id))
@@ -356,10 +423,8 @@ class JobService:
             workers=self.broker_stats.workers(),
         )
 
-    def list(self, filter: JobFilter, page_size: int = 0, page_token: str = "") -> JobPage:
-        """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""
-        if page_size < 0:
-            raise InvalidArgument("page_size", f"must not be negative, got {page_size}")
+    @staticmethod
+    def _check_filter(filter: JobFilter) -> None:
         if filter.type is not None and not TYPE_NAME.match(filter.type):
             # No job can have it, and PostgreSQL refuses some (a NUL) outright.
             raise InvalidArgument("type", f"is not a job type name ({TYPE_NAME.pattern})")
@@ -368,6 +433,12 @@ class JobService:
             raise InvalidArgument("job_id_prefix", "must be 1-128 characters of [A-Za-z0-9._:-]")
         if filter.created_after and filter.created_before and filter.created_after >= filter.created_before:
             raise InvalidArgument("created_before", "must be later than created_after")
+
+    def list(self, filter: JobFilter, page_size: int = 0, page_token: str = "") -> JobPage:
+        """One page, newest first. Page size 0 means the default; above the maximum it is capped (AIP-158)."""
+        if page_size < 0:
+            raise InvalidArgument("page_size", f"must not be negative, got {page_size}")
+        self._check_filter(filter)
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before_seq = _decode_page_token(page_token, filter) if page_token else None
         jobs = self.store.list(filter, limit + 1, before_seq)

@@ -20,8 +20,13 @@ settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked slow run first, so that none of them is left running alone at the end of a run."""
+    """The tests marked slow run first, so that none of them is left running alone at the end of a run. Those
+    that keep every core busy share one xdist group (`--dist loadgroup` in scripts/test): run at once, they
+    starved each other and the tests beside them, whose bounds on time then failed."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("saturating") is not None:
+            item.add_marker(pytest.mark.xdist_group("saturating"))
 
 
 @pytest.fixture(autouse=True)

@@ -79,6 +79,16 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.FromString,
                 _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/taskapp.v1.JobService/CancelJobs',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
+                _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/taskapp.v1.JobService/RetryJobs',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -148,6 +158,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJobs(self, request, context):
+        """CancelJob for every job the filter matches (newest first), in batches of their own transactions; jobs
+        already finished are skipped. A dry run only counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJobs(self, request, context):
+        """RetryJob for every job the filter matches that is FAILED, DEAD_LETTER or CANCELLED; others are skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +220,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.CancelJobsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +475,60 @@ class JobService:
             '/taskapp.v1.JobService/GetQueueStats',
             grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/CancelJobs',
+            grpc__gateway_dot_v1_dot_jobs__pb2.CancelJobsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/RetryJobs',
+            grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -182,6 +182,9 @@ class InMemoryJobStore:
         self._announce(changes)
         return requeued, job.state
 
+    def requeue_many(self, job_ids: Sequence[str], now: datetime) -> builtins.list[tuple[Job, JobState]]:
+        return [requeued for job_id in job_ids if (requeued := self.requeue(job_id, now)) is not None]
+
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         changes: list[JobChange] = []
         with self._lock:

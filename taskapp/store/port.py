@@ -82,6 +82,10 @@ class JobStore(Protocol):
         """FAILED/DEAD_LETTER/CANCELLED -> QUEUED with fresh attempts; returns the job and its previous state."""
         ...
 
+    def requeue_many(self, job_ids: Sequence[str], now: datetime) -> builtins.list[tuple[Job, JobState]]:
+        """`requeue` for a batch, in one transaction; the jobs no longer retryable are left out."""
+        ...
+
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         """Undo `requeue` when its message could not be published."""
         ...

@@ -360,6 +360,39 @@ class SqlJobStore:
             self._event(conn, job_id, job.type, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
             return job, previous
 
+    def requeue_many(self, job_ids: Sequence[str], now: datetime) -> builtins.list[tuple[Job, JobState]]:
+        retryable = [state.value for state in RETRYABLE_BY_REQUEST]
+        with self._transaction() as conn:
+            previous = dict(
+                conn.execute(
+                    sa.select(jobs_table.c.job_id, jobs_table.c.state)
+                    .where(jobs_table.c.job_id.in_(job_ids), jobs_table.c.state.in_(retryable))
+                    .with_for_update()
+                ).all()
+            )
+            if not previous:
+                return []
+            rows = conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.job_id.in_(list(previous)))
+                .values(
+                    state=JobState.QUEUED.value,
+                    attempts=0,
+                    updated_at=now,
+                    scheduled_at=now,
+                    published_at=None,
+                )
+                .returning(*jobs_table.c)
+            ).all()
+            requeued = []
+            for row in rows:
+                job, was = _job(row), JobState(previous[row.job_id])
+                self._event(
+                    conn, job.job_id, job.type, JobState.QUEUED, 0, now, f"retry requested (was {was})"
+                )
+                requeued.append((job, was))
+            return requeued
+
     def unqueue(self, job_id: str, back_to: JobState, now: datetime) -> None:
         with self._transaction() as conn:
             updated = conn.execute(

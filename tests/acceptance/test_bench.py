@@ -14,6 +14,7 @@ from tests.helpers import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.saturating
 def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(

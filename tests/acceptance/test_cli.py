@@ -188,9 +188,19 @@ def test_get_cancel_retry_and_list_human_and_json(make_stack: MakeStack) -> None
     assert too_late.returncode == 1 and too_late.stderr.startswith("taskapp: INVALID_ARGUMENT: run_at")
     in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     scheduled = taskapp(
-        stack, "submit", "noop", "--id", "cli-2", "--priority", "high", "--run-at", in_an_hour
-    )
+        stack, "submit", "noop", "--id", "cli-2", "--priority", "high", "--run-at", in_an_hour,
+        "--label", "env=prod", "--label", "team=ml",
+    )  # fmt: skip
     assert scheduled.stdout == "job cli-2: SCHEDULED\n"
+    assert json.loads(taskapp(stack, "get", "cli-2", "--json").stdout)["labels"] == {
+        "env": "prod",
+        "team": "ml",
+    }
+    labelled = json.loads(
+        taskapp(stack, "list", "--label", "team=ml", "--label", "env=prod", "--json").stdout
+    )
+    assert [job["job_id"] for job in labelled["jobs"]] == ["cli-2"]
+    assert taskapp(stack, "list", "--label", "env").returncode == 2, "KEY=VALUE, or a bad option"
     assert (
         taskapp(stack, "submit", "noop", "--id", "cli-3", "--timeout", "5", "--max-attempts", "1").returncode
         == 0

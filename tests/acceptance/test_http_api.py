@@ -3,8 +3,11 @@ its JSON error, tokens on every endpoint, and WatchJob as Server-Sent Events."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +28,7 @@ from grpc_gateway.v1 import jobs_pb2
 from taskapp.jobs import JobState, Priority
 from taskapp.store.engine import create_db_engine
 from taskapp.store.tables import events_table, jobs_table
-from tests.helpers import ROOT, Stack, wait_for
+from tests.helpers import BIN, ROOT, Stack, wait_for
 
 MakeStack = Callable[..., Stack]
 
@@ -221,16 +224,22 @@ def test_sse_watch_of_a_job_that_retries_once_shows_what_grpc_watch_shows(api: S
 
 
 @pytest.fixture(scope="module")
-def document(api: Stack) -> Any:
-    """The document as the gateway serves it, for schemathesis."""
-    return schemathesis.openapi.from_url(f"{api.http_url}/openapi.json")
+def fuzzed(make_module_stack: MakeStack) -> Stack:
+    """The gateway schemathesis calls: of its own, since CancelJobs with any filter may cancel any job."""
+    return make_module_stack(TASKAPP_AUTH_TOKENS=TOKEN)
 
 
 @pytest.fixture(scope="module")
-def registered_types(api: Stack) -> set[str]:
+def document(fuzzed: Stack) -> Any:
+    """The document as the gateway serves it, for schemathesis."""
+    return schemathesis.openapi.from_url(f"{fuzzed.http_url}/openapi.json")
+
+
+@pytest.fixture(scope="module")
+def registered_types(fuzzed: Stack) -> set[str]:
     """The job types the stack knows, as it names them when refusing another (importing the tests' handler
     module here would register them in this process, for every test that runs after)."""
-    with client(api) as http:
+    with client(fuzzed) as http:
         refusal = error_of(http.post("/v1/jobs", json={"type": "no_such_type"}))["message"]
     known = re.search(r"\(known: ([^)]*)\)", refusal)
     assert known is not None, refusal
@@ -280,7 +289,7 @@ OPERATIONS = [
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_every_endpoint_answers_as_its_document_says_and_leaves_every_row_whole(
-    document: Any, api: Stack, registered_types: set[str], method: str, path: str
+    document: Any, fuzzed: Stack, registered_types: set[str], method: str, path: str
 ) -> None:
     operation = document[path][method]
     takes_input = bool(operation.body) or any(p.name != "Authorization" for p in operation.iter_parameters())
@@ -292,12 +301,12 @@ def test_every_endpoint_answers_as_its_document_says_and_leaves_every_row_whole(
     def answers_as_documented(case: Any) -> None:
         # Data the schema allows may still be refused (an unregistered type, say): that check does not apply.
         case.call_and_validate(
-            base_url=api.http_url,
+            base_url=fuzzed.http_url,
             headers={"Authorization": f"Bearer {TOKEN}"},
             excluded_checks=[positive_data_acceptance],
             timeout=30,
         )
-        assert torn_rows(api.env["DATABASE_URL"], registered_types) == []
+        assert torn_rows(fuzzed.env["DATABASE_URL"], registered_types) == []
 
     answers_as_documented()
 
@@ -343,3 +352,16 @@ def test_two_labels_and_a_created_range_list_exactly_the_matching_jobs_over_page
     request.created_after.FromJsonString(start)
     request.created_before.FromJsonString(end)
     assert {job.job_id for job in api.stub().ListJobs(request, metadata=AUTH).jobs} == set(wanted)
+
+
+def test_the_locust_file_loads_the_api_without_a_failure(api: Stack) -> None:
+    run = subprocess.run(
+        [str(BIN / "locust"), "-f", str(ROOT / "bench" / "locustfile.py"), "--host", api.http_url,
+         "--headless", "-u", "4", "-r", "4", "-t", "4s", "--only-summary", "--csv", str(api.workdir / "locust")],
+        env={**os.environ, "TASKAPP_TOKEN": TOKEN}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = {row["Name"]: row for row in csv.DictReader((api.workdir / "locust_stats.csv").open())}
+    assert int(stats["/v1/jobs"]["Request Count"]) > 0 and int(stats["Aggregated"]["Failure Count"]) == 0, (
+        stats
+    )

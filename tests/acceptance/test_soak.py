@@ -13,6 +13,7 @@ from bench.soak import GROWTH_BOUND, soak
 
 
 @pytest.mark.slow
+@pytest.mark.saturating
 def test_no_process_grows_from_4000_jobs_to_10000(tmp_path: Path) -> None:
     bench = ClusterBench.create(tmp_path)
     try:

@@ -309,6 +309,24 @@ def test_list_filters_on_labels_created_at_and_job_id_prefix(store: JobStore) ->
     assert [job.job_id for job in first + rest] == ids(labels={"env": "dev"})
 
 
+def test_requeue_many_queues_the_retryable_ones_and_says_what_each_was(store: JobStore) -> None:
+    for job_id, outcome in (("d", JobState.DEAD_LETTER), ("f", JobState.FAILED), ("s", None), ("q", None)):
+        create(store, new_job(job_id), T0)
+        if job_id != "q":
+            store.claim(job_id, "w", T0, 30, f"{job_id}@1")
+            if outcome is None:
+                store.succeed(job_id, 1, None, T0)
+            else:
+                store.fail_run(job_id, 1, outcome, "boom", T0)
+    requeued = store.requeue_many(["d", "f", "s", "q", "missing"], T0)
+    assert sorted((job.job_id, job.state, job.attempts, was) for job, was in requeued) == [
+        ("d", JobState.QUEUED, 0, JobState.DEAD_LETTER),
+        ("f", JobState.QUEUED, 0, JobState.FAILED),
+    ]
+    assert store.latest_event("d").message == "retry requested (was DEAD_LETTER)"  # type: ignore[union-attr]
+    assert store.requeue_many(["d", "f"], T0) == [], "queued now: not retryable again"
+
+
 def test_requeue_gives_fresh_attempts_and_unqueue_undoes_it(store: JobStore) -> None:
     create(store, new_job("f"), T0)
     store.claim("f", "w", T0, 30, "f@1")

@@ -392,3 +392,65 @@ def test_a_batch_of_callers_with_the_broker_down_leaves_no_job(
             [service.validate(SubmitRequest(job_id=f"j{n}", type="noop")) for n in range(3)]
         )
     assert all(store.get(f"j{n}") is None for n in range(3))
+
+
+def _finish(store: InMemoryJobStore, job_id: str, state: JobState) -> None:
+    store.claim(job_id, "w", utcnow(), 30, f"{job_id}@1")
+    if state is JobState.SUCCEEDED:
+        store.succeed(job_id, 1, None, utcnow())
+    else:
+        store.fail_run(job_id, 1, state, "boom", utcnow())
+
+
+def test_retry_many_queues_the_failed_jobs_the_filter_matches_and_skips_the_rest(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    def submit(n: int, batch: str) -> str:
+        return service.submit(
+            SubmitRequest(type="noop", job_id=f"{batch}-{n}", labels={"batch": batch})
+        ).job.job_id
+
+    dead = [submit(n, "a") for n in range(7)]
+    succeeded = [submit(n, "a") for n in range(7, 10)]
+    other = submit(0, "b")
+    for job_id in dead:
+        _finish(store, job_id, JobState.DEAD_LETTER)
+    for job_id in [*succeeded, other]:
+        _finish(store, job_id, JobState.SUCCEEDED if job_id != other else JobState.DEAD_LETTER)
+    published = len(publisher.published)
+
+    dry = service.retry_many(JobFilter(labels={"batch": "a"}), dry_run=True)
+    assert (dry.acted_on, dry.skipped) == (7, 3)
+    assert len(publisher.published) == published and service.get(dead[0]).state is JobState.DEAD_LETTER
+
+    assert service.retry_many(JobFilter(labels={"batch": "a"}), limit=5).acted_on == 5
+    outcome = service.retry_many(JobFilter(labels={"batch": "a"}, state=JobState.DEAD_LETTER))
+    assert (outcome.acted_on, outcome.skipped) == (2, 0)
+    assert {service.get(job_id).state for job_id in dead} == {JobState.QUEUED}
+    assert service.get(other).state is JobState.DEAD_LETTER, "another label's job is left alone"
+    assert sorted(job.job_id for job in publisher.published[published:]) == sorted(dead)
+    assert sorted(publisher.dead_letters_removed) == sorted(dead)
+
+
+def test_cancel_many_cancels_what_has_not_finished(
+    service: JobService, store: InMemoryJobStore, publisher: InMemoryPublisher
+) -> None:
+    ids = [service.submit(SubmitRequest(type="noop", job_id=f"c{n}")).job.job_id for n in range(4)]
+    store.claim("c1", "w", utcnow(), 30, "c1@1")
+    _finish(store, "c2", JobState.SUCCEEDED)
+    outcome = service.cancel_many(JobFilter(job_id_prefix="c"))
+    assert (outcome.acted_on, outcome.skipped) == (3, 1)
+    assert [service.get(job_id).state for job_id in ids] == [
+        JobState.CANCELLED,
+        JobState.CANCELLED,
+        JobState.SUCCEEDED,
+        JobState.CANCELLED,
+    ]
+    assert publisher.terminated == ["c1@1"], "the running one is stopped on its worker"
+
+
+def test_bulk_actions_need_a_filter_and_a_limit_that_is_not_negative(service: JobService) -> None:
+    with pytest.raises(InvalidArgument, match=r"^filter"):
+        service.cancel_many(JobFilter())
+    with pytest.raises(InvalidArgument, match=r"^limit"):
+        service.retry_many(JobFilter(type="noop"), limit=-1)
