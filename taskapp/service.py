@@ -353,9 +353,9 @@ class JobService:
         dry_run: bool,
         limit: int,
     ) -> BulkOutcome:
-        """Read the matching jobs a page at a time, newest first (jobs submitted meanwhile come after), and act on
-        those in an `allowed` state one batch at a time: each job's change its own transaction, each batch's
-        messages one publish, so that neither a long transaction nor the broker holds up submits."""
+        """Read the matching jobs a page at a time, newest first (jobs submitted meanwhile are not among them),
+        and act on those in an `allowed` state a page at a time, in short transactions (a cancel per job, a
+        retry per page, with one publish): no long transaction holds up submits."""
         if filter == JobFilter():
             raise InvalidArgument("filter", "give at least one filter (state, type, labels, ...)")
         if limit < 0:

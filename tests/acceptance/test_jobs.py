@@ -30,7 +30,7 @@ def test_grpcurl_lists_the_job_and_health_services(make_stack: MakeStack) -> Non
         f"taskapp.v1.JobService.{m}"
         for m in (
             *("SubmitJob", "GetJob", "CancelJob", "ListJobs", "RetryJob"),
-            *("SubmitJobs", "WatchJob", "GetJobLogs", "GetQueueStats"),
+            *("SubmitJobs", "WatchJob", "GetJobLogs", "GetQueueStats", "CancelJobs", "RetryJobs"),
         )
     }
 

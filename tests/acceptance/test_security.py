@@ -40,7 +40,13 @@ CALLS: dict[str, object] = {
     "WatchJob": jobs_pb2.WatchJobRequest(job_id="x"),
     "GetJobLogs": jobs_pb2.GetJobLogsRequest(job_id="x"),
     "GetQueueStats": jobs_pb2.GetQueueStatsRequest(),
+    "CancelJobs": jobs_pb2.CancelJobsRequest(job_id_prefix="x", dry_run=True),
+    "RetryJobs": jobs_pb2.RetryJobsRequest(job_id_prefix="x", dry_run=True),
 }
+
+
+def test_every_rpc_is_knocked_on() -> None:
+    assert set(CALLS) == set(jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods_by_name)
 
 
 def call(stack: Stack, method: str, authorization: str | None) -> grpc.StatusCode:
