@@ -105,7 +105,7 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
         progress, f"taskapp: HTTP POST /v1/jobs, {SUBMIT_CONCURRENCY} callers", sizes.submit
     ) as advance:
         figures["taskapp"]["http_submit_per_s"] = phases.submit_jobs_http(
-            f"http://{http_address}", sizes.submit, SUBMIT_CONCURRENCY, advance
+            http_address, sizes.submit, SUBMIT_CONCURRENCY, advance
         )
     with phases.progress_of(progress, f"taskapp: SubmitJobs of {BATCH}", sizes.batches * BATCH) as advance:
         figures["taskapp"]["submit_batch_per_s"] = phases.submit_batches(
