@@ -19,7 +19,7 @@ from grpc_gateway.ops_http import RPC_SECONDS, RPCS
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp import start_latency
 from taskapp.errors import FieldError, TaskappError
-from taskapp.jobs import SubmitOutcome
+from taskapp.jobs import BulkOutcome, SubmitOutcome
 from taskapp.metrics import JOBS_SUBMITTED
 from taskapp.service import JobService
 
@@ -250,22 +250,21 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     async def CancelJobs(
         self, request: jobs_pb2.CancelJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.BulkResponse:
-        outcome = await asyncio.to_thread(
-            self.service.cancel_many,
-            convert.filter_from_pb(request),
-            dry_run=request.dry_run,
-            limit=request.limit,
-        )
-        return jobs_pb2.BulkResponse(acted_on=outcome.acted_on, skipped=outcome.skipped)
+        return await self._act_on_filter(self.service.cancel_many, request)
 
     @answers_errors
     async def RetryJobs(
         self, request: jobs_pb2.RetryJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.BulkResponse:
+        return await self._act_on_filter(self.service.retry_many, request)
+
+    async def _act_on_filter(
+        self,
+        act: Callable[..., BulkOutcome],
+        request: jobs_pb2.CancelJobsRequest | jobs_pb2.RetryJobsRequest,
+    ) -> jobs_pb2.BulkResponse:
+        """CancelJobs and RetryJobs: `act` (the service's `cancel_many` or `retry_many`) on the request's filter."""
         outcome = await asyncio.to_thread(
-            self.service.retry_many,
-            convert.filter_from_pb(request),
-            dry_run=request.dry_run,
-            limit=request.limit,
+            act, convert.filter_from_pb(request), dry_run=request.dry_run, limit=request.limit
         )
         return jobs_pb2.BulkResponse(acted_on=outcome.acted_on, skipped=outcome.skipped)

@@ -73,15 +73,15 @@ LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 MAX_LABEL_VALUE = 255
 
 
-def check_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
     """At most `MAX_LABELS`, keys of `LABEL_KEY`, values of at most `MAX_LABEL_VALUE` printable characters."""
     if len(labels) > MAX_LABELS:
-        raise InvalidArgument(field, f"must hold at most {MAX_LABELS} labels, got {len(labels)}")
+        raise InvalidArgument("labels", f"must hold at most {MAX_LABELS} labels, got {len(labels)}")
     for key, value in labels.items():
         if not LABEL_KEY.match(key):
-            raise InvalidArgument(field, f"key {key[:80]!r} must match {LABEL_KEY.pattern}")
+            raise InvalidArgument("labels", f"key {key[:80]!r} must match {LABEL_KEY.pattern}")
         if len(value) > MAX_LABEL_VALUE or not value.isprintable():
-            raise InvalidArgument(f"{field}.{key}", f"must be at most {MAX_LABEL_VALUE} printable characters")
+            raise InvalidArgument(f"labels.{key}", f"must be at most {MAX_LABEL_VALUE} printable characters")
     return labels
 
 

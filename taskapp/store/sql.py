@@ -337,28 +337,7 @@ class SqlJobStore:
             return True
 
     def requeue(self, job_id: str, now: datetime) -> tuple[Job, JobState] | None:
-        with self._transaction() as conn:
-            row = conn.execute(sa.select(jobs_table.c.state).where(jobs_table.c.job_id == job_id)).first()
-            if row is None or JobState(row.state) not in RETRYABLE_BY_REQUEST:
-                return None
-            previous = JobState(row.state)
-            updated = conn.execute(
-                jobs_table.update()
-                .where(jobs_table.c.job_id == job_id, jobs_table.c.state == previous.value)
-                .values(
-                    state=JobState.QUEUED.value,
-                    attempts=0,
-                    updated_at=now,
-                    scheduled_at=now,
-                    published_at=None,
-                )
-                .returning(*jobs_table.c)
-            ).first()
-            if updated is None:
-                return None
-            job = _job(updated)
-            self._event(conn, job_id, job.type, JobState.QUEUED, 0, now, f"retry requested (was {previous})")
-            return job, previous
+        return next(iter(self.requeue_many([job_id], now)), None)
 
     def requeue_many(self, job_ids: Sequence[str], now: datetime) -> builtins.list[tuple[Job, JobState]]:
         retryable = [state.value for state in RETRYABLE_BY_REQUEST]
