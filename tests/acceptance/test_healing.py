@@ -252,7 +252,7 @@ def test_redis_restarted_without_its_data_loses_no_job(
     ids = submit_many(stack, record.payload(), 1_000)
     own_redis.stop()
     # The worker boots meanwhile, as one that was up would be there when Redis comes back.
-    stack.start_worker(concurrency=4, ready=False)
+    stack.start_worker(ready=False)
     own_redis.start()  # empty: it keeps nothing on disk
     back = time.monotonic()
     try:
