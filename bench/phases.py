@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psycopg
 from celery import Celery
 from rich.progress import Progress
@@ -473,6 +474,33 @@ def fill_rows(world: World, rows: int, progress: Progress) -> None:
         world.sql(FILL_ROWS.replace("%(start)s", str(start)).replace("%(stop)s", str(stop)))
         progress.update(task, completed=stop)
     world.sql("VACUUM ANALYZE jobs")
+
+
+#: The console's jobs page, as `read_latencies` measures ListJobs: its query per name.
+CONSOLE_PAGES = {
+    "Console jobs": "",
+    "Console jobs state+type": "state=FAILED&type=echo",
+    "Console jobs 2 labels+day": "label=env%3Dprod&label=team%3Dt2&created_after=",
+}
+#: Pages of each kind the console measurement renders at most (each is a ListJobs plus 50 rows of HTML).
+CONSOLE_CALLS = 100
+
+
+def console_page_times(http_address: str, calls: int) -> dict[str, float]:
+    """Mean milliseconds the gateway spends on a page of the console's jobs list (its `Server-Timing`: the
+    query and the HTML), one caller, for the same filters as `read_latencies`' ListJobs."""
+    day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    figures = {}
+    with httpx.Client(base_url=f"http://{http_address}", timeout=30) as http:
+        for name, query in CONSOLE_PAGES.items():
+            url = f"/console/jobs?{query}{day_ago if query.endswith('=') else ''}"
+            timings = []
+            for _ in range(min(calls, CONSOLE_CALLS) + 1):
+                answer = http.get(url)
+                answer.raise_for_status()
+                timings.append(float(answer.headers["server-timing"].removeprefix("app;dur=")))
+            figures[name] = statistics.mean(timings[1:])  # the first warms the caches
+    return figures
 
 
 def read_latencies(world: World, address: str, calls: int) -> dict[str, float]:

@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from grpc_gateway.auth import TokenAuth
 from grpc_gateway.batching import SubmitBatcher
 from grpc_gateway.changes import ChangeListener
+from grpc_gateway.console.pages import console
 from grpc_gateway.decoding import RequestDecoding
 from grpc_gateway.http_api import http_app, http_server
 from grpc_gateway.ops_http import Readiness, serve_ops_http
@@ -145,8 +146,10 @@ async def serve(settings: Settings) -> None:
 
     listen(server, settings)
     await server.start()
+    app = http_app(servicer, auth)
+    console(app, servicer, auth)
     http = http_server(
-        http_app(servicer, auth),
+        app,
         settings.http_addr,
         max_bytes=MAX_MESSAGE_BYTES,
         max_calls=settings.max_concurrent_rpcs,

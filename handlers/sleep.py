@@ -17,5 +17,12 @@ class SleepPayload(BaseModel):
 
 @handler("sleep", schema=SleepPayload)
 def sleep(payload: SleepPayload, job: JobContext) -> dict[str, float]:
-    time.sleep(payload.seconds)
+    """Reports its progress every tenth of the time (at most once a second), as long work would."""
+    started = time.monotonic()
+    step = max(payload.seconds / 10, 1.0)
+    while (left := payload.seconds - (time.monotonic() - started)) > 0:
+        time.sleep(min(step, left))
+        done = min(time.monotonic() - started, payload.seconds)
+        if done < payload.seconds:
+            job.report_progress(int(100 * done / payload.seconds), f"{done:.0f} of {payload.seconds:g} s")
     return {"slept": payload.seconds}

@@ -214,6 +214,32 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """A worker's main process saying it is alive (every sixth of the lease), kept in SQL: the console's
+    workers page shows when each was last heard from, even one long gone."""
+
+    name: str
+    hostname: str
+    pid: int
+    concurrency: int
+    started_at: datetime
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Jobs of one type that ended in one state within one minute, and how long their last runs took."""
+
+    minute: datetime
+    type: str
+    state: JobState
+    count: int
+    #: Sum and maximum of (finished_at - started_at) over those jobs, in seconds.
+    run_seconds: float
+    max_run_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitRequest:
     """One job to submit (SubmitJob's request; `JobSpec` in the Python client). None means "not given": the job
     type's default, or for `job_id` a UUID the gateway makes."""

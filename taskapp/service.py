@@ -339,7 +339,7 @@ class JobService:
 
     def cancel_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
         """`cancel` for each job `filter` matches that is not finished, at most `limit` (0: all)."""
-        return self._act_on_matching(filter, CANCELLABLE_STATES, self._cancel_batch, dry_run, limit)
+        return self._act_on_matching(filter, CANCELLABLE_STATES, self.cancel_each, dry_run, limit)
 
     def retry_many(self, filter: JobFilter, *, dry_run: bool = False, limit: int = 0) -> BulkOutcome:
         """`retry` for each FAILED, DEAD_LETTER or CANCELLED job `filter` matches, at most `limit` (0: all)."""
@@ -349,7 +349,7 @@ class JobService:
         self,
         filter: JobFilter,
         allowed: frozenset[JobState],
-        act: Callable[[builtins.list[Job]], int],
+        act: Callable[[builtins.list[str]], int],
         dry_run: bool,
         limit: int,
     ) -> BulkOutcome:
@@ -369,27 +369,38 @@ class JobService:
             skipped += len(page) - len(wanted)
             if limit:
                 wanted = wanted[: limit - acted_on]
-            done = len(wanted) if dry_run else act(wanted)
+            done = len(wanted) if dry_run else act([job.job_id for job in wanted])
             skipped += len(wanted) - done  # moved on between the read and the change
             acted_on += done
             if limit and acted_on >= limit:
                 break
         return BulkOutcome(acted_on=acted_on, skipped=skipped)
 
-    def _cancel_batch(self, jobs: builtins.list[Job]) -> int:
+    def cancel_each(self, job_ids: Sequence[str]) -> int:
+        """`cancel` for each of `job_ids` that is not finished (the console's selection): how many it cancelled."""
         cancelled = 0
-        for job in jobs:
-            outcome = self.store.cancel(job.job_id, self._clock())
+        for job_id in job_ids:
+            outcome = self.store.cancel(self.check_job_id(job_id), self._clock())
             if outcome is not None and outcome.cancelled:
                 cancelled += 1
                 if outcome.task_id:
                     self.publisher.terminate(outcome.task_id)
         return cancelled
 
-    def _retry_batch(self, jobs: builtins.list[Job]) -> int:
-        """Queue the jobs again in one transaction, then publish them together. Were the broker down, the outbox
-        (the scheduler) publishes them once it is back; the call answers UNAVAILABLE."""
-        requeued = self.store.requeue_many([job.job_id for job in jobs], self._clock())
+    def retry_each(self, job_ids: Sequence[str]) -> int:
+        """`retry` for each of `job_ids` that is FAILED, DEAD_LETTER or CANCELLED, `BULK_BATCH` per transaction
+        and publish (the console's selection, or a group of dead letters): how many it queued again. Were the
+        broker down, the outbox (the scheduler) publishes them once it is back; the call answers UNAVAILABLE."""
+        for job_id in job_ids:
+            self.check_job_id(job_id)
+        queued = 0
+        for start in range(0, len(job_ids), BULK_BATCH):
+            queued += self._retry_batch(job_ids[start : start + BULK_BATCH])
+        return queued
+
+    def _retry_batch(self, job_ids: Sequence[str]) -> int:
+        """Queue the jobs again in one transaction, then publish them together."""
+        requeued = self.store.requeue_many(job_ids, self._clock())
         queued = [job for job, _ in requeued]
         if queued:
             self.publisher.publish_many(queued)

@@ -42,6 +42,7 @@ from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
 from taskapp.routing import job_id_of, task_name
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
+from taskapp.worker_beats import Heartbeat
 from taskapp.worker_leases import EndingRuns, LeaseKeeper
 from taskapp.worker_outage import ConsumingPause
 
@@ -79,17 +80,21 @@ lease_keeper = LeaseKeeper(
 consuming_pause = ConsumingPause(lambda: worker_store().ping())
 
 
-def start_keeping_leases(sender: Any = None, **_: Any) -> None:
+def start_worker_threads(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, once it consumes (`sender` is its Celery `Consumer`)."""
     lease_keeper.worker = sender.hostname
     consuming_pause.worker_ready(sender)
     lease_keeper.start()
+    Heartbeat(
+        worker_store(), sender.hostname, sender.controller.concurrency, lease_keeper.renew_every
+    ).start()
 
 
 def remove_ending_runs(**_: Any) -> None:
     shutil.rmtree(ending_runs.directory, ignore_errors=True)
 
 
-worker_ready.connect(start_keeping_leases)
+worker_ready.connect(start_worker_threads)
 celery_worker_shutdown.connect(remove_ending_runs)
 
 

@@ -14,6 +14,7 @@ from taskapp.jobs import (
     CANCELLABLE_STATES,
     RETRYABLE_BY_REQUEST,
     TERMINAL_STATES,
+    Activity,
     CancelOutcome,
     Job,
     JobChange,
@@ -23,6 +24,7 @@ from taskapp.jobs import (
     LogLine,
     NewJob,
     SentMessage,
+    WorkerBeat,
     check_run_failure,
     wants_a_run,
 )
@@ -41,6 +43,7 @@ class InMemoryJobStore:
         self.log_lines: dict[str, list[LogLine]] = {}
         self._seq = 0
         self._event_seq = 0
+        self.beats: dict[str, WorkerBeat] = {}
         self._lock = threading.Lock()
 
     # Writing a change: the job's new value, its event, and what the change hooks hear after the "commit".
@@ -114,6 +117,39 @@ class InMemoryJobStore:
     def count_scheduled(self) -> int:
         with self._lock:
             return sum(job.state is JobState.SCHEDULED for job in self.jobs.values())
+
+    def count_states(self, states: Sequence[JobState]) -> dict[JobState, int]:
+        with self._lock:
+            jobs = list(self.jobs.values())
+        return {state: sum(job.state is state for job in jobs) for state in states}
+
+    def activity(self, since: datetime) -> builtins.list[Activity]:
+        with self._lock:
+            finished = [
+                job
+                for job in self.jobs.values()
+                if job.state in TERMINAL_STATES and job.finished_at is not None and job.finished_at >= since
+            ]
+        groups: dict[tuple[datetime, str, JobState], list[float]] = {}
+        for job in finished:
+            assert job.finished_at is not None
+            minute = job.finished_at.replace(second=0, microsecond=0)
+            ran = (job.finished_at - job.started_at).total_seconds() if job.started_at else 0.0
+            groups.setdefault((minute, job.type, job.state), []).append(ran)
+        return [
+            Activity(minute, type, state, len(runs), sum(runs), max(runs))
+            for (minute, type, state), runs in groups.items()
+        ]
+
+    def workers(self, seen_since: datetime) -> builtins.list[WorkerBeat]:
+        with self._lock:
+            return sorted(
+                (beat for beat in self.beats.values() if beat.seen_at >= seen_since), key=lambda b: b.name
+            )
+
+    def beat(self, worker: WorkerBeat) -> None:
+        with self._lock:
+            self.beats[worker.name] = worker
 
     def ping(self) -> None:
         pass

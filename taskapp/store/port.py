@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from taskapp.jobs import (
+    Activity,
     CancelOutcome,
     Job,
     JobChange,
@@ -26,6 +27,7 @@ from taskapp.jobs import (
     LogLine,
     NewJob,
     SentMessage,
+    WorkerBeat,
 )
 
 #: Called after a commit with the changes it made to existing jobs: `taskapp.notify` publishes the job ids for
@@ -53,6 +55,18 @@ class JobStore(Protocol):
     def logs(self, job_id: str) -> builtins.list[LogLine]: ...
 
     def count_scheduled(self) -> int: ...
+
+    def count_states(self, states: Sequence[JobState]) -> dict[JobState, int]:
+        """How many jobs are in each of `states` (meant for the small ones: not SUCCEEDED)."""
+        ...
+
+    def activity(self, since: datetime) -> builtins.list[Activity]:
+        """Jobs that finished at or after `since`, counted per minute, type and terminal state."""
+        ...
+
+    def workers(self, seen_since: datetime) -> builtins.list[WorkerBeat]:
+        """The workers heard from at or after `seen_since`, by name."""
+        ...
 
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers."""
@@ -172,6 +186,10 @@ class JobStore(Protocol):
         `published_before` (a later message may not show in what was read of the broker yet), or written before
         `written_before` and not marked published yet (their message may have been lost before the mark
         landed), keyset-paged by `seq`."""
+        ...
+
+    def beat(self, worker: WorkerBeat) -> None:
+        """Record that `worker` is alive (one row per worker name, the latest beat kept)."""
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:

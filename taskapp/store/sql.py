@@ -8,6 +8,7 @@ one transaction.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from taskapp.jobs import (
     CANCELLABLE_STATES,
     RETRYABLE_BY_REQUEST,
     TERMINAL_STATES,
+    Activity,
     CancelOutcome,
     Job,
     JobChange,
@@ -31,11 +33,12 @@ from taskapp.jobs import (
     LogLine,
     NewJob,
     SentMessage,
+    WorkerBeat,
     check_run_failure,
 )
 from taskapp.store.port import ChangeHook
 from taskapp.store.rows import aware, event_from_row, job_from_row, log_line_from_row, new_job_row
-from taskapp.store.tables import events_table, jobs_table, logs_table
+from taskapp.store.tables import events_table, jobs_table, logs_table, workers_table
 
 #: Where a transaction collects the changes it made, for the change hooks after its commit.
 _CHANGED = "taskapp.changed_jobs"
@@ -46,6 +49,20 @@ def _has_labels(labels: dict[str, str], dialect: str) -> sa.ColumnElement[bool]:
     if dialect == "postgresql":
         return sa.type_coerce(jobs_table.c.labels, postgresql.JSONB).contains(labels)
     return sa.and_(*(jobs_table.c.labels[key].as_string() == value for key, value in labels.items()))
+
+
+def _minute_and_run_seconds(dialect: str) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[float]]:
+    """A job's finishing minute and its last run's length in seconds, in the dialect's own date functions."""
+    c = jobs_table.c
+    minute: sa.ColumnElement[Any]
+    seconds: sa.ColumnElement[Any]
+    if dialect == "postgresql":
+        minute = sa.func.date_trunc("minute", c.finished_at)
+        seconds = sa.func.extract("epoch", c.finished_at - c.started_at)
+    else:  # SQLite keeps times as UTC text: 'YYYY-MM-DD HH:MM:SS.ffffff'
+        minute = sa.func.strftime("%Y-%m-%d %H:%M:00", c.finished_at)
+        seconds = (sa.func.julianday(c.finished_at) - sa.func.julianday(c.started_at)) * 86_400
+    return minute, sa.func.coalesce(seconds, 0.0)
 
 
 def _job(row: sa.Row[Any]) -> Job:
@@ -629,6 +646,62 @@ class SqlJobStore:
         """Raise `StoreUnavailable` unless the database answers."""
         with self._transaction() as conn:
             conn.execute(sa.text("SELECT 1"))
+
+    def count_states(self, states: Sequence[JobState]) -> dict[JobState, int]:
+        c = jobs_table.c
+        query = sa.select(c.state, sa.func.count()).where(c.state.in_(_states(states))).group_by(c.state)
+        with self._transaction() as conn:
+            counted = {JobState(state): int(count) for state, count in conn.execute(query)}
+        return {state: counted.get(state, 0) for state in states}
+
+    def activity(self, since: datetime) -> builtins.list[Activity]:
+        c = jobs_table.c
+        minute, seconds = _minute_and_run_seconds(self.engine.dialect.name)
+        query = (
+            sa.select(minute, c.type, c.state, sa.func.count(), sa.func.sum(seconds), sa.func.max(seconds))
+            .where(c.finished_at >= since, c.state.in_(_states(TERMINAL_STATES)))
+            .group_by(minute, c.type, c.state)
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Activity(
+                minute=aware(datetime.fromisoformat(at) if isinstance(at, str) else at),  # type: ignore[arg-type]
+                type=type,
+                state=JobState(state),
+                count=int(count),
+                run_seconds=float(total or 0),
+                max_run_seconds=float(longest or 0),
+            )
+            for at, type, state, count, total, longest in rows
+        ]
+
+    def beat(self, worker: WorkerBeat) -> None:
+        values = dataclasses.asdict(worker)
+        insert = self._insert(workers_table).values(values)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[workers_table.c.name],
+            set_={key: insert.excluded[key] for key in values if key != "name"},
+        )
+        with self._transaction() as conn:
+            conn.execute(upsert)
+
+    def workers(self, seen_since: datetime) -> builtins.list[WorkerBeat]:
+        c = workers_table.c
+        query = sa.select(workers_table).where(c.seen_at >= seen_since).order_by(c.name)
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
+        return [
+            WorkerBeat(
+                name=row.name,
+                hostname=row.hostname,
+                pid=row.pid,
+                concurrency=row.concurrency,
+                started_at=aware(row.started_at),  # type: ignore[arg-type]
+                seen_at=aware(row.seen_at),  # type: ignore[arg-type]
+            )
+            for row in rows
+        ]
 
     def count_scheduled(self) -> int:
         query = (

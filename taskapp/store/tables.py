@@ -111,6 +111,20 @@ class JobLogRow(SQLModel, table=True):
     message: str = Field(sa_type=sa.Text)
 
 
+class WorkerRow(SQLModel, table=True):
+    """A worker's latest beat (`taskapp.worker_beats`): who it is and when it was last heard from."""
+
+    __tablename__ = "workers"
+
+    name: str = Field(sa_type=sa.String(255), primary_key=True)
+    hostname: str = Field(sa_type=sa.String(255))
+    pid: int
+    concurrency: int
+    started_at: datetime = Field(sa_type=_TIMESTAMP)
+    seen_at: datetime = Field(sa_type=_TIMESTAMP, index=True)
+
+
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
+workers_table: sa.Table = WorkerRow.__table__  # type: ignore[attr-defined]

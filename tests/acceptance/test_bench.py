@@ -45,6 +45,11 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
     disk = figures["taskapp"]["latency_ms"]["disk"]
     assert disk["syncs"] > 0 if disk["measured"] else disk["why_not"], disk
     assert list(figures["taskapp"]["reads_ms"]) == ["1000", "3000"]
+    for reads in figures["taskapp"]["reads_ms"].values():
+        assert all(
+            reads[page] > 0
+            for page in ("Console jobs", "Console jobs state+type", "Console jobs 2 labels+day")
+        )
     cluster = figures["cluster"]
     assert all(cluster[rate] > 0 for rate in cluster if rate.endswith("_per_s")), cluster
     assert cluster["jobs_by_gateway"]["gateway-1"] > figures["sizes"]["submit"], "both phases' jobs"
@@ -59,5 +64,5 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
             costs
         )
     measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
-    assert measures == {"P1", "P2", "P3", "P4", "S1", "S2"}
+    assert measures == {"P1", "P2", "P3", "P4", "P5", "S1", "S2"}
     assert "Targets" in done.stdout and "raw Celery" in done.stdout and "PostgreSQL's WAL" in done.stdout

@@ -13,7 +13,7 @@ import pytest
 
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
-from taskapp.jobs import JobChange, JobFilter, JobState, LogLine, Priority, SentMessage
+from taskapp.jobs import JobChange, JobFilter, JobState, LogLine, Priority, SentMessage, WorkerBeat
 from taskapp.store.engine import open_store
 from taskapp.store.memory import InMemoryJobStore
 from taskapp.store.port import JobStore
@@ -520,6 +520,54 @@ def test_purge_deletes_finished_jobs_with_their_events_and_logs(store: JobStore)
     assert all(store.get(f"old-{n}") is None for n in range(3))
     assert states(store, "old-0") == [] and store.logs("old-0") == []
     assert store.get("queued-long-ago") is not None and store.get("recent") is not None
+
+
+def test_counts_per_state_name_every_state_asked_for(store: JobStore) -> None:
+    for n in range(3):
+        create(store, new_job(f"q{n}"), T0)
+    create(store, new_job("later", run_at=T0 + timedelta(hours=1)), T0)
+    store.claim("q0", "w", T0, 30, "q0@1")
+    asked = [JobState.QUEUED, JobState.RUNNING, JobState.SCHEDULED, JobState.DEAD_LETTER]
+    assert store.count_states(asked) == {
+        JobState.QUEUED: 2, JobState.RUNNING: 1, JobState.SCHEDULED: 1, JobState.DEAD_LETTER: 0
+    }  # fmt: skip
+
+
+def test_activity_counts_finished_jobs_per_minute_type_and_state(store: JobStore) -> None:
+    minute = T0.replace(second=0, microsecond=0)
+    runs = [("a", "echo", 1.5, True), ("b", "echo", 3.0, True), ("c", "noop", 0.5, False)]
+    for job_id, type, seconds, succeeds in runs:
+        create(store, new_job(job_id, type=type), minute)
+        store.claim(job_id, "w", minute, 30, f"{job_id}@1")
+        ended = minute + timedelta(seconds=seconds)
+        if succeeds:
+            store.succeed(job_id, 1, None, ended)
+        else:
+            store.fail_run(job_id, 1, JobState.DEAD_LETTER, "boom", ended)
+    create(store, new_job("old"), minute - timedelta(hours=2))
+    store.cancel("old", minute - timedelta(hours=2))
+
+    found = {(a.type, a.state): a for a in store.activity(minute - timedelta(minutes=1))}
+    assert set(found) == {("echo", JobState.SUCCEEDED), ("noop", JobState.DEAD_LETTER)}
+    echo = found["echo", JobState.SUCCEEDED]
+    assert (echo.minute, echo.count) == (minute, 2)
+    assert echo.run_seconds == pytest.approx(4.5, abs=0.01)
+    assert echo.max_run_seconds == pytest.approx(3.0, abs=0.01)
+    assert found["noop", JobState.DEAD_LETTER].count == 1
+
+
+def test_a_workers_latest_beat_is_kept(store: JobStore) -> None:
+    def beat(name: str, seen: timedelta, pid: int = 1) -> WorkerBeat:
+        return WorkerBeat(name, "host", pid, 4, T0, T0 + seen)
+
+    store.beat(beat("w1@host", timedelta(seconds=0)))
+    store.beat(beat("w1@host", timedelta(seconds=5), pid=2))
+    store.beat(beat("w0@host", timedelta(seconds=3)))
+    store.beat(beat("gone@host", timedelta(hours=-2)))
+    assert store.workers(T0 - timedelta(hours=1)) == [
+        beat("w0@host", timedelta(seconds=3)),
+        beat("w1@host", timedelta(seconds=5), pid=2),
+    ]
 
 
 def test_ping_answers(store: JobStore) -> None:
