@@ -25,6 +25,8 @@ from grpc_gateway.v1 import jobs_pb2
 from tests.helpers import ROOT, TERMINAL, ExecutionRecord, Stack, wait_for
 
 MakeStack = Callable[..., Stack]
+#: One test process runs them all, so they share one stack and one browser (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("console")
 
 TOKEN = "tok-console-8e2f61"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -127,7 +129,9 @@ def test_each_page_renders_with_real_jobs(page: Page, stack: Stack, tmp_path: Pa
     done = submit(stack, "echo", {"greeting": "hello"}, labels={"team": "web"})
     dead = submit(stack, "fail_while_file", {"path": str(gate)}, max_attempts=1)
     slow = submit(stack, "sleep", {"seconds": 0.5})
-    for job_id in (done, dead, slow):
+    chatty = submit(stack, "chatty", {"lines": 2, "fail_times": 1})
+    large = submit(stack, "echo", {"blob": "x" * 3_000})
+    for job_id in (done, dead, slow, chatty, large):
         wait_terminal(stack, job_id)
 
     response = page.goto(f"{stack.http_url}/console/")
@@ -137,6 +141,13 @@ def test_each_page_renders_with_real_jobs(page: Page, stack: Stack, tmp_path: Pa
     expect(page.get_by_role("link", name="sleep")).to_be_visible()  # among the slowest types
     assert response is not None and server_ms(response.headers) <= PAGE_MS
     screenshot(page, "overview")
+
+    # It refreshes by itself: one more dead letter shows without a reload.
+    mark_page(page)
+    dead_letters = int(page.locator("[data-state='DEAD_LETTER']").inner_text())
+    wait_terminal(stack, submit(stack, "fail_while_file", {"path": str(gate)}, max_attempts=1))
+    expect(page.locator("[data-state='DEAD_LETTER']")).to_have_text(str(dead_letters + 1), timeout=15_000)
+    assert still_same_page(page)
 
     page.get_by_role("link", name="Jobs", exact=True).click()
     for job_id in (done, dead, slow):
@@ -149,6 +160,17 @@ def test_each_page_renders_with_real_jobs(page: Page, stack: Stack, tmp_path: Pa
     expect(page.get_by_label("result")).to_contain_text("hello")
     expect(page.get_by_text("team=web")).to_be_visible()
     screenshot(page, "job")
+
+    page.goto(f"{stack.http_url}/console/jobs/{chatty}")
+    expect(page.get_by_text("Attempt 1 (2 line(s))")).to_be_visible()
+    expect(page.get_by_text("Attempt 2 (2 line(s))")).to_be_visible()
+    expect(page.get_by_text("line 2 of attempt 2")).to_be_visible()
+    page.goto(f"{stack.http_url}/console/jobs/{large}")
+    folded = page.get_by_text(re.compile(r"^payload \(\d+ characters\): show$"))
+    expect(folded).to_be_visible()
+    expect(page.get_by_text("x" * 3_000).first).to_be_hidden()  # folded until asked for
+    folded.click()
+    expect(page.get_by_text("x" * 3_000).first).to_be_visible()
 
     page.get_by_role("link", name="Dead letters").click()
     expect(page.get_by_role("heading", name=re.compile("GateClosed"))).to_be_visible()
@@ -216,6 +238,8 @@ def test_a_job_page_follows_its_run_live_and_cancel_stops_another_on_its_worker(
     hold.touch()
     held = submit(stack, "recorded", record.payload(hold=hold))
     wait_for(lambda: record.of(held), 15, "the held job to start")
+    page.goto(f"{stack.http_url}/console/workers")
+    expect(page.locator("[data-worker]").get_by_role("link", name=held)).to_be_visible()  # what it runs now
     page.goto(f"{stack.http_url}/console/jobs/{held}")
     expect(state).to_have_text("RUNNING")
     page.get_by_role("button", name="Cancel").click()
