@@ -2,8 +2,8 @@
 Server-Sent Events), so it needs no front-end build (decision 0011).
 
 Pages read the store and the broker through the service's own objects, in worker threads (they block on SQL
-and Redis); actions go through `JobService`, as the gRPC calls do. Each response says how long the server took
-to make it (`Server-Timing: app;dur=...`).
+and Redis); actions go through `JobService`, as the gRPC calls do. Each page, fragment and action says how long
+the server took to make it (`Server-Timing: app;dur=...`).
 """
 
 from __future__ import annotations
@@ -157,11 +157,14 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
             signed_in=sessions.asks_sign_in and session is not None,
             now=utcnow(),
         )
-        return HTMLResponse(templates.get_template(name).render(context), status_code=status)
+        # Never cached, never shown in another site's frame (clickjacking).
+        headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+        return HTMLResponse(templates.get_template(name).render(context), status_code=status, headers=headers)
 
     def page(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A page for a signed-in operator: others are sent to sign in first."""
 
+        @timed
         async def guarded(request: Request, **kwargs: Any) -> Response:
             if sessions.session(request) is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -175,6 +178,7 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
     def fragment(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A piece of a page (htmx swaps it in): refused without a session."""
 
+        @timed
         async def guarded(request: Request, **kwargs: Any) -> Response:
             if sessions.session(request) is None:
                 return HTMLResponse("sign in first", status_code=401)
@@ -187,6 +191,7 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
     def action(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A POST that changes something: the operator's own (`ConsoleAuth.check_action`), its form parsed."""
 
+        @timed
         async def guarded(request: Request, **kwargs: Any) -> Response:
             try:
                 sessions.check_action(request)
@@ -426,26 +431,24 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
     async def workers_live(request: Request) -> Response:
         return render(request, "workers_body.html", **await workers_context())
 
-    @app.middleware("http")
-    async def server_timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path.startswith("/console") and "text/event-stream" not in response.headers.get(
-            "content-type", ""
-        ):
-            response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
-            response.headers.setdefault("Cache-Control", "no-store")
-            response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
-
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
 
     @app.get("/console", include_in_schema=False)
     async def console_root() -> Response:
         return RedirectResponse("/console/", status_code=308)
+
+
+def timed(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """The response says how long the server took to make it (`Server-Timing`)."""
+
+    async def answer(request: Request, **kwargs: Any) -> Response:
+        started = time.perf_counter()
+        response = await handler(request, **kwargs)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return response
+
+    return answer
 
 
 _TERMINAL_PB = frozenset(

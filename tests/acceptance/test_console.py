@@ -335,6 +335,8 @@ def test_without_a_sign_in_every_page_and_action_is_refused(stack: Stack) -> Non
                 anonymous.post(path, data={"verb": "retry", "scope": "filter", "state": "FAILED"}).status_code
                 == 401
             )
+        login = anonymous.get("/console/login")
+        assert login.status_code == 200 and login.headers["x-frame-options"] == "DENY"  # no clickjacking
         wrong = anonymous.post("/console/login", data={"token": "not-the-token", "next": "/console/"})
         assert wrong.status_code == 401 and "not accepted" in wrong.text
         assert COOKIE not in wrong.cookies
@@ -360,6 +362,11 @@ def test_without_a_sign_in_every_page_and_action_is_refused(stack: Stack) -> Non
                 headers
             )
         assert state_of(stack, job_id) != "CANCELLED"
+        # Bad input is told on the page, with its HTTP twin of the gRPC status.
+        bad_filter = operator.get("/console/jobs", params={"created_after": "yesterday"})
+        assert bad_filter.status_code == 400 and "created_after: not a date and time" in bad_filter.text
+        unknown = operator.get("/console/jobs/no-such-job")
+        assert unknown.status_code == 404 and "no-such-job" in unknown.text
         allowed = operator.post(f"/console/jobs/{job_id}/cancel", headers={"x-taskapp-csrf": csrf[1]})
         assert allowed.status_code == 200 and "Cancelled." in allowed.text
         assert state_of(stack, job_id) == "CANCELLED"
