@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -304,6 +304,12 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
     help="A label to find the job by (again for more).",
 )
 @click.option(
+    "--unique-key",
+    metavar="KEY",
+    help="No new job while one holds KEY (for --unique-for, or until it has finished): that job is the answer.",
+)
+@click.option("--unique-for", type=click.IntRange(min=1), metavar="SECONDS", help="How long the key is held.")
+@click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
 @click.option(
@@ -324,6 +330,8 @@ def submit(
     timeout_seconds: int | None,
     run_at: datetime | None,
     labels: dict[str, str],
+    unique_key: str | None,
+    unique_for: int | None,
     watch: bool,
     quiet: bool,
 ) -> None:
@@ -340,13 +348,17 @@ def submit(
             timeout_seconds=timeout_seconds,
             run_at=run_at,
             labels=labels,
+            unique_key=unique_key,
+            unique_for=timedelta(seconds=unique_for) if unique_for else None,
         )
         if quiet:
             click.echo(submitted.job_id)
         elif config.as_json:
             _echo_json(submitted)
         else:
-            again = "" if submitted.created else " (submitted before with this id)"
+            again = ""
+            if not submitted.created:
+                again = " (holds this unique key)" if unique_key else " (submitted before with this id)"
             click.echo(f"job {submitted.job_id}: {submitted.state}{again}")
         if watch:
             _follow(client, submitted.job_id, config.as_json, quiet)

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -160,6 +160,10 @@ def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
         request.run_at.FromDatetime(spec.run_at.astimezone())
     if spec.labels:
         request.labels.update(spec.labels)
+    if spec.unique_key is not None:
+        request.unique_key = spec.unique_key
+    if spec.unique_for is not None:
+        request.unique_for.FromTimedelta(spec.unique_for)
     return request
 
 
@@ -267,9 +271,22 @@ class JobClient:
         timeout_seconds: int | None = None,
         run_at: datetime | None = None,
         labels: dict[str, str] | None = None,
+        unique_key: str | None = None,
+        unique_for: timedelta | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
-        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at, labels)
+        spec = JobSpec(
+            type,
+            payload,
+            job_id,
+            priority,
+            max_attempts,
+            timeout_seconds,
+            run_at,
+            labels,
+            unique_key,
+            unique_for,
+        )
         return _submitted(self._call(self._stub.SubmitJob, _submit_request(spec)))
 
     def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:
@@ -393,9 +410,22 @@ class AsyncJobClient:
         timeout_seconds: int | None = None,
         run_at: datetime | None = None,
         labels: dict[str, str] | None = None,
+        unique_key: str | None = None,
+        unique_for: timedelta | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
-        spec = JobSpec(type, payload, job_id, priority, max_attempts, timeout_seconds, run_at, labels)
+        spec = JobSpec(
+            type,
+            payload,
+            job_id,
+            priority,
+            max_attempts,
+            timeout_seconds,
+            run_at,
+            labels,
+            unique_key,
+            unique_for,
+        )
         return _submitted(await self._call(self._stub.SubmitJob, _submit_request(spec)))
 
     async def submit_many(self, specs: Sequence[JobSpec]) -> builtins.list[Submitted]:

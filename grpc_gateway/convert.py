@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
@@ -58,7 +58,18 @@ def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest, field_prefix: str
         timeout_seconds=request.timeout_seconds if request.HasField("timeout_seconds") else None,
         run_at=_datetime(request.run_at, f"{field_prefix}run_at") if request.HasField("run_at") else None,
         labels=dict(request.labels),
+        unique_key=request.unique_key or None,
+        unique_for=_timedelta(request.unique_for, f"{field_prefix}unique_for")
+        if request.HasField("unique_for")
+        else None,
     )
+
+
+def _timedelta(duration: duration_pb2.Duration, field: str) -> timedelta:
+    try:
+        return duration.ToTimedelta()
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid duration") from None
 
 
 def _payload(request: jobs_pb2.SubmitJobRequest, field: str) -> dict[str, Any]:

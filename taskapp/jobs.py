@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 
@@ -63,6 +63,10 @@ class NewJob:
     run_at: datetime | None = None
     #: The caller's key -> value tags, to find the job by (ListJobs); fixed at submit.
     labels: dict[str, str] = field(default_factory=dict)
+    #: No other job with this key is created while this one holds it: for `unique_for` from its creation, or,
+    #: without it, until this job has finished (the store enforces it: `JobStore.create_many`).
+    unique_key: str | None = None
+    unique_for: timedelta | None = None
 
     def waits_until(self, now: datetime) -> datetime | None:
         """`run_at` if it is still ahead of `now` (the job starts SCHEDULED), else None (it starts QUEUED)."""
@@ -256,6 +260,10 @@ class SubmitRequest:
     run_at: datetime | None = None
     #: Key -> value tags to find the job by (ListJobs' `labels` filter).
     labels: dict[str, str] | None = None
+    #: Another submit with this key while the job holds it (for `unique_for`, or until the job has finished)
+    #: gets this job back with `created` false. The job type's default key when None.
+    unique_key: str | None = None
+    unique_for: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,10 @@ class Handler:
     retry_on: tuple[builtins.type[BaseException], ...]
     max_attempts: int
     timeout_seconds: int
+    #: Payload fields that make a job's default unique key: a job with the same values is not created while
+    #: one holds the key (for `unique_for` seconds, or without it until that job has finished).
+    unique_by: tuple[str, ...] = ()
+    unique_for: int | None = None
 
 
 class HandlerRegistry:
@@ -77,6 +81,8 @@ class HandlerRegistry:
         retry_on: tuple[type[BaseException], ...] = (),
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+        unique_by: tuple[str, ...] = (),
+        unique_for: int | None = None,
     ) -> Callable[[Callable[[PayloadT, JobContext], Any]], Callable[[PayloadT, JobContext], Any]]:
         """Register the decorated function as the handler of job type `type`."""
         if not TYPE_NAME.match(type):
@@ -95,6 +101,8 @@ class HandlerRegistry:
                 retry_on=retry_on,
                 max_attempts=max_attempts,
                 timeout_seconds=timeout_seconds,
+                unique_by=unique_by,
+                unique_for=unique_for,
             )
             return func
 

@@ -48,7 +48,7 @@ from taskapp.jobs import (
 )
 from taskapp.published_marks import PublishedMarks, mark_published
 from taskapp.publisher import Publisher
-from taskapp.registry import TYPE_NAME, HandlerRegistry
+from taskapp.registry import TYPE_NAME, Handler, HandlerRegistry
 from taskapp.store.port import JobStore
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -71,6 +71,10 @@ MAX_LABELS = 20
 #: A label key: 1-63 characters, a letter or digit first (Kubernetes' rule, with dots and slashes).
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 MAX_LABEL_VALUE = 255
+#: A unique key: 1-255 printable characters.
+UNIQUE_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+#: A unique key's window: up to a year, as far as a job can be scheduled.
+MAX_UNIQUE_FOR = timedelta(days=365)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -175,12 +179,15 @@ class JobService:
         if request.run_at is not None and request.run_at > self._clock() + MAX_SCHEDULE_AHEAD:
             raise InvalidArgument("run_at", f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
         labels = check_labels(request.labels or {})
+        unique_key, unique_for = self._unique_key(request, handler, payload)
         priority = request.priority or Priority.DEFAULT
         identity: list[Any] = [request.type, priority.value, payload, max_attempts, timeout_seconds]
         if request.run_at is not None:
             identity.append(request.run_at.isoformat())
         if labels:  # only then: the fingerprints of jobs from before labels stay what they were
             identity.append({"labels": labels})
+        if unique_key is not None:
+            identity.append({"unique": [unique_key, unique_for.total_seconds() if unique_for else None]})
         fingerprint = hashlib.sha256(_canonical_json(identity).encode()).hexdigest()
         return NewJob(
             job_id=request.job_id or self._new_job_id(),
@@ -192,7 +199,33 @@ class JobService:
             fingerprint=fingerprint,
             run_at=request.run_at,
             labels=labels,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
+
+    @staticmethod
+    def _unique_key(
+        request: SubmitRequest, handler: Handler, payload: dict[str, Any]
+    ) -> tuple[str | None, timedelta | None]:
+        """The request's unique key and window, or the job type's default key (its `unique_by` payload fields,
+        hashed with the type) and window."""
+        unique_for = request.unique_for
+        if unique_for is not None and not timedelta(0) < unique_for <= MAX_UNIQUE_FOR:
+            raise InvalidArgument("unique_for", f"must be more than 0 and at most {MAX_UNIQUE_FOR.days} days")
+        if request.unique_key is not None:
+            if not UNIQUE_KEY.match(request.unique_key):
+                raise InvalidArgument(
+                    "unique_key", "must be 1-255 printable ASCII characters, not starting with a space"
+                )
+            return request.unique_key, unique_for
+        if unique_for is not None and not handler.unique_by:
+            raise InvalidArgument("unique_for", "needs a unique_key (this job type declares no default key)")
+        if not handler.unique_by:
+            return None, None
+        values = _canonical_json([request.type, {name: payload.get(name) for name in handler.unique_by}])
+        key = f"{request.type}:{hashlib.sha256(values.encode()).hexdigest()[:32]}"
+        default_for = timedelta(seconds=handler.unique_for) if handler.unique_for else None
+        return key, unique_for or default_for
 
     def _unknown_type(self, type: str) -> str:
         """Name the types there are, and the likely one, so a typo is fixed without reading the code."""
@@ -227,14 +260,14 @@ class JobService:
         first: dict[str, NewJob] = {}
         for new in news:
             first.setdefault(new.job_id, new)
-        written = {outcome.job.job_id: outcome for outcome in self._create_and_publish(list(first.values()))}
+        written = dict(zip(first, self._create_and_publish(list(first.values())), strict=True))
         outcomes: builtins.list[SubmitOutcome | JobAlreadyExists] = []
         for new in news:
             outcome = written[new.job_id]
-            if outcome.job.fingerprint != new.fingerprint:
+            if outcome.job.job_id == new.job_id and outcome.job.fingerprint != new.fingerprint:
                 outcomes.append(JobAlreadyExists(new.job_id))
             elif first[new.job_id] is new:
-                outcomes.append(outcome)
+                outcomes.append(outcome)  # created, or the job holding its id or its unique key
             else:
                 outcomes.append(SubmitOutcome(job=outcome.job, created=False))
         return outcomes
@@ -302,7 +335,7 @@ class JobService:
 
         def refuse_conflicts(results: builtins.list[tuple[Job, bool]]) -> None:
             for index, ((job, created), new) in enumerate(zip(results, news, strict=True)):
-                if not created and job.fingerprint != new.fingerprint:
+                if not created and job.job_id == new.job_id and job.fingerprint != new.fingerprint:
                     raise JobAlreadyExists(new.job_id, f"jobs[{index}].job_id")
 
         return self._create_and_publish(news, check=refuse_conflicts)

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -335,6 +335,8 @@ def new_job(
     timeout_seconds: int = 300,
     run_at: datetime | None = None,
     labels: dict[str, str] | None = None,
+    unique_key: str | None = None,
+    unique_for: timedelta | None = None,
 ) -> NewJob:
     """A job as the service would hand it to a store, its fingerprint made from its id."""
     return NewJob(
@@ -347,6 +349,8 @@ def new_job(
         fingerprint=hashlib.sha256(job_id.encode()).hexdigest(),
         run_at=run_at,
         labels=labels or {},
+        unique_key=unique_key,
+        unique_for=unique_for,
     )
 
 

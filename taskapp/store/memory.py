@@ -44,6 +44,8 @@ class InMemoryJobStore:
         self._seq = 0
         self._event_seq = 0
         self.beats: dict[str, WorkerBeat] = {}
+        #: Unique key -> (the job holding it, until when; None: until that job has finished).
+        self.unique_keys: dict[str, tuple[str, datetime | None]] = {}
         self._lock = threading.Lock()
 
     # Writing a change: the job's new value, its event, and what the change hooks hear after the "commit".
@@ -160,15 +162,35 @@ class InMemoryJobStore:
         results: list[tuple[Job, bool]] = []
         with self._lock:
             for new in news:
-                existing = self.jobs.get(new.job_id)
+                existing = self.jobs.get(new.job_id) or self._unique_key_holder(new, now)
                 if existing is not None:
                     results.append((existing, False))
                     continue
+                if new.unique_key is not None:
+                    expires = now + new.unique_for if new.unique_for is not None else None
+                    self.unique_keys[new.unique_key] = (new.job_id, expires)
                 self._seq += 1
                 job = job_from_row({**new_job_row(new, now), "seq": self._seq})
                 self._record(job, now, changes=[])  # Creations are not announced.
                 results.append((job, True))
         return results
+
+    def _unique_key_holder(self, new: NewJob, now: datetime) -> Job | None:
+        """The job holding `new`'s unique key: within its window, or without one while unfinished."""
+        if new.unique_key is None or new.unique_key not in self.unique_keys:
+            return None
+        job_id, expires = self.unique_keys[new.unique_key]
+        holder = self.jobs.get(job_id)
+        if holder is None:
+            return None
+        if expires is not None:
+            return holder if expires > now else None
+        return None if holder.state in TERMINAL_STATES else holder
+
+    def _let_go_of_keys(self, job_ids: set[str]) -> None:
+        for key, (job_id, _) in list(self.unique_keys.items()):
+            if job_id in job_ids:
+                del self.unique_keys[key]
 
     def discard_many(self, job_ids: Sequence[str]) -> None:
         with self._lock:
@@ -181,6 +203,7 @@ class InMemoryJobStore:
                 ):
                     del self.jobs[job_id]
                     self.events = [event for event in self.events if event.job_id != job_id]
+                    self._let_go_of_keys({job_id})
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
         with self._lock:
@@ -460,4 +483,5 @@ class InMemoryJobStore:
                 del self.jobs[job_id]
                 self.log_lines.pop(job_id, None)
             self.events = [event for event in self.events if event.job_id not in ids]
+            self._let_go_of_keys(ids)
         return [(job.job_id, job.state) for job in expired]

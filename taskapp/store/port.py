@@ -76,11 +76,14 @@ class JobStore(Protocol):
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
         """Insert each job (QUEUED, or SCHEDULED until its `run_at`) in one transaction, or return the job that
-        already has its id; the bool says if it was created. Results in the order given."""
+        already has its id, or, for a job with a `unique_key`, the job holding that key (until its `unique_for`
+        has passed since its creation, or without one until it has finished); the bool says if it was created.
+        Results in the order given."""
         ...
 
     def discard_many(self, job_ids: Sequence[str]) -> None:
-        """Delete jobs that were created but could not be published (QUEUED or SCHEDULED, never run)."""
+        """Delete jobs that were created but could not be published (QUEUED or SCHEDULED, never run), letting go
+        of their unique keys."""
         ...
 
     def mark_published(self, sent: Iterable[SentMessage], now: datetime) -> None:
@@ -193,5 +196,6 @@ class JobStore(Protocol):
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
-        """Delete up to `limit` jobs that finished before `finished_before`, with their events and logs."""
+        """Delete up to `limit` jobs that finished before `finished_before`, with their events, logs and unique
+        keys."""
         ...

@@ -166,7 +166,10 @@ class PostgresJobStore(SqlJobStore):
         return rows[0] if rows else None
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
-        """One statement for any number of jobs; results in the order given."""
+        """One statement for any number of jobs; results in the order given. A batch with a unique key takes
+        the generic path (`SqlJobStore._create_unique`, an upsert per key)."""
+        if any(new.unique_key is not None for new in news):
+            return super().create_many(news, now)
         new_rows = [new_job_row(new, now) for new in news]
         arrays = {column: [row[column] for row in new_rows] for column in CREATE_ARRAYS}
         arrays["payload"] = [Jsonb(payload) for payload in arrays["payload"]]

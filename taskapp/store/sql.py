@@ -38,7 +38,7 @@ from taskapp.jobs import (
 )
 from taskapp.store.port import ChangeHook
 from taskapp.store.rows import aware, event_from_row, job_from_row, log_line_from_row, new_job_row
-from taskapp.store.tables import events_table, jobs_table, logs_table, workers_table
+from taskapp.store.tables import events_table, jobs_table, logs_table, unique_keys_table, workers_table
 
 #: Where a transaction collects the changes it made, for the change hooks after its commit.
 _CHANGED = "taskapp.changed_jobs"
@@ -492,7 +492,8 @@ class SqlJobStore:
             return [_job(row) for row in conn.execute(query)]
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:
-        """Delete up to `limit` jobs that finished before `finished_before`, with their events."""
+        """Delete up to `limit` jobs that finished before `finished_before`, with their events, logs and unique
+        keys."""
         c = jobs_table.c
         expired = (
             sa.select(c.seq)
@@ -514,45 +515,93 @@ class SqlJobStore:
                 ids = [job_id for job_id, _ in purged]
                 conn.execute(events_table.delete().where(events_table.c.job_id.in_(ids)))
                 conn.execute(logs_table.delete().where(logs_table.c.job_id.in_(ids)))
+                conn.execute(unique_keys_table.delete().where(unique_keys_table.c.job_id.in_(ids)))
         return purged
 
     # Batches, progress, events and logs (WatchJob, GetJobLogs, SubmitJobs).
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> builtins.list[tuple[Job, bool]]:
-        """One INSERT for the whole batch; ids that exist are left as they are."""
-        rows = [new_job_row(new, now) for new in news]
+        """One INSERT for the jobs without a unique key (ids that exist are left as they are), then each job with
+        one (`_create_unique`), in one transaction."""
+        plain = [new for new in news if new.unique_key is None]
+        written: dict[str, tuple[Job, bool]] = {}
+        with self._transaction() as conn:
+            if plain:
+                written.update(self._create_plain(conn, plain, now))
+            for new in news:
+                if new.unique_key is not None:
+                    written[new.job_id] = self._create_unique(conn, new, now)
+        return [written[new.job_id] for new in news]
+
+    def _create_plain(
+        self, conn: Connection, news: Sequence[NewJob], now: datetime
+    ) -> dict[str, tuple[Job, bool]]:
         insert = (
             self._insert(jobs_table)
-            .values(rows)
+            .values([new_job_row(new, now) for new in news])
             .on_conflict_do_nothing(index_elements=["job_id"])
             .returning(*jobs_table.c)
         )
-        with self._transaction() as conn:
-            created = {job.job_id: job for job in map(_job, conn.execute(insert))}
-            if created:
-                conn.execute(
-                    events_table.insert(),
-                    [
-                        {"job_id": job.job_id, "state": job.state.value, "attempt": 0, "at": now}
-                        for job in created.values()
-                    ],
-                )
-                # Not announced: nothing can be watching a job that did not exist, nor count it yet.
-            others = [new.job_id for new in news if new.job_id not in created]
-            existing = (
-                {
-                    job.job_id: job
-                    for job in map(
-                        _job, conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id.in_(others)))
-                    )
-                }
-                if others
-                else {}
-            )
-        return [
-            (created[new.job_id], True) if new.job_id in created else (existing[new.job_id], False)
+        created = {job.job_id: job for job in map(_job, conn.execute(insert))}
+        self._first_events(conn, list(created.values()), now)
+        others = [new.job_id for new in news if new.job_id not in created]
+        query = sa.select(jobs_table).where(jobs_table.c.job_id.in_(others))
+        existing = {job.job_id: job for job in map(_job, conn.execute(query))} if others else {}
+        return {
+            new.job_id: (created[new.job_id], True)
+            if new.job_id in created
+            else (existing[new.job_id], False)
             for new in news
-        ]
+        }
+
+    def _create_unique(self, conn: Connection, new: NewJob, now: datetime) -> tuple[Job, bool]:
+        """The job, unless its id exists (that job), or its unique key is held (the holder, not created).
+
+        The key's row decides: a new key is inserted (a concurrent insert of the same key waits for this one's
+        commit, then finds it); a known key's row is locked, then its holder is read in a statement of its own,
+        so it sees a holder committed while this one waited (a subquery of the upsert would not, on PostgreSQL).
+        """
+        c, k = jobs_table.c, unique_keys_table.c
+        same_id = conn.execute(sa.select(jobs_table).where(c.job_id == new.job_id)).first()
+        if same_id is not None:
+            return _job(same_id), False
+        expires_at = now + new.unique_for if new.unique_for is not None else None
+        taken = conn.execute(
+            self._insert(unique_keys_table)
+            .values(key=new.unique_key, job_id=new.job_id, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=[k.key])
+            .returning(k.key)
+        ).first()
+        if taken is None:
+            held = conn.execute(
+                sa.select(k.job_id, k.expires_at).where(k.key == new.unique_key).with_for_update()
+            ).one()
+            holder = conn.execute(sa.select(jobs_table).where(c.job_id == held.job_id)).first()
+            if holder is not None:
+                holder_job = _job(holder)
+                until = aware(held.expires_at)
+                if (until > now) if until is not None else not holder_job.state.is_terminal:
+                    return holder_job, False
+            conn.execute(
+                unique_keys_table.update()
+                .where(k.key == new.unique_key)
+                .values(job_id=new.job_id, expires_at=expires_at)
+            )
+        job = _job(
+            conn.execute(jobs_table.insert().values(new_job_row(new, now)).returning(*jobs_table.c)).one()
+        )
+        self._first_events(conn, [job], now)
+        return job, True
+
+    @staticmethod
+    def _first_events(conn: Connection, jobs: builtins.list[Job], now: datetime) -> None:
+        """New jobs' first events. Not announced: nothing can be watching a job that did not exist, nor count
+        it yet."""
+        if jobs:
+            conn.execute(
+                events_table.insert(),
+                [{"job_id": job.job_id, "state": job.state.value, "attempt": 0, "at": now} for job in jobs],
+            )
 
     def discard_many(self, job_ids: Sequence[str]) -> None:
         """`discard` for a batch that could not be published."""
@@ -572,6 +621,7 @@ class SqlJobStore:
             )
             if deleted:
                 conn.execute(events_table.delete().where(events_table.c.job_id.in_(deleted)))
+                conn.execute(unique_keys_table.delete().where(unique_keys_table.c.job_id.in_(deleted)))
 
     def latest_event(self, job_id: str) -> JobEvent | None:
         """The job's newest event: its current state, and where WatchJob resumes."""

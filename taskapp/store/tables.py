@@ -124,7 +124,19 @@ class WorkerRow(SQLModel, table=True):
     seen_at: datetime = Field(sa_type=_TIMESTAMP, index=True)
 
 
+class UniqueKeyRow(SQLModel, table=True):
+    """Which job holds a unique key, and until when (NULL: until that job has finished). The key is the primary
+    key, so two submits with one key cannot both take it, whatever their timing."""
+
+    __tablename__ = "unique_keys"
+
+    key: str = Field(sa_type=sa.String(255), primary_key=True)
+    job_id: str = Field(sa_type=sa.String(128), index=True)
+    expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+
+
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
 workers_table: sa.Table = WorkerRow.__table__  # type: ignore[attr-defined]
+unique_keys_table: sa.Table = UniqueKeyRow.__table__  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import pytest
 
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
-from taskapp.jobs import JobChange, JobFilter, JobState, LogLine, Priority, SentMessage, WorkerBeat
+from taskapp.jobs import Job, JobChange, JobFilter, JobState, LogLine, Priority, SentMessage, WorkerBeat
 from taskapp.store.engine import open_store
 from taskapp.store.memory import InMemoryJobStore
 from taskapp.store.port import JobStore
@@ -568,6 +568,60 @@ def test_a_workers_latest_beat_is_kept(store: JobStore) -> None:
         beat("w0@host", timedelta(seconds=3)),
         beat("w1@host", timedelta(seconds=5), pid=2),
     ]
+
+
+def test_a_unique_key_is_held_for_its_window_then_free(store: JobStore) -> None:
+    window = timedelta(seconds=30)
+    _, created = create(store, new_job("u1", unique_key="invoice-7", unique_for=window), T0)
+    assert created
+    results = store.create_many(
+        [
+            new_job("u2", unique_key="invoice-7", unique_for=window),
+            new_job("other", unique_key="invoice-8", unique_for=window),
+            new_job("u3", unique_key="invoice-7", unique_for=window),
+        ],
+        T0 + timedelta(seconds=29),
+    )
+    assert [(job.job_id, created) for job, created in results] == [
+        ("u1", False),
+        ("other", True),
+        ("u1", False),
+    ]
+    assert store.get("u2") is None
+    store.cancel("u1", T0)  # finishing does not end a window
+    assert store.create_many([new_job("u4", unique_key="invoice-7", unique_for=window)], T0 + window)[0][1]
+    assert store.create_many([new_job("u5", unique_key="invoice-7")], T0 + window)[0][0].job_id == "u4"
+
+
+def test_a_unique_key_without_a_window_is_held_until_its_job_has_finished(store: JobStore) -> None:
+    create(store, new_job("w1", unique_key="sync-acme"), T0)
+    store.claim("w1", "w", T0, 30, "w1@1")
+    assert store.create_many([new_job("w2", unique_key="sync-acme")], T0)[0] == (store.get("w1"), False)
+    store.succeed("w1", 1, None, T0)
+    job, created = store.create_many([new_job("w2", unique_key="sync-acme")], T0)[0]
+    assert created and job.job_id == "w2"
+
+
+def test_concurrent_creates_with_one_unique_key_make_one_job(store: JobStore) -> None:
+    """Each create in its own transaction, at once: the key's primary key decides, not a read before a write."""
+
+    def create_one(n: int) -> tuple[Job, bool]:
+        return store.create_many(
+            [new_job(f"race-{n}", unique_key="race", unique_for=timedelta(hours=1))], T0
+        )[0]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(create_one, range(40)))
+    winners = [job.job_id for job, created in results if created]
+    assert len(winners) == 1
+    assert {job.job_id for job, _ in results} == set(winners)
+    assert sum(store.get(f"race-{n}") is not None for n in range(40)) == 1
+
+
+def test_a_discarded_job_lets_go_of_its_unique_key(store: JobStore) -> None:
+    create(store, new_job("d1", unique_key="k", unique_for=timedelta(hours=1)), T0)
+    store.discard_many(["d1"])
+    assert store.create_many([new_job("d2", unique_key="k", unique_for=timedelta(hours=1))], T0)[0][1]
 
 
 def test_ping_answers(store: JobStore) -> None:

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from taskapp.clock import utcnow
 from taskapp.errors import (
@@ -17,7 +18,7 @@ from taskapp.errors import (
     PayloadTooLarge,
 )
 from taskapp.jobs import JobFilter, JobState, Priority, SubmitRequest
-from taskapp.registry import load_handlers
+from taskapp.registry import HandlerRegistry, load_handlers
 from taskapp.service import JobService
 from taskapp.store.memory import InMemoryJobStore
 from taskapp.testing import InMemoryPublisher
@@ -79,6 +80,7 @@ def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobServi
         {"type": "noop"},
         {"run_at": utcnow() + timedelta(hours=1)},
         {"labels": {"env": "prod"}},
+        {"unique_key": "k"},
     ],
 )
 def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
@@ -108,6 +110,15 @@ def test_same_id_different_request_is_already_exists(service: JobService, change
         ({"type": "echo", "run_at": utcnow() + timedelta(days=366)}, InvalidArgument, "run_at"),
         ({"type": "echo", "labels": {f"k{n}": "v" for n in range(21)}}, InvalidArgument, "labels"),
         ({"type": "echo", "labels": {"": "v"}}, InvalidArgument, "labels"),
+        ({"type": "echo", "unique_key": ""}, InvalidArgument, "unique_key"),
+        ({"type": "echo", "unique_key": "x" * 256}, InvalidArgument, "unique_key"),
+        ({"type": "echo", "unique_key": "k", "unique_for": timedelta(0)}, InvalidArgument, "unique_for"),
+        (
+            {"type": "echo", "unique_key": "k", "unique_for": timedelta(days=366)},
+            InvalidArgument,
+            "unique_for",
+        ),
+        ({"type": "echo", "unique_for": timedelta(seconds=5)}, InvalidArgument, "unique_for"),
         ({"type": "echo", "labels": {"-lead": "v"}}, InvalidArgument, "labels"),
         ({"type": "echo", "labels": {"k" * 64: "v"}}, InvalidArgument, "labels"),
         ({"type": "echo", "labels": {"sp ace": "v"}}, InvalidArgument, "labels"),
@@ -454,3 +465,42 @@ def test_bulk_actions_need_a_filter_and_a_limit_that_is_not_negative(service: Jo
         service.cancel_many(JobFilter())
     with pytest.raises(InvalidArgument, match=r"^limit"):
         service.retry_many(JobFilter(type="noop"), limit=-1)
+
+
+def test_a_unique_key_answers_the_job_holding_it(service: JobService, publisher: InMemoryPublisher) -> None:
+    window = timedelta(minutes=5)
+    first = service.submit(
+        SubmitRequest(type="echo", payload={"n": 1}, unique_key="daily", unique_for=window)
+    )
+    again = service.submit(
+        SubmitRequest(type="echo", payload={"n": 2}, unique_key="daily", unique_for=window)
+    )
+    assert first.created and not again.created
+    assert again.job.job_id == first.job.job_id and again.job.payload == {"n": 1}
+    batch = service.submit_many(
+        [SubmitRequest(type="echo", unique_key="daily"), SubmitRequest(type="echo", unique_key="weekly")]
+    )
+    assert [(outcome.job.job_id == first.job.job_id, outcome.created) for outcome in batch] == [
+        (True, False),
+        (False, True),
+    ]
+    assert len(publisher.published) == 2
+
+
+def test_a_job_type_s_default_unique_key_comes_from_its_payload_fields(store: InMemoryJobStore) -> None:
+    registry = HandlerRegistry()
+
+    class Sync(BaseModel):
+        customer: str
+        full: bool = False
+
+    registry.handler("sync", schema=Sync, unique_by=("customer",), unique_for=60)(lambda payload, job: None)
+    service = JobService(store, InMemoryPublisher(), registry)
+    acme = service.submit(SubmitRequest(type="sync", payload={"customer": "acme"}))
+    acme_full = service.submit(SubmitRequest(type="sync", payload={"customer": "acme", "full": True}))
+    other = service.submit(SubmitRequest(type="sync", payload={"customer": "globex"}))
+    chosen = service.submit(SubmitRequest(type="sync", payload={"customer": "acme"}, unique_key="own"))
+    assert (acme.created, acme_full.created, other.created, chosen.created) == (True, False, True, True)
+    assert acme_full.job.job_id == acme.job.job_id
+    (held,) = [key for key, (job_id, _) in store.unique_keys.items() if job_id == acme.job.job_id]
+    assert held.startswith("sync:") and store.unique_keys[held][1] is not None  # the type's 60 s window
