@@ -41,6 +41,16 @@ class JobNotFound(TaskappError):
         self.job_id = job_id
 
 
+class ScheduleNotFound(TaskappError):
+    """Raised when no schedule has the given name."""
+
+    grpc_code = "NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name
+
+
 class JobAlreadyExists(FieldError):
     """Raised when a job_id is reused with a different request; `field` names it within a batch."""
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from taskapp.broker_stats import BrokerStats
@@ -62,7 +62,7 @@ class QueueCollector(Collector):
         self.broker_stats = broker_stats
         self.store = store
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily(
             "taskapp_queue_depth", "Messages waiting in a broker queue", labels=["queue"]
         )
@@ -82,3 +82,27 @@ class QueueCollector(Collector):
             yield GaugeMetricFamily(
                 "taskapp_jobs_scheduled", "Jobs waiting in SQL for their run_at", scheduled
             )
+        try:
+            schedules = self.store.list_schedules()
+        except TaskappError as exc:
+            log.debug("schedules left out of this scrape: %s", exc)
+            return
+        counters = {
+            "fired": CounterMetricFamily(
+                "taskapp_schedule_firings", "Jobs a schedule's firings created", labels=["schedule"]
+            ),
+            "skipped": CounterMetricFamily(
+                "taskapp_schedule_skipped_firings",
+                "Firings skipped because the previous firing's job was unfinished (overlap skip)",
+                labels=["schedule"],
+            ),
+            "missed": CounterMetricFamily(
+                "taskapp_schedule_missed_firings",
+                "Firings due while no scheduler ran (or more than a minute late) that did not run",
+                labels=["schedule"],
+            ),
+        }
+        for schedule in schedules:  # kept in SQL: they survive every process's restart
+            for field, family in counters.items():
+                family.add_metric([schedule.name], getattr(schedule, field))
+        yield from counters.values()

@@ -1,7 +1,7 @@
 """The scheduler process: sends the messages SQL says are due or owed, rescues lost runs, heals a broker that
 lost messages, and deletes what retention has expired.
 
-Each pass it (1) moves SCHEDULED jobs whose `run_at` has come to QUEUED and publishes them, (2) publishes the
+Each pass it (0) fires the recurring schedules that are due (`taskapp.schedules`), (1) moves SCHEDULED jobs whose `run_at` has come to QUEUED and publishes them, (2) publishes the
 messages owed: retries whose back-off has ended (ahead of the jobs waiting in their queue: they keep their
 place in line), and jobs whose writer died between its commit and its publish (the outbox), (3) rescues RUNNING
 jobs whose lease lapsed (their worker is gone or cut off, and has stopped the run): another attempt after a
@@ -42,6 +42,9 @@ from taskapp.outcomes import end_failed_run
 from taskapp.publisher import CeleryPublisher, Publisher
 from taskapp.reconcile import BrokerLossWatch, OrphanWatch, publish_owed, reconcile
 from taskapp.redis_target import redis_client
+from taskapp.registry import load_handlers
+from taskapp.schedules import ScheduleService
+from taskapp.service import JobService
 from taskapp.store.engine import open_store
 from taskapp.store.port import JobStore
 
@@ -70,6 +73,7 @@ LAPSED = "lease lapsed: the run's worker is gone or cut off from the job databas
 
 @dataclass(frozen=True, slots=True)
 class PassReport:
+    fired: int
     promoted: int
     republished: int
     rescued: int
@@ -89,9 +93,13 @@ class Scheduler:
         retention: timedelta,
         broker_watch: BrokerLossWatch | None = None,
         orphan_watch: OrphanWatch | None = None,
+        schedules: ScheduleService | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
+        self.schedules = schedules
+        #: Firings due before this (no scheduler of ours was running) are missed, not late.
+        self.running_since = clock()
         self.publisher = publisher
         self.retention = retention
         self.broker_watch = broker_watch
@@ -101,6 +109,7 @@ class Scheduler:
 
     def run_pass(self) -> PassReport:
         return PassReport(
+            fired=self.fire_schedules(),
             promoted=self.publish_due(),
             republished=self.publish_owed(),
             rescued=self.rescue_lapsed(),
@@ -108,6 +117,12 @@ class Scheduler:
             reconciled=self.heal_broker(),
             purged=self.purge_expired(),
         )
+
+    def fire_schedules(self) -> int:
+        """The recurring schedules' due firings, each a job with an id of its own (`taskapp.schedules`)."""
+        if self.schedules is None:
+            return 0
+        return self.schedules.fire_due(self.running_since)
 
     def publish_due(self) -> int:
         """SCHEDULED -> QUEUED for every job whose time has come, then publish them."""
@@ -259,12 +274,15 @@ def main() -> None:
     setup_process_logging(settings.log_format)
     store = open_store(settings.database_url, change_hooks=[ChangePublisher(settings.redis_url)])
     client = redis_client(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    publisher = CeleryPublisher(celery_app)
+    jobs = JobService(store, publisher, load_handlers(settings.handler_modules))
     scheduler = Scheduler(
         store,
-        CeleryPublisher(celery_app),
+        publisher,
         retention=settings.retention,
         broker_watch=BrokerLossWatch(client, store),
         orphan_watch=OrphanWatch(client, after=settings.lease_seconds),
+        schedules=ScheduleService(store, jobs.submit, jobs.validate),
     )
     lease = Lease(client, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     stop = threading.Event()

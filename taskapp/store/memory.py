@@ -28,6 +28,7 @@ from taskapp.jobs import (
     check_run_failure,
     wants_a_run,
 )
+from taskapp.schedules import Schedule
 from taskapp.store.port import ChangeHook
 from taskapp.store.rows import job_from_row, new_job_row
 
@@ -44,6 +45,7 @@ class InMemoryJobStore:
         self._seq = 0
         self._event_seq = 0
         self.beats: dict[str, WorkerBeat] = {}
+        self.schedules: dict[str, Schedule] = {}
         #: Unique key -> (the job holding it, until when; None: until that job has finished).
         self.unique_keys: dict[str, tuple[str, datetime | None]] = {}
         self._lock = threading.Lock()
@@ -152,6 +154,55 @@ class InMemoryJobStore:
     def beat(self, worker: WorkerBeat) -> None:
         with self._lock:
             self.beats[worker.name] = worker
+
+    # Schedules.
+
+    def get_schedule(self, name: str) -> Schedule | None:
+        with self._lock:
+            return self.schedules.get(name)
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        with self._lock:
+            return [self.schedules[name] for name in sorted(self.schedules)]
+
+    def create_schedule(self, schedule: Schedule) -> Schedule:
+        with self._lock:
+            return self.schedules.setdefault(schedule.name, schedule)
+
+    def update_schedule(self, schedule: Schedule) -> Schedule:
+        with self._lock:
+            stored = self.schedules.get(schedule.name)
+            if stored is None:
+                return schedule
+            updated = self.schedules[schedule.name] = dataclasses.replace(
+                stored, spec=schedule.spec, next_fire_at=schedule.next_fire_at, updated_at=schedule.updated_at
+            )
+            return updated
+
+    def delete_schedule(self, name: str) -> bool:
+        with self._lock:
+            return self.schedules.pop(name, None) is not None
+
+    def due_schedules(self, now: datetime, limit: int) -> builtins.list[Schedule]:
+        with self._lock:
+            due = [s for s in self.schedules.values() if s.next_fire_at <= now and not s.spec.paused]
+        return sorted(due, key=lambda schedule: schedule.next_fire_at)[:limit]
+
+    def advance_schedule(self, schedule: Schedule, expected_next_fire_at: datetime) -> bool:
+        with self._lock:
+            stored = self.schedules.get(schedule.name)
+            if stored is None or stored.next_fire_at != expected_next_fire_at:
+                return False
+            self.schedules[schedule.name] = dataclasses.replace(
+                stored,
+                next_fire_at=schedule.next_fire_at,
+                last_fire_at=schedule.last_fire_at,
+                last_job_id=schedule.last_job_id,
+                fired=schedule.fired,
+                skipped=schedule.skipped,
+                missed=schedule.missed,
+            )
+            return True
 
     def ping(self) -> None:
         pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskapp.jobs import (
     Activity,
@@ -29,6 +29,9 @@ from taskapp.jobs import (
     SentMessage,
     WorkerBeat,
 )
+
+if TYPE_CHECKING:  # schedules.py types its store with this port
+    from taskapp.schedules import Schedule
 
 #: Called after a commit with the changes it made to existing jobs: `taskapp.notify` publishes the job ids for
 #: WatchJob, `taskapp.metrics` counts what happened.
@@ -193,6 +196,33 @@ class JobStore(Protocol):
 
     def beat(self, worker: WorkerBeat) -> None:
         """Record that `worker` is alive (one row per worker name, the latest beat kept)."""
+        ...
+
+    # Schedules (`taskapp.schedules`).
+
+    def get_schedule(self, name: str) -> Schedule | None: ...
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name."""
+        ...
+
+    def create_schedule(self, schedule: Schedule) -> Schedule:
+        """Insert it; if one of its name was created meanwhile, that one is kept and returned."""
+        ...
+
+    def update_schedule(self, schedule: Schedule) -> Schedule:
+        """Its definition and next firing (its firings' record is kept as stored)."""
+        ...
+
+    def delete_schedule(self, name: str) -> bool: ...
+
+    def due_schedules(self, now: datetime, limit: int) -> builtins.list[Schedule]:
+        """Active schedules whose next firing is at or before `now`, earliest first."""
+        ...
+
+    def advance_schedule(self, schedule: Schedule, expected_next_fire_at: datetime) -> bool:
+        """Record a pass's firings (next, last, counters) if its next firing is still `expected_next_fire_at`:
+        of two schedulers firing one schedule, one advances it."""
         ...
 
     def purge_finished(self, finished_before: datetime, limit: int) -> builtins.list[tuple[str, JobState]]:

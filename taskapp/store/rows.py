@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskapp.jobs import Job, JobEvent, JobState, LogLine, NewJob, Priority
+from taskapp.jobs import Job, JobEvent, JobState, LogLine, NewJob, Priority, SubmitRequest
+from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
 #: A job's columns, in the order of `Job`'s fields (the two have the same names).
 JOB_COLUMNS = tuple(field.name for field in dataclasses.fields(Job))
@@ -87,3 +88,65 @@ def log_line_from_row(row: Mapping[Any, Any]) -> LogLine:
     at = aware(row["at"])
     assert at is not None
     return LogLine(at=at, level=row["level"], attempt=row["attempt"], message=row["message"])
+
+
+def schedule_row(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as its `schedules` row."""
+    spec, job = schedule.spec, schedule.spec.job
+    return {
+        "name": spec.name,
+        "cron": spec.cron,
+        "time_zone": spec.time_zone,
+        "interval_seconds": int(spec.interval.total_seconds()) if spec.interval else None,
+        "job": {
+            "type": job.type,
+            "payload": job.payload,
+            "priority": job.priority.value if job.priority else None,
+            "max_attempts": job.max_attempts,
+            "timeout_seconds": job.timeout_seconds,
+            "labels": job.labels,
+        },
+        "overlap": spec.overlap.value,
+        "catch_up": spec.catch_up.value,
+        "paused": spec.paused,
+        "next_fire_at": schedule.next_fire_at,
+        "last_fire_at": schedule.last_fire_at,
+        "last_job_id": schedule.last_job_id,
+        "fired": schedule.fired,
+        "skipped": schedule.skipped,
+        "missed": schedule.missed,
+        "created_at": schedule.created_at,
+        "updated_at": schedule.updated_at,
+    }
+
+
+def schedule_from_row(row: Mapping[Any, Any]) -> Schedule:
+    job = row["job"]
+    spec = ScheduleSpec(
+        name=row["name"],
+        job=SubmitRequest(
+            type=job["type"],
+            payload=job["payload"],
+            priority=Priority(job["priority"]) if job["priority"] else None,
+            max_attempts=job["max_attempts"],
+            timeout_seconds=job["timeout_seconds"],
+            labels=job["labels"],
+        ),
+        cron=row["cron"],
+        time_zone=row["time_zone"],
+        interval=timedelta(seconds=row["interval_seconds"]) if row["interval_seconds"] else None,
+        overlap=Overlap(row["overlap"]),
+        catch_up=CatchUp(row["catch_up"]),
+        paused=bool(row["paused"]),
+    )
+    return Schedule(
+        spec=spec,
+        next_fire_at=aware(row["next_fire_at"]),  # type: ignore[arg-type]
+        created_at=aware(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=aware(row["updated_at"]),  # type: ignore[arg-type]
+        last_fire_at=aware(row["last_fire_at"]),
+        last_job_id=row["last_job_id"],
+        fired=row["fired"],
+        skipped=row["skipped"],
+        missed=row["missed"],
+    )

@@ -36,9 +36,25 @@ from taskapp.jobs import (
     WorkerBeat,
     check_run_failure,
 )
+from taskapp.schedules import Schedule
 from taskapp.store.port import ChangeHook
-from taskapp.store.rows import aware, event_from_row, job_from_row, log_line_from_row, new_job_row
-from taskapp.store.tables import events_table, jobs_table, logs_table, unique_keys_table, workers_table
+from taskapp.store.rows import (
+    aware,
+    event_from_row,
+    job_from_row,
+    log_line_from_row,
+    new_job_row,
+    schedule_from_row,
+    schedule_row,
+)
+from taskapp.store.tables import (
+    events_table,
+    jobs_table,
+    logs_table,
+    schedules_table,
+    unique_keys_table,
+    workers_table,
+)
 
 #: Where a transaction collects the changes it made, for the change hooks after its commit.
 _CHANGED = "taskapp.changed_jobs"
@@ -752,6 +768,69 @@ class SqlJobStore:
             )
             for row in rows
         ]
+
+    # Schedules.
+
+    def get_schedule(self, name: str) -> Schedule | None:
+        query = sa.select(schedules_table).where(schedules_table.c.name == name)
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else schedule_from_row(row._mapping)
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        query = sa.select(schedules_table).order_by(schedules_table.c.name)
+        with self._transaction() as conn:
+            return [schedule_from_row(row._mapping) for row in conn.execute(query)]
+
+    def create_schedule(self, schedule: Schedule) -> Schedule:
+        insert = self._insert(schedules_table).values(schedule_row(schedule)).on_conflict_do_nothing()
+        with self._transaction() as conn:
+            conn.execute(insert)
+            row = conn.execute(
+                sa.select(schedules_table).where(schedules_table.c.name == schedule.name)
+            ).one()
+        return schedule_from_row(row._mapping)
+
+    def update_schedule(self, schedule: Schedule) -> Schedule:
+        kept = ("name", "created_at", "last_fire_at", "last_job_id", "fired", "skipped", "missed")
+        values = {key: value for key, value in schedule_row(schedule).items() if key not in kept}
+        c = schedules_table.c
+        with self._transaction() as conn:
+            row = conn.execute(
+                schedules_table.update()
+                .where(c.name == schedule.name)
+                .values(values)
+                .returning(*schedules_table.c)
+            ).first()
+        return schedule if row is None else schedule_from_row(row._mapping)
+
+    def delete_schedule(self, name: str) -> bool:
+        with self._transaction() as conn:
+            deleted = conn.execute(schedules_table.delete().where(schedules_table.c.name == name))
+        return bool(deleted.rowcount)
+
+    def due_schedules(self, now: datetime, limit: int) -> builtins.list[Schedule]:
+        c = schedules_table.c
+        query = (
+            sa.select(schedules_table)
+            .where(c.next_fire_at <= now, c.paused.is_(False))
+            .order_by(c.next_fire_at)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [schedule_from_row(row._mapping) for row in conn.execute(query)]
+
+    def advance_schedule(self, schedule: Schedule, expected_next_fire_at: datetime) -> bool:
+        fields = ("next_fire_at", "last_fire_at", "last_job_id", "fired", "skipped", "missed")
+        row = schedule_row(schedule)
+        c = schedules_table.c
+        with self._transaction() as conn:
+            updated = conn.execute(
+                schedules_table.update()
+                .where(c.name == schedule.name, c.next_fire_at == expected_next_fire_at)
+                .values({field: row[field] for field in fields})
+            )
+        return bool(updated.rowcount)
 
     def count_scheduled(self) -> int:
         query = (

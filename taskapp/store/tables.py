@@ -135,8 +135,33 @@ class UniqueKeyRow(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
 
 
+class ScheduleRow(SQLModel, table=True):
+    """A recurring schedule (`taskapp.schedules`): its definition, its next firing, and what its firings did."""
+
+    __tablename__ = "schedules"
+
+    name: str = Field(sa_type=sa.String(64), primary_key=True)
+    cron: str = Field(sa_type=sa.String(255))
+    time_zone: str = Field(sa_type=sa.String(64))
+    interval_seconds: int | None = Field(default=None, nullable=True)
+    #: The template of each firing's job: type, payload, priority, max_attempts, timeout_seconds, labels.
+    job: dict[str, Any] = Field(sa_type=_JSON_TYPE)
+    overlap: str = Field(sa_type=sa.String(8))
+    catch_up: str = Field(sa_type=sa.String(8))
+    paused: bool
+    next_fire_at: datetime = Field(sa_type=_TIMESTAMP, index=True)
+    last_fire_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    last_job_id: str = Field(sa_type=sa.String(128))
+    fired: int
+    skipped: int
+    missed: int
+    created_at: datetime = Field(sa_type=_TIMESTAMP)
+    updated_at: datetime = Field(sa_type=_TIMESTAMP)
+
+
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
 workers_table: sa.Table = WorkerRow.__table__  # type: ignore[attr-defined]
 unique_keys_table: sa.Table = UniqueKeyRow.__table__  # type: ignore[attr-defined]
+schedules_table: sa.Table = ScheduleRow.__table__  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -13,7 +14,18 @@ import pytest
 
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
-from taskapp.jobs import Job, JobChange, JobFilter, JobState, LogLine, Priority, SentMessage, WorkerBeat
+from taskapp.jobs import (
+    Job,
+    JobChange,
+    JobFilter,
+    JobState,
+    LogLine,
+    Priority,
+    SentMessage,
+    SubmitRequest,
+    WorkerBeat,
+)
+from taskapp.schedules import Schedule, ScheduleSpec
 from taskapp.store.engine import open_store
 from taskapp.store.memory import InMemoryJobStore
 from taskapp.store.port import JobStore
@@ -622,6 +634,41 @@ def test_a_discarded_job_lets_go_of_its_unique_key(store: JobStore) -> None:
     create(store, new_job("d1", unique_key="k", unique_for=timedelta(hours=1)), T0)
     store.discard_many(["d1"])
     assert store.create_many([new_job("d2", unique_key="k", unique_for=timedelta(hours=1))], T0)[0][1]
+
+
+def test_schedules_are_kept_found_when_due_and_advanced_once(store: JobStore) -> None:
+    job = SubmitRequest(type="echo", payload={"a": 1}, priority=Priority.HIGH, labels={"team": "ml"})
+    spec = ScheduleSpec(name="nightly", job=job, cron="30 2 * * *", time_zone="Europe/Berlin")
+    nightly = Schedule(spec=spec, next_fire_at=T0, created_at=T0, updated_at=T0)
+    assert store.create_schedule(nightly) == nightly
+    assert store.create_schedule(dataclasses.replace(nightly, next_fire_at=T0 + timedelta(days=1))) == nightly
+    ticking = Schedule(
+        spec=ScheduleSpec(name="tick", job=SubmitRequest(type="noop"), interval=timedelta(seconds=2)),
+        next_fire_at=T0 + timedelta(seconds=2),
+        created_at=T0,
+        updated_at=T0,
+    )
+    store.create_schedule(ticking)
+    assert [s.name for s in store.list_schedules()] == ["nightly", "tick"]
+    assert store.get_schedule("nightly") == nightly and store.get_schedule("none") is None
+    assert [s.name for s in store.due_schedules(T0 + timedelta(seconds=1), 10)] == ["nightly"]
+
+    fired = dataclasses.replace(
+        nightly, next_fire_at=T0 + timedelta(days=1), last_fire_at=T0, last_job_id="j", fired=1, missed=2
+    )
+    assert store.advance_schedule(fired, expected_next_fire_at=T0)
+    assert not store.advance_schedule(dataclasses.replace(fired, fired=2), expected_next_fire_at=T0)
+    assert store.get_schedule("nightly") == fired
+
+    paused = dataclasses.replace(
+        fired, spec=dataclasses.replace(spec, paused=True), updated_at=T0 + timedelta(1)
+    )
+    assert (
+        store.update_schedule(dataclasses.replace(paused, fired=99)) == paused
+    )  # the firings' record is kept
+    assert store.due_schedules(T0 + timedelta(days=2), 10) == [store.get_schedule("tick")]
+    assert store.delete_schedule("tick") and not store.delete_schedule("tick")
+    assert store.list_schedules() == [paused]
 
 
 def test_ping_answers(store: JobStore) -> None:
