@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
 from taskapp.jobs import Job, JobEvent, JobFilter, JobState, LogLine, Priority, QueueStats, SubmitRequest
+from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
 _PRIORITY_TO_PB = {
     Priority.LOW: jobs_pb2.PRIORITY_LOW,
@@ -242,3 +243,74 @@ def queue_stats_from_pb(stats: jobs_pb2.GetQueueStatsResponse) -> QueueStats:
         scheduled=stats.scheduled,
         workers=list(stats.workers),
     )
+
+
+# Schedules, both ways (the gateway reads definitions and answers schedules; clients the other way round).
+
+_OVERLAP_FROM_PB = {
+    jobs_pb2.OVERLAP_UNSPECIFIED: Overlap.SKIP,
+    jobs_pb2.OVERLAP_SKIP: Overlap.SKIP,
+    jobs_pb2.OVERLAP_ALLOW: Overlap.ALLOW,
+}
+_OVERLAP_TO_PB = {Overlap.SKIP: jobs_pb2.OVERLAP_SKIP, Overlap.ALLOW: jobs_pb2.OVERLAP_ALLOW}
+_CATCH_UP_FROM_PB = {
+    jobs_pb2.CATCH_UP_UNSPECIFIED: CatchUp.LATEST,
+    jobs_pb2.CATCH_UP_LATEST: CatchUp.LATEST,
+    jobs_pb2.CATCH_UP_SKIP: CatchUp.SKIP,
+}
+_CATCH_UP_TO_PB = {CatchUp.LATEST: jobs_pb2.CATCH_UP_LATEST, CatchUp.SKIP: jobs_pb2.CATCH_UP_SKIP}
+
+
+def schedule_spec_from_pb(schedule: jobs_pb2.Schedule) -> ScheduleSpec:
+    """A definition; its output-only fields are ignored."""
+    if schedule.overlap not in _OVERLAP_FROM_PB:
+        raise InvalidArgument("schedule.overlap", f"unknown value {schedule.overlap}")
+    if schedule.catch_up not in _CATCH_UP_FROM_PB:
+        raise InvalidArgument("schedule.catch_up", f"unknown value {schedule.catch_up}")
+    return ScheduleSpec(
+        name=schedule.name,
+        job=submit_request_from_pb(schedule.job, "job."),
+        cron=schedule.cron,
+        time_zone=schedule.time_zone or "UTC",
+        interval=_timedelta(schedule.interval, "interval") if schedule.HasField("interval") else None,
+        overlap=_OVERLAP_FROM_PB[schedule.overlap],
+        catch_up=_CATCH_UP_FROM_PB[schedule.catch_up],
+        paused=schedule.paused,
+    )
+
+
+def schedule_spec_to_pb(spec: ScheduleSpec) -> jobs_pb2.Schedule:
+    job = spec.job
+    template = jobs_pb2.SubmitJobRequest(type=job.type, labels=job.labels or {})
+    if job.priority is not None:
+        template.priority = _PRIORITY_TO_PB[job.priority]
+    if job.payload is not None:
+        template.payload.update(job.payload)
+    if job.max_attempts is not None:
+        template.max_attempts = job.max_attempts
+    if job.timeout_seconds is not None:
+        template.timeout_seconds = job.timeout_seconds
+    schedule = jobs_pb2.Schedule(
+        name=spec.name,
+        cron=spec.cron,
+        time_zone=spec.time_zone,
+        job=template,
+        overlap=_OVERLAP_TO_PB[spec.overlap],
+        catch_up=_CATCH_UP_TO_PB[spec.catch_up],
+        paused=spec.paused,
+    )
+    if spec.interval is not None:
+        schedule.interval.FromTimedelta(spec.interval)
+    return schedule
+
+
+def schedule_to_pb(schedule: Schedule) -> jobs_pb2.Schedule:
+    answer = schedule_spec_to_pb(schedule.spec)
+    answer.next_fire_at.FromDatetime(schedule.next_fire_at)
+    if schedule.last_fire_at is not None:
+        answer.last_fire_at.FromDatetime(schedule.last_fire_at)
+    answer.last_job_id = schedule.last_job_id
+    answer.fired, answer.skipped, answer.missed = schedule.fired, schedule.skipped, schedule.missed
+    answer.created_at.FromDatetime(schedule.created_at)
+    answer.updated_at.FromDatetime(schedule.updated_at)
+    return answer

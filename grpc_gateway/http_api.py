@@ -186,7 +186,9 @@ SubmitJobsRequest = model("SubmitJobsRequest")
 ListJobsRequest = model("ListJobsRequest")
 CancelJobsRequest = model("CancelJobsRequest")
 RetryJobsRequest = model("RetryJobsRequest")
+ScheduleBody = model("Schedule")
 JobId = Annotated[str, Path(description="The job's id")]
+ScheduleName = Annotated[str, Path(description="The schedule's name")]
 
 
 def query_parameters(request: type[BaseModel]) -> list[dict[str, Any]]:
@@ -348,6 +350,72 @@ def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
     async def queue_stats() -> JSONResponse:
         """GetQueueStats: messages waiting per priority, dead letters, scheduled jobs, workers that answer."""
         return await answer(servicer.GetQueueStats, jobs_pb2.GetQueueStatsRequest())
+
+    put_response = model("PutScheduleResponse")
+
+    @app.post("/v1/schedules", tags=["schedules"], dependencies=with_body, response_model=put_response)
+    async def create_schedule(body: ScheduleBody) -> JSONResponse:  # type: ignore[valid-type]
+        """CreateSchedule: creates it, or updates the schedule of that name to this definition."""
+        request = jobs_pb2.CreateScheduleRequest(schedule=parse(body, jobs_pb2.Schedule()))
+        return await answer(servicer.CreateSchedule, request)
+
+    @app.get(
+        "/v1/schedules",
+        tags=["schedules"],
+        dependencies=guarded,
+        response_model=model("ListSchedulesResponse"),
+    )
+    async def list_schedules() -> JSONResponse:
+        """ListSchedules: every schedule, by name."""
+        return await answer(servicer.ListSchedules, jobs_pb2.ListSchedulesRequest())
+
+    @app.get("/v1/schedules/{name}", tags=["schedules"], dependencies=guarded, response_model=ScheduleBody)
+    async def get_schedule(name: ScheduleName) -> JSONResponse:
+        """GetSchedule."""
+        return await answer(servicer.GetSchedule, jobs_pb2.GetScheduleRequest(name=name))
+
+    @app.put("/v1/schedules/{name}", tags=["schedules"], dependencies=with_body, response_model=put_response)
+    async def update_schedule(name: ScheduleName, body: ScheduleBody) -> JSONResponse:  # type: ignore[valid-type]
+        """UpdateSchedule: the body's name, if given, must be the path's."""
+        schedule = parse(body, jobs_pb2.Schedule())
+        if schedule.name and schedule.name != name:
+            raise Aborted("INVALID_ARGUMENT", "name: differs from the path's", "name")
+        schedule.name = name
+        return await answer(servicer.UpdateSchedule, jobs_pb2.UpdateScheduleRequest(schedule=schedule))
+
+    @app.delete(
+        "/v1/schedules/{name}",
+        tags=["schedules"],
+        dependencies=guarded,
+        response_model=model("DeleteScheduleResponse"),
+    )
+    async def delete_schedule(name: ScheduleName) -> JSONResponse:
+        """DeleteSchedule: its jobs stay."""
+        return await answer(servicer.DeleteSchedule, jobs_pb2.DeleteScheduleRequest(name=name))
+
+    @app.post(
+        "/v1/schedules/{name}:pause", tags=["schedules"], dependencies=guarded, response_model=ScheduleBody
+    )
+    async def pause_schedule(name: ScheduleName) -> JSONResponse:
+        """PauseSchedule."""
+        return await answer(servicer.PauseSchedule, jobs_pb2.PauseScheduleRequest(name=name))
+
+    @app.post(
+        "/v1/schedules/{name}:resume", tags=["schedules"], dependencies=guarded, response_model=ScheduleBody
+    )
+    async def resume_schedule(name: ScheduleName) -> JSONResponse:
+        """ResumeSchedule: the next firing is the first after now."""
+        return await answer(servicer.ResumeSchedule, jobs_pb2.ResumeScheduleRequest(name=name))
+
+    @app.post(
+        "/v1/schedules/{name}:trigger",
+        tags=["schedules"],
+        dependencies=guarded,
+        response_model=model("SubmitJobResponse"),
+    )
+    async def trigger_schedule(name: ScheduleName) -> JSONResponse:
+        """TriggerSchedule: fires now."""
+        return await answer(servicer.TriggerSchedule, jobs_pb2.TriggerScheduleRequest(name=name))
 
     app.openapi = _without_validation_errors(app.openapi)  # type: ignore[method-assign]
     return app

@@ -34,6 +34,7 @@ from taskapp.notify import ChangePublisher
 from taskapp.published_marks import PublishedMarks
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import load_handlers
+from taskapp.schedules import ScheduleService
 from taskapp.service import JobService
 from taskapp.store.engine import open_store
 
@@ -137,7 +138,9 @@ async def serve(settings: Settings) -> None:
     listening = asyncio.create_task(changes.run())
     batcher = SubmitBatcher(service.submit_validated)
     batching = asyncio.create_task(batcher.run())
-    servicer = JobServicer(service, changes, batcher)
+    servicer = JobServicer(
+        service, changes, batcher, ScheduleService(store, service.submit, service.validate)
+    )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
 
     health_servicer = health.aio.HealthServicer()

@@ -21,6 +21,7 @@ from taskapp import start_latency
 from taskapp.errors import FieldError, TaskappError
 from taskapp.jobs import BulkOutcome, SubmitOutcome
 from taskapp.metrics import JOBS_SUBMITTED
+from taskapp.schedules import ScheduleService
 from taskapp.service import JobService
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,11 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     """The service's calls block on SQL and the broker, so they run in worker threads, off the event loop."""
 
-    def __init__(self, service: JobService, changes: ChangeListener, batcher: SubmitBatcher) -> None:
+    def __init__(
+        self, service: JobService, changes: ChangeListener, batcher: SubmitBatcher, schedules: ScheduleService
+    ) -> None:
         self.service = service
+        self.schedules = schedules
         self.changes = changes
         self.batcher = batcher
         self.gate = Gate()
@@ -268,3 +272,70 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
             act, convert.filter_from_pb(request), dry_run=request.dry_run, limit=request.limit
         )
         return jobs_pb2.BulkResponse(acted_on=outcome.acted_on, skipped=outcome.skipped)
+
+    # Schedules.
+
+    @answers_errors
+    async def CreateSchedule(
+        self, request: jobs_pb2.CreateScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.PutScheduleResponse:
+        return await self._put_schedule(request.schedule, must_exist=False)
+
+    @answers_errors
+    async def UpdateSchedule(
+        self, request: jobs_pb2.UpdateScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.PutScheduleResponse:
+        return await self._put_schedule(request.schedule, must_exist=True)
+
+    async def _put_schedule(
+        self, schedule: jobs_pb2.Schedule, must_exist: bool
+    ) -> jobs_pb2.PutScheduleResponse:
+        spec = convert.schedule_spec_from_pb(schedule)
+        stored, created, changed = await asyncio.to_thread(self.schedules.put, spec, must_exist)
+        return jobs_pb2.PutScheduleResponse(
+            schedule=convert.schedule_to_pb(stored), created=created, changed=changed
+        )
+
+    @answers_errors
+    async def GetSchedule(
+        self, request: jobs_pb2.GetScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        return convert.schedule_to_pb(await asyncio.to_thread(self.schedules.get, request.name))
+
+    @answers_errors
+    async def ListSchedules(
+        self, request: jobs_pb2.ListSchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListSchedulesResponse:
+        schedules = await asyncio.to_thread(self.schedules.list)
+        return jobs_pb2.ListSchedulesResponse(schedules=[convert.schedule_to_pb(s) for s in schedules])
+
+    @answers_errors
+    async def PauseSchedule(
+        self, request: jobs_pb2.PauseScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        paused = await asyncio.to_thread(self.schedules.set_paused, request.name, True)
+        return convert.schedule_to_pb(paused)
+
+    @answers_errors
+    async def ResumeSchedule(
+        self, request: jobs_pb2.ResumeScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        resumed = await asyncio.to_thread(self.schedules.set_paused, request.name, False)
+        return convert.schedule_to_pb(resumed)
+
+    @answers_errors
+    async def DeleteSchedule(
+        self, request: jobs_pb2.DeleteScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.DeleteScheduleResponse:
+        return jobs_pb2.DeleteScheduleResponse(
+            deleted=await asyncio.to_thread(self.schedules.delete, request.name)
+        )
+
+    @answers_errors
+    async def TriggerSchedule(
+        self, request: jobs_pb2.TriggerScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitJobResponse:
+        outcome = await asyncio.to_thread(self.schedules.trigger, request.name)
+        return jobs_pb2.SubmitJobResponse(
+            job_id=outcome.job.job_id, state=convert.state_to_pb(outcome.job.state), created=outcome.created
+        )

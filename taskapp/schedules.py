@@ -31,7 +31,7 @@ from cronsim import CronSim, CronSimError
 
 from taskapp.clock import utcnow
 from taskapp.errors import InvalidArgument, JobAlreadyExists, ScheduleNotFound
-from taskapp.jobs import SubmitRequest
+from taskapp.jobs import SubmitOutcome, SubmitRequest
 
 if TYPE_CHECKING:
     from taskapp.store.port import JobStore
@@ -143,7 +143,7 @@ class ScheduleService:
     def __init__(
         self,
         store: JobStore,
-        submit: Callable[[SubmitRequest], object],
+        submit: Callable[[SubmitRequest], SubmitOutcome],
         validate: Callable[[SubmitRequest], object],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -223,7 +223,7 @@ class ScheduleService:
     def delete(self, name: str) -> bool:
         return self.store.delete_schedule(name)
 
-    def trigger(self, name: str) -> object:
+    def trigger(self, name: str) -> SubmitOutcome:
         """Fire now, beside the schedule's own firings (which it does not move)."""
         schedule = self.get(name)
         now = self._clock()

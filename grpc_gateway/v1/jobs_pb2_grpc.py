@@ -89,6 +89,46 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/CreateSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/UpdateSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/GetSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/taskapp.v1.JobService/ListSchedules',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/PauseSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/ResumeSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/DeleteSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/taskapp.v1.JobService/TriggerSchedule',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -173,6 +213,61 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """Recurring schedules: each firing is a job with an id derived from the schedule's name and the firing's
+        time ("schedule.<name>.<UTC time>Z"), labelled schedule=<name>, so it happens once across failovers.
+        Creates the schedule, or updates the one of that name to this definition (created/changed say which).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Changes an existing schedule's definition; NOT_FOUND if there is none of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """No firing while paused; firings due meanwhile are not caught up on resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """The schedule's jobs stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """Fires now, beside the schedule's own firings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +325,46 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJobs,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +664,222 @@ class JobService:
             '/taskapp.v1.JobService/RetryJobs',
             grpc__gateway_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.BulkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/CreateSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.CreateScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/UpdateSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.PutScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/GetSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ListSchedules',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/PauseSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.PauseScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ResumeSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ResumeScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/DeleteSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/TriggerSchedule',
+            grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,8 @@ def test_grpcurl_lists_the_job_and_health_services(make_stack: MakeStack) -> Non
         for m in (
             *("SubmitJob", "GetJob", "CancelJob", "ListJobs", "RetryJob"),
             *("SubmitJobs", "WatchJob", "GetJobLogs", "GetQueueStats", "CancelJobs", "RetryJobs"),
+            *("CreateSchedule", "UpdateSchedule", "GetSchedule", "ListSchedules", "PauseSchedule"),
+            *("ResumeSchedule", "DeleteSchedule", "TriggerSchedule"),
         )
     }
 

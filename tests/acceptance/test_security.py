@@ -30,6 +30,10 @@ TOKEN = "tok-3f9c2b7e1d0a4c58-never-log-me"
 OTHER_TOKEN = "tok-second-one-7a7a"
 PAYLOAD_SECRET = "pw-5e1f8c0b9d-secret-payload-value"
 
+#: A schedule a right token may create (paused: it never fires).
+SCHEDULE = jobs_pb2.Schedule(name="x", job=jobs_pb2.SubmitJobRequest(type="noop"), paused=True)
+SCHEDULE.interval.FromSeconds(3600)
+
 CALLS: dict[str, object] = {
     "SubmitJob": jobs_pb2.SubmitJobRequest(type="noop"),
     "SubmitJobs": jobs_pb2.SubmitJobsRequest(jobs=[jobs_pb2.SubmitJobRequest(type="noop")]),
@@ -42,6 +46,14 @@ CALLS: dict[str, object] = {
     "GetQueueStats": jobs_pb2.GetQueueStatsRequest(),
     "CancelJobs": jobs_pb2.CancelJobsRequest(job_id_prefix="x", dry_run=True),
     "RetryJobs": jobs_pb2.RetryJobsRequest(job_id_prefix="x", dry_run=True),
+    "CreateSchedule": jobs_pb2.CreateScheduleRequest(schedule=SCHEDULE),
+    "UpdateSchedule": jobs_pb2.UpdateScheduleRequest(schedule=SCHEDULE),
+    "GetSchedule": jobs_pb2.GetScheduleRequest(name="x"),
+    "ListSchedules": jobs_pb2.ListSchedulesRequest(),
+    "PauseSchedule": jobs_pb2.PauseScheduleRequest(name="x"),
+    "ResumeSchedule": jobs_pb2.ResumeScheduleRequest(name="x"),
+    "DeleteSchedule": jobs_pb2.DeleteScheduleRequest(name="x"),
+    "TriggerSchedule": jobs_pb2.TriggerScheduleRequest(name="x"),
 }
 
 
