@@ -173,11 +173,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), ensure_ascii=False))
 
 
-def _console() -> Console:
+def console_out() -> Console:
     """Rich's console on stdout. Piped, it does not cut tables to 80 columns: no screen is there to fit."""
     console = Console()
     if not console.is_terminal:
@@ -185,7 +185,7 @@ def _console() -> Console:
     return console
 
 
-def _when(value: datetime | None) -> str:
+def when(value: datetime | None) -> str:
     """A time for people: local, to the second, with its UTC offset."""
     return value.astimezone().isoformat(sep=" ", timespec="seconds") if value is not None else ""
 
@@ -197,7 +197,7 @@ def _describe(event: JobEvent) -> str:
 
 
 def _event_line(event: JobEvent) -> str:
-    return f"{event.state:<11}  attempt {event.attempt}  {_when(event.at)}  {_describe(event)}".rstrip()
+    return f"{event.state:<11}  attempt {event.attempt}  {when(event.at)}  {_describe(event)}".rstrip()
 
 
 def _follow(client: JobClient, job_id: str, as_json: bool, quiet: bool = False) -> None:
@@ -210,16 +210,14 @@ def _follow(client: JobClient, job_id: str, as_json: bool, quiet: bool = False) 
             if quiet:
                 continue
             if as_json:
-                _echo_json(event)
+                echo_json(event)
             else:
                 click.echo(_event_line(event))
     else:
         table = Table("STATE", "ATTEMPT", "AT", "MESSAGE", title=f"job {job_id}", title_justify="left")
         with Live(table, console=console, refresh_per_second=8):
             for event in client.watch(job_id):
-                table.add_row(
-                    *map(Text, (event.state, str(event.attempt), _when(event.at), _describe(event)))
-                )
+                table.add_row(*map(Text, (event.state, str(event.attempt), when(event.at), _describe(event))))
                 table.title = f"job {job_id}: {event.state}"
                 state = event.state
     if state is None or not state.is_terminal:
@@ -354,7 +352,7 @@ def submit(
         if quiet:
             click.echo(submitted.job_id)
         elif config.as_json:
-            _echo_json(submitted)
+            echo_json(submitted)
         else:
             again = ""
             if not submitted.created:
@@ -372,9 +370,9 @@ def get(config: CliConfig, job_id: str) -> None:
     with config.connect() as client:
         job = client.get(job_id)
     if config.as_json:
-        _echo_json(job)
+        echo_json(job)
     else:
-        _console().print(_job_grid(job))
+        console_out().print(_job_grid(job))
 
 
 def _job_grid(job: Job) -> Table:
@@ -390,10 +388,10 @@ def _job_grid(job: Job) -> Table:
         "result": json.dumps(_jsonable(job.result), ensure_ascii=False) if job.result is not None else "",
         "last error": job.last_error,
         "progress": progress.rstrip(),
-        "created": _when(job.created_at),
-        "scheduled": _when(job.scheduled_at),
-        "started": _when(job.started_at),
-        "finished": _when(job.finished_at),
+        "created": when(job.created_at),
+        "scheduled": when(job.scheduled_at),
+        "started": when(job.started_at),
+        "finished": when(job.finished_at),
         "worker": job.worker,
     }
     grid = Table.grid(padding=(0, 2))
@@ -416,7 +414,7 @@ def cancel(config: CliConfig, job_id: str) -> None:
     with config.connect() as client:
         outcome = client.cancel(job_id)
     if config.as_json:
-        _echo_json(outcome)
+        echo_json(outcome)
     elif outcome.cancelled:
         click.echo(f"job {job_id}: {outcome.state}")
     else:
@@ -433,7 +431,7 @@ def retry(config: CliConfig, job_id: str) -> None:
     with config.connect() as client:
         job = client.retry(job_id)
     if config.as_json:
-        _echo_json(job)
+        echo_json(job)
     else:
         click.echo(f"job {job.job_id}: {job.state}")
 
@@ -506,7 +504,7 @@ def list_jobs(config: CliConfig, page_size: int, page_token: str, **filters: Any
             page_token=page_token,
         )
     if config.as_json:
-        _echo_json(page)
+        echo_json(page)
         return
     table = Table(box=box.SIMPLE_HEAD)
     for header in ("ID", "TYPE", "STATE", "PRIORITY", "ATTEMPTS", "CREATED"):
@@ -514,8 +512,8 @@ def list_jobs(config: CliConfig, page_size: int, page_token: str, **filters: Any
         table.add_column(header, no_wrap=True, overflow="ellipsis")
     for job in page.jobs:
         row = (job.job_id, job.type, job.state, job.priority, f"{job.attempts}/{job.max_attempts}")
-        table.add_row(*map(Text, (*row, _when(job.created_at))))
-    _console().print(table)
+        table.add_row(*map(Text, (*row, when(job.created_at))))
+    console_out().print(table)
     if page.next_page_token:
         click.echo(f"more: --page-token {page.next_page_token}")
 
@@ -532,7 +530,7 @@ def _bulk_command(name: str, action: str, help: str) -> None:
         with config.connect() as client:
             outcome = getattr(client, f"{action}_many")(_job_filter(**filters), dry_run=dry_run, limit=limit)
         if config.as_json:
-            _echo_json(outcome)
+            echo_json(outcome)
         else:
             verb = {"cancel": "cancelled", "retry": "queued again"}[action]
             would = "would be " if dry_run else ""
@@ -572,10 +570,10 @@ def logs(config: CliConfig, job_id: str) -> None:
     with config.connect() as client:
         lines = client.logs(job_id)
     if config.as_json:
-        _echo_json(lines)
+        echo_json(lines)
         return
     for line in lines:
-        click.echo(f"{_when(line.at)}  {line.level:<8} attempt {line.attempt}  {line.message}")
+        click.echo(f"{when(line.at)}  {line.level:<8} attempt {line.attempt}  {line.message}")
 
 
 @main.command()
@@ -587,12 +585,18 @@ def stats(config: CliConfig) -> None:
     with config.connect() as client:
         queue_stats = client.stats()
     if config.as_json:
-        _echo_json(queue_stats)
+        echo_json(queue_stats)
         return
     table = Table("QUEUE", "WAITING")
     for priority, depth in queue_stats.depths.items():
         table.add_row(priority, str(depth))
     table.add_row("dead_letter", str(queue_stats.dead_letter))
-    _console().print(table)
+    console_out().print(table)
     click.echo(f"scheduled: {queue_stats.scheduled}")
     click.echo(f"workers: {', '.join(queue_stats.workers) or 'none answered'}")
+
+
+# The schedule verbs live in their own module, which builds on the helpers above.
+from grpc_gateway.cli_schedules import schedules  # noqa: E402
+
+main.add_command(schedules)

@@ -32,15 +32,21 @@ from taskapp.jobs import (
     QueueStats,
     SubmitRequest,
 )
+from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
 __all__ = [
     "DEFAULT_ADDRESS",
     "AsyncJobClient",
     "Cancelled",
+    "CatchUp",
     "JobClient",
     "JobPage",
     "JobServiceError",
     "JobSpec",
+    "Overlap",
+    "PutSchedule",
+    "Schedule",
+    "ScheduleSpec",
     "Submitted",
     "channel_target",
 ]
@@ -110,6 +116,14 @@ class JobServiceError(Exception):
 
 #: One job to submit: the service's own `SubmitRequest`, under the name clients know it by.
 JobSpec = SubmitRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PutSchedule:
+    schedule: Schedule
+    created: bool
+    #: False when the schedule was already this definition.
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +346,40 @@ class JobClient:
         """Retry every FAILED, DEAD_LETTER or CANCELLED job `filter` matches (at most `limit`; 0: all)."""
         request = _filtered(jobs_pb2.RetryJobsRequest(dry_run=dry_run, limit=limit), filter)
         return _bulk(self._call(self._stub.RetryJobs, request))
+
+    # Schedules.
+
+    def put_schedule(self, spec: ScheduleSpec, *, must_exist: bool = False) -> PutSchedule:
+        """CreateSchedule (or UpdateSchedule with `must_exist`): the schedule, whether created, whether changed."""
+        schedule = convert.schedule_spec_to_pb(spec)
+        if must_exist:
+            reply = self._call(self._stub.UpdateSchedule, jobs_pb2.UpdateScheduleRequest(schedule=schedule))
+        else:
+            reply = self._call(self._stub.CreateSchedule, jobs_pb2.CreateScheduleRequest(schedule=schedule))
+        return PutSchedule(convert.schedule_from_pb(reply.schedule), reply.created, reply.changed)
+
+    def get_schedule(self, name: str) -> Schedule:
+        return convert.schedule_from_pb(
+            self._call(self._stub.GetSchedule, jobs_pb2.GetScheduleRequest(name=name))
+        )
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        reply = self._call(self._stub.ListSchedules, jobs_pb2.ListSchedulesRequest())
+        return [convert.schedule_from_pb(schedule) for schedule in reply.schedules]
+
+    def pause_schedule(self, name: str) -> Schedule:
+        reply = self._call(self._stub.PauseSchedule, jobs_pb2.PauseScheduleRequest(name=name))
+        return convert.schedule_from_pb(reply)
+
+    def resume_schedule(self, name: str) -> Schedule:
+        reply = self._call(self._stub.ResumeSchedule, jobs_pb2.ResumeScheduleRequest(name=name))
+        return convert.schedule_from_pb(reply)
+
+    def delete_schedule(self, name: str) -> bool:
+        return bool(self._call(self._stub.DeleteSchedule, jobs_pb2.DeleteScheduleRequest(name=name)).deleted)
+
+    def trigger_schedule(self, name: str) -> Submitted:
+        return _submitted(self._call(self._stub.TriggerSchedule, jobs_pb2.TriggerScheduleRequest(name=name)))
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.

@@ -314,3 +314,18 @@ def schedule_to_pb(schedule: Schedule) -> jobs_pb2.Schedule:
     answer.created_at.FromDatetime(schedule.created_at)
     answer.updated_at.FromDatetime(schedule.updated_at)
     return answer
+
+
+def schedule_from_pb(schedule: jobs_pb2.Schedule) -> Schedule:
+    """A schedule as a client sees it."""
+    return Schedule(
+        spec=schedule_spec_from_pb(schedule),
+        next_fire_at=schedule.next_fire_at.ToDatetime(tzinfo=UTC),
+        created_at=schedule.created_at.ToDatetime(tzinfo=UTC),
+        updated_at=schedule.updated_at.ToDatetime(tzinfo=UTC),
+        last_fire_at=_optional_datetime(schedule, "last_fire_at"),
+        last_job_id=schedule.last_job_id,
+        fired=schedule.fired,
+        skipped=schedule.skipped,
+        missed=schedule.missed,
+    )

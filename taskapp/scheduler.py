@@ -288,6 +288,11 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("scheduler %s starting (retention %s)", lease.holder, settings.retention)
+    log.info(
+        "scheduler %s starting (retention %s; schedule firings due before %s are missed)",
+        lease.holder,
+        settings.retention,
+        scheduler.running_since.isoformat(),
+    )
     run_scheduler(scheduler, lease, stop)
     log.info("scheduler %s stopped", lease.holder)
