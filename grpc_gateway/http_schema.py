@@ -2,8 +2,8 @@
 
 FastAPI checks HTTP bodies and query parameters with them and writes the OpenAPI document from them, so the
 HTTP API cannot drift from the proto. They describe the proto3 JSON mapping with the proto's field names (as
-grpcurl prints them): enums as their names, int64 as a decimal string, Timestamp as an RFC 3339 string, Struct
-as an object. Parsing into the message is left to `google.protobuf.json_format`, which checks what a JSON schema
+grpcurl prints them): enums as their names, int64 as a decimal string, Timestamp as an RFC 3339 string,
+Duration as seconds with an s ("3600s"), Struct as an object. Parsing into the message is left to `google.protobuf.json_format`, which checks what a JSON schema
 cannot (a Timestamp's range, say).
 """
 
@@ -26,6 +26,14 @@ SCALARS: dict[int, Any] = {
 WELL_KNOWN: dict[str, Any] = {
     "google.protobuf.Timestamp": Annotated[
         str, Field(json_schema_extra={"format": "date-time"}, examples=["2026-12-01T09:00:00Z"])
+    ],
+    "google.protobuf.Duration": Annotated[
+        str,
+        Field(
+            pattern=r"^-?[0-9]{1,12}(\.[0-9]{1,9})?s$",
+            description="seconds with an s, e.g. 3600s",
+            examples=["3600s"],
+        ),
     ],
     "google.protobuf.Struct": dict[str, Any],
     "google.protobuf.Value": Any,

@@ -365,3 +365,26 @@ def test_the_locust_file_loads_the_api_without_a_failure(api: Stack) -> None:
     assert int(stats["/v1/jobs"]["Request Count"]) > 0 and int(stats["Aggregated"]["Failure Count"]) == 0, (
         stats
     )
+
+
+def test_schedules_over_http(api: Stack) -> None:
+    definition = {"name": "http-tick", "interval": "3600s", "job": {"type": "noop"}, "paused": True}
+    with client(api) as http:
+        created = http.post("/v1/schedules", json=definition)
+        assert created.status_code == 200, created.text
+        assert (created.json()["created"], created.json()["schedule"]["paused"]) == (True, True)
+        assert http.post("/v1/schedules", json=definition).json()["changed"] is False
+        assert [s["name"] for s in http.get("/v1/schedules").json()["schedules"]] == ["http-tick"]
+        assert http.post("/v1/schedules/http-tick:resume").json()["paused"] is False
+        moved = http.put("/v1/schedules/http-tick", json={**definition, "interval": "1800s", "name": ""})
+        assert moved.json()["changed"] is True and moved.json()["schedule"]["interval"] == "1800s"
+        renamed = http.put("/v1/schedules/http-tick", json={**definition, "name": "other"})
+        assert (renamed.status_code, error_of(renamed)["field"]) == (400, "name")
+        fired = http.post("/v1/schedules/http-tick:trigger").json()
+        assert fired["created"] and fired["job_id"].startswith("schedule.http-tick.manual.")
+        assert http.get(f"/v1/jobs/{fired['job_id']}").json()["labels"] == {"schedule": "http-tick"}
+        assert http.delete("/v1/schedules/http-tick").json() == {"deleted": True}
+        missing = http.get("/v1/schedules/http-tick")
+        assert (missing.status_code, error_of(missing)["code"]) == (404, "NOT_FOUND")
+        bad = http.post("/v1/schedules", json={**definition, "interval": "1.5s"})
+        assert (bad.status_code, error_of(bad)["field"]) == (400, "interval")

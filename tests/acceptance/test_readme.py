@@ -20,13 +20,13 @@ README_ADDRESS = "127.0.0.1:50051"
 README_HTTP_ADDRESS = "127.0.0.1:8080"
 
 
-def readme_lines(tool: str) -> list[str]:
-    """The lines of README's "Try it" that run `tool`."""
+def readme_lines(tool: str, heading: str = "Try it") -> list[str]:
+    """The lines of README's section `heading` that run `tool`."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     lines = [line for block in blocks for line in block.splitlines() if line.startswith(f"{tool} ")]
-    assert lines, f"README's 'Try it' section has {tool} lines"
+    assert lines, f"README's {heading!r} section has {tool} lines"
     return lines
 
 
@@ -160,3 +160,23 @@ def test_run_script_says_clearly_when_redis_is_unreachable(tmp_path: Path) -> No
     )
     assert result.returncode == 1
     assert "is unreachable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_readme_schedule_examples_run_as_written(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """The grpcurl lines of "Recurring schedules", then its schedules file through `taskapp schedules apply`."""
+    stack = make_stack()
+    outputs = [run_line(line, stack) for line in readme_lines("grpcurl", "Recurring schedules")]
+    created = [json.loads(output) for output in outputs[:2]]
+    assert [(answer["schedule"]["name"], answer["created"]) for answer in created] == [
+        ("nightly-report", True),
+        ("heartbeat", True),
+    ]
+    assert created[0]["schedule"]["time_zone"] == "Europe/Berlin"
+    assert all(job["labels"] == {"schedule": "heartbeat"} for job in json.loads(outputs[2]).get("jobs", []))
+    text = (ROOT / "README.md").read_text().split("## Recurring schedules", 1)[1]
+    (schedules_file,) = re.findall(r"```toml\n(.*?)```", text.split("\n## ", 1)[0], re.S)
+    (tmp_path / "schedules.toml").write_text(schedules_file)
+    applied = run_line(
+        f"taskapp --address {stack.address} schedules apply {tmp_path / 'schedules.toml'}", stack
+    )
+    assert sorted(applied.splitlines()) == ["heartbeat: updated", "nightly-report: updated"]
