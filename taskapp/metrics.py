@@ -93,7 +93,8 @@ class QueueCollector(Collector):
             ),
             "skipped": CounterMetricFamily(
                 "taskapp_schedule_skipped_firings",
-                "Firings skipped because the previous firing's job was unfinished (overlap skip)",
+                "Firings skipped: the previous firing's job was unfinished (overlap skip), or the job could not "
+                "be submitted (its type is gone, say)",
                 labels=["schedule"],
             ),
             "missed": CounterMetricFamily(

@@ -254,7 +254,7 @@ class ScheduleService:
                 self._submit(self._firing(spec, job_id))
             except JobAlreadyExists:
                 pass  # fired before from an older definition of the schedule
-            except InvalidArgument as exc:  # its job type is gone, say: counted as missed, said in the log
+            except InvalidArgument as exc:  # its job type is gone, say: counted as skipped, said in the log
                 log.warning("schedule %s cannot fire: %s", spec.name, exc)
                 skipped += 1
                 continue

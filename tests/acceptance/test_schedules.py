@@ -208,6 +208,11 @@ def test_firings_missed_while_everything_was_stopped_run_once_or_not_at_all(make
         assert len(missed) >= 5
         assert fired_in_gap == missed[-1:] if caught_up else fired_in_gap == [], (name, fired_in_gap)
         assert schedule(stack, name).missed == len(missed) - caught_up
+        metrics = stack.env["TASKAPP_METRICS_ADDR"]
+        assert (
+            metric_total(metrics, "taskapp_schedule_missed_firings_total", schedule=name)
+            == len(missed) - caught_up
+        )
 
 
 def test_pause_resume_update_delete_and_apply_through_the_taskapp_command(
