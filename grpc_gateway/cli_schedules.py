@@ -126,9 +126,7 @@ def _spec(name: str, **options: Any) -> ScheduleSpec:
 @pass_cli_config
 def create(config: CliConfig, name: str, **options: Any) -> None:
     """Create schedule NAME, or update it to this definition."""
-    with config.connect() as client:
-        put = client.put_schedule(_spec(name, **options))
-    click.echo(f"schedule {name}: {'created' if put.created else 'updated' if put.changed else 'unchanged'}")
+    _put(config, _spec(name, **options), must_exist=False)
 
 
 @schedules.command("update")
@@ -136,9 +134,17 @@ def create(config: CliConfig, name: str, **options: Any) -> None:
 @pass_cli_config
 def update(config: CliConfig, name: str, **options: Any) -> None:
     """Change schedule NAME to this definition (it must exist)."""
+    _put(config, _spec(name, **options), must_exist=True)
+
+
+def _put(config: CliConfig, spec: ScheduleSpec, must_exist: bool) -> None:
     with config.connect() as client:
-        put = client.put_schedule(_spec(name, **options), must_exist=True)
-    click.echo(f"schedule {name}: {'updated' if put.changed else 'unchanged'}")
+        put = client.put_schedule(spec, must_exist=must_exist)
+    click.echo(f"schedule {spec.name}: {_outcome(put.created, put.changed)}")
+
+
+def _outcome(created: bool, changed: bool) -> str:
+    return "created" if created else "updated" if changed else "unchanged"
 
 
 @schedules.command("list")
@@ -212,9 +218,7 @@ def apply(config: CliConfig, file: Path) -> None:
     with config.connect() as client:
         for spec in wanted:
             put = client.put_schedule(spec)
-            click.echo(
-                f"{spec.name}: {'created' if put.created else 'updated' if put.changed else 'unchanged'}"
-            )
+            click.echo(f"{spec.name}: {_outcome(put.created, put.changed)}")
         for schedule in client.list_schedules():
             if schedule.name not in tables:
                 client.delete_schedule(schedule.name)

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from grpc_gateway import convert
 from grpc_gateway.auth import TokenAuth
 from grpc_gateway.console.session import COOKIE, CSRF_HEADER, SESSION_SECONDS, ConsoleAuth, Refused
 from grpc_gateway.http_api import HTTP_STATUS
@@ -171,9 +172,7 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
                 return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
             return await handler(request, **kwargs)
 
-        guarded.__name__ = handler.__name__
-        guarded.__signature__ = _signature_of(handler)  # type: ignore[attr-defined]
-        return guarded
+        return _routed_as(handler, guarded)
 
     def fragment(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A piece of a page (htmx swaps it in): refused without a session."""
@@ -184,9 +183,7 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
                 return HTMLResponse("sign in first", status_code=401)
             return await handler(request, **kwargs)
 
-        guarded.__name__ = handler.__name__
-        guarded.__signature__ = _signature_of(handler)  # type: ignore[attr-defined]
-        return guarded
+        return _routed_as(handler, guarded)
 
     def action(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
         """A POST that changes something: the operator's own (`ConsoleAuth.check_action`), its form parsed."""
@@ -205,9 +202,7 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
             except (TaskappError, Invalid) as exc:
                 return render(request, "message.html", status=_status_of(exc), message=str(exc), ok=False)
 
-        guarded.__name__ = handler.__name__
-        guarded.__signature__ = _signature_of(handler, drop=("form",))  # type: ignore[attr-defined]
-        return guarded
+        return _routed_as(handler, guarded, drop=("form",))
 
     # Signing in and out.
 
@@ -352,10 +347,9 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
         return render(request, "job.html", **context)
 
     @router.get("/jobs/{job_id}/live")
+    @fragment
     async def job_live(request: Request, job_id: str) -> Response:
         """The changing part of a job's page, again at each of its events (WatchJob), until it finishes."""
-        if sessions.session(request) is None:
-            return HTMLResponse("sign in first", status_code=401)
         events = servicer.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), _NoContext())
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -451,9 +445,7 @@ def timed(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitabl
     return answer
 
 
-_TERMINAL_PB = frozenset(
-    jobs_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState if state.is_terminal
-)
+_TERMINAL_PB = frozenset(convert.state_to_pb(state) for state in JobState if state.is_terminal)
 
 
 class _NoContext:
@@ -508,6 +500,15 @@ def _safe_next(target: str) -> str:
     return "/console/"
 
 
-def _signature_of(handler: Callable[..., Any], drop: tuple[str, ...] = ()) -> Any:
+def _routed_as(
+    handler: Callable[..., Awaitable[Response]],
+    guarded: Callable[..., Awaitable[Response]],
+    drop: tuple[str, ...] = (),
+) -> Callable[..., Awaitable[Response]]:
+    """`guarded` under `handler`'s name and signature (less `drop`), which FastAPI reads for its parameters."""
     signature = inspect.signature(handler)
-    return signature.replace(parameters=[p for name, p in signature.parameters.items() if name not in drop])
+    guarded.__name__ = handler.__name__
+    guarded.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for name, p in signature.parameters.items() if name not in drop]
+    )
+    return guarded

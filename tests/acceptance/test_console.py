@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Response as PlaywrightResponse
 
 from grpc_gateway.console.session import COOKIE
@@ -31,16 +30,6 @@ pytestmark = pytest.mark.xdist_group("console")
 TOKEN = "tok-console-8e2f61"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 ARTIFACTS = ROOT / "test-artifacts" / "console"
-#: As root and on a closed network, Chromium needs these (the machine's notes: /work/.library/env).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: The server's own time for a page (its Server-Timing), the issue's bound.
 PAGE_MS = 300
 
@@ -49,16 +38,6 @@ PAGE_MS = 300
 def stack(make_module_stack: MakeStack) -> Stack:
     """A gateway with a token, a worker running three jobs at once, and a scheduler."""
     return make_module_stack(concurrency=3, TASKAPP_AUTH_TOKENS=TOKEN)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Chromium is missing: install Debian's `chromium` package (.ci/run does)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def sign_in(browser: Browser, stack: Stack, token: str = TOKEN) -> Page:

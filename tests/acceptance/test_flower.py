@@ -6,12 +6,11 @@ Flower has seen survives a restart of Flower (its persistent state)."""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
 
 from tests.helpers import Stack, submit, wait_for
@@ -19,26 +18,6 @@ from tests.helpers import Stack, submit, wait_for
 MakeStack = Callable[..., Stack]
 
 USER, PASSWORD = "ops", "fl0wer-s3cret"
-#: As root and on a closed network, Chromium needs these (the machine's notes: /work/.library/env).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Chromium is missing: install Debian's `chromium` package (.ci/run does)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def start_flower(stack: Stack) -> str:
