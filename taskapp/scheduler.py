@@ -51,6 +51,8 @@ from taskapp.store.port import JobStore
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "taskapp:scheduler"
+#: Since when some scheduler has been running without a gap (`RunningSince`).
+RUNNING_SINCE_KEY = "taskapp:scheduler:running-since"
 #: A dead scheduler's lease runs out after this long, and a standby takes over.
 LEASE_SECONDS = 3.0
 #: Seconds between passes while active: a due job starts within about this much of its `run_at`.
@@ -98,7 +100,8 @@ class Scheduler:
     ) -> None:
         self.store = store
         self.schedules = schedules
-        #: Firings due before this (no scheduler of ours was running) are missed, not late.
+        #: Firings due before this (no scheduler of ours was running) are missed, not late; `run_scheduler`
+        #: moves it back to when the first of the schedulers running now started (`RunningSince`).
         self.running_since = clock()
         self.publisher = publisher
         self.retention = retention
@@ -231,7 +234,32 @@ class Lease:
             self.held = False
 
 
-def run_scheduler(scheduler: Scheduler, lease: Lease, stop: threading.Event) -> None:
+class RunningSince:
+    """Since when a scheduler of ours has been running without a gap: a key in Redis that every scheduler,
+    active or standing by, renews each turn, and that lapses when none has for a lease. A firing due since then
+    is late, not missed, whichever scheduler fires it: the one restarted after a kill may take the lease from a
+    standby that ran all along, and must fire what fell due while it was down."""
+
+    def __init__(self, client: redis.Redis, started: datetime, ttl: float = LEASE_SECONDS) -> None:
+        self.started = started
+        self._client = client
+        self._ttl_ms = int(ttl * 1000)
+
+    def renew(self) -> datetime:
+        """Say this scheduler runs; the earliest start of those running since, this one's at the latest (the
+        key is gone after a Redis restart, not the time this process has run)."""
+        pipe = self._client.pipeline()
+        pipe.set(RUNNING_SINCE_KEY, self.started.isoformat(), nx=True, px=self._ttl_ms)
+        pipe.pexpire(RUNNING_SINCE_KEY, self._ttl_ms)
+        pipe.get(RUNNING_SINCE_KEY)
+        value = pipe.execute()[-1]
+        since = datetime.fromisoformat(value.decode() if isinstance(value, bytes) else value)
+        return min(since, self.started)
+
+
+def run_scheduler(
+    scheduler: Scheduler, lease: Lease, stop: threading.Event, running: RunningSince | None = None
+) -> None:
     """Act while holding the lease, stand by otherwise, until `stop` is set; then hand the lease over."""
     was_active: bool | None = None
     #: One warning when passes start failing (a database or broker outage), one when they work again.
@@ -239,12 +267,20 @@ def run_scheduler(scheduler: Scheduler, lease: Lease, stop: threading.Event) -> 
     try:
         while not stop.is_set():
             try:
+                if running is not None:
+                    scheduler.running_since = running.renew()
                 active = lease.renew()
             except RedisError as exc:
                 log.warning("scheduler lease unavailable (Redis): %s", exc)
                 active = lease.held = False
             if active != was_active:
-                log.info("scheduler %s is %s", lease.holder, "active" if active else "standing by")
+                log.info(
+                    "scheduler %s is %s",
+                    lease.holder,
+                    f"active (schedule firings due before {scheduler.running_since.isoformat()} are missed)"
+                    if active
+                    else "standing by",
+                )
             was_active = active
             if active:
                 try:
@@ -288,11 +324,6 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info(
-        "scheduler %s starting (retention %s; schedule firings due before %s are missed)",
-        lease.holder,
-        settings.retention,
-        scheduler.running_since.isoformat(),
-    )
-    run_scheduler(scheduler, lease, stop)
+    log.info("scheduler %s starting (retention %s)", lease.holder, settings.retention)
+    run_scheduler(scheduler, lease, stop, RunningSince(client, scheduler.running_since))
     log.info("scheduler %s stopped", lease.holder)

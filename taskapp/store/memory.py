@@ -186,7 +186,7 @@ class InMemoryJobStore:
     def due_schedules(self, now: datetime, limit: int) -> builtins.list[Schedule]:
         with self._lock:
             due = [s for s in self.schedules.values() if s.next_fire_at <= now and not s.spec.paused]
-        return sorted(due, key=lambda schedule: schedule.next_fire_at)[:limit]
+        return sorted(due, key=lambda schedule: (schedule.next_fire_at, schedule.name))[:limit]
 
     def advance_schedule(self, schedule: Schedule, expected_next_fire_at: datetime) -> bool:
         with self._lock:

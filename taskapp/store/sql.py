@@ -814,7 +814,7 @@ class SqlJobStore:
         query = (
             sa.select(schedules_table)
             .where(c.next_fire_at <= now, c.paused.is_(False))
-            .order_by(c.next_fire_at)
+            .order_by(c.next_fire_at, c.name)
             .limit(limit)
         )
         with self._transaction() as conn:

@@ -189,13 +189,19 @@ def test_firings_missed_while_everything_was_stopped_run_once_or_not_at_all(make
     stack.start_gateway()
     stack.start_worker()
     stack.start_scheduler()
-    # The restarted scheduler's first line says from when it runs (its log follows the first one's).
+    # The restarted scheduler says from when it runs as it takes the lease (its log follows the first one's).
     wait_for(lambda: len(re.findall("firings due before", stack.log("scheduler"))) == 2, 30, "the restart")
     running_since = datetime.fromisoformat(
         re.findall(r"firings due before (\S+) are missed", stack.log("scheduler"))[-1]
     )
+    assert running_since > stopped + timedelta(seconds=10), "no scheduler ran while everything was stopped"
     wait_for(
-        lambda: schedule(stack, "skip").next_fire_at.ToDatetime(tzinfo=UTC) > running_since, 15, "a pass"
+        lambda: all(
+            schedule(stack, name).next_fire_at.ToDatetime(tzinfo=UTC) > running_since
+            for name in ("latest", "skip")
+        ),
+        15,
+        "a pass over both schedules",
     )
 
     for name, caught_up in (("latest", 1), ("skip", 0)):

@@ -26,10 +26,10 @@ from taskapp.reconcile import (
     publish_owed,
     reconcile,
 )
-from taskapp.scheduler import LAPSED, OUTBOX_GRACE, Lease, Scheduler
+from taskapp.scheduler import LAPSED, OUTBOX_GRACE, RUNNING_SINCE_KEY, Lease, RunningSince, Scheduler
 from taskapp.store.engine import open_store
 from taskapp.store.sql import SqlJobStore
-from tests.helpers import create, new_job
+from tests.helpers import create, new_job, wait_for
 
 T0 = utcnow()
 
@@ -299,3 +299,23 @@ def test_one_lease_holder_at_a_time(client: redis.Redis) -> None:
     assert client.get("taskapp:scheduler") == b"host:1:a"
     first.release()
     assert second.renew() and not first.renew()
+
+
+def test_schedulers_running_since_is_the_first_start_until_none_has_run_for_a_lease(
+    client: redis.Redis,
+) -> None:
+    ttl = 0.3
+    standby = RunningSince(client, T0, ttl)
+    assert standby.renew() == T0
+    # The active one, killed and started again while the standby ran: firings since T0 are late, not missed.
+    restarted = RunningSince(client, T0 + timedelta(seconds=5), ttl)
+    assert restarted.renew() == T0
+    assert standby.renew() == T0
+    # Every scheduler stopped for longer than the lease: the next one runs since its own start.
+    wait_for(lambda: not client.exists(RUNNING_SINCE_KEY), 5, "the key to lapse")
+    later = RunningSince(client, T0 + timedelta(seconds=60), ttl)
+    assert later.renew() == T0 + timedelta(seconds=60)
+    # A Redis that lost the key does not make a scheduler's own run any shorter.
+    client.delete(RUNNING_SINCE_KEY)
+    assert standby.renew() == T0
+    assert later.renew() == T0
