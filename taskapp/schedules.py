@@ -8,8 +8,8 @@ missed: the gateway's /metrics reads them from SQL) move once too.
 
 Firing times come from a cron expression in a time zone (cronsim, with cron's daylight-saving rules: a time
 that does not exist runs when the clock jumps, a time that occurs twice runs once) or a fixed interval aligned
-on the Unix epoch. A firing whose time passed while no scheduler was running (before this scheduler started),
-or more than `MISFIRE_GRACE` ago, is missed: `catch_up` LATEST runs the latest missed one once, SKIP none.
+on the Unix epoch. A firing whose time passed while no scheduler was running (`RunningSince` in
+`taskapp.scheduler`), or more than `MISFIRE_GRACE` ago, is missed: `catch_up` LATEST runs the latest missed one once, SKIP none.
 A firing whose previous job is unfinished is skipped under `overlap` SKIP, run beside it under ALLOW.
 """
 
