@@ -308,6 +308,12 @@ _STATES = click.Choice([state.value for state in JobState], case_sensitive=False
 )
 @click.option("--unique-for", type=click.IntRange(min=1), metavar="SECONDS", help="How long the key is held.")
 @click.option(
+    "--concurrency-key",
+    metavar="KEY",
+    help="At most --concurrency-limit jobs with KEY run at once across every worker; the others wait.",
+)
+@click.option("--concurrency-limit", type=click.IntRange(min=1), metavar="N", help="The key's limit.")
+@click.option(
     "--watch", is_flag=True, help="Then follow the job to its end (exit 0 if it succeeds, 3 if not)."
 )
 @click.option(
@@ -330,6 +336,8 @@ def submit(
     labels: dict[str, str],
     unique_key: str | None,
     unique_for: int | None,
+    concurrency_key: str | None,
+    concurrency_limit: int | None,
     watch: bool,
     quiet: bool,
 ) -> None:
@@ -348,6 +356,8 @@ def submit(
             labels=labels,
             unique_key=unique_key,
             unique_for=timedelta(seconds=unique_for) if unique_for else None,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         if quiet:
             click.echo(submitted.job_id)
@@ -596,7 +606,10 @@ def stats(config: CliConfig) -> None:
     click.echo(f"workers: {', '.join(queue_stats.workers) or 'none answered'}")
 
 
-# The schedule verbs live in their own module, which builds on the helpers above.
+# The schedule and flow control verbs live in their own modules, which build on the helpers above.
+from grpc_gateway.cli_flow import explain, limits  # noqa: E402
 from grpc_gateway.cli_schedules import schedules  # noqa: E402
 
 main.add_command(schedules)
+main.add_command(explain)
+main.add_command(limits)

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,8 +20,10 @@ import grpc
 
 from grpc_gateway import convert
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
+from taskapp.explain import WaitCode
 from taskapp.jobs import (
     BulkOutcome,
+    FlowLimit,
     Job,
     JobEvent,
     JobFilter,
@@ -127,6 +129,21 @@ class PutSchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Explained:
+    """ExplainJob's answer: why the job is not running, or what it is doing."""
+
+    job_id: str
+    state: JobState
+    code: WaitCode
+    reason: str
+    #: Until when, where the reason has an end.
+    until: datetime | None
+    blocking_job_ids: list[str]
+    ahead: int
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     job_id: str
     state: JobState
@@ -178,7 +195,24 @@ def _submit_request(spec: JobSpec) -> jobs_pb2.SubmitJobRequest:
         request.unique_key = spec.unique_key
     if spec.unique_for is not None:
         request.unique_for.FromTimedelta(spec.unique_for)
+    if spec.concurrency_key is not None:
+        request.concurrency_key = spec.concurrency_key
+    if spec.concurrency_limit is not None:
+        request.concurrency_limit = spec.concurrency_limit
     return request
+
+
+def _explained(reply: jobs_pb2.ExplainJobResponse) -> Explained:
+    return Explained(
+        job_id=reply.job_id,
+        state=_state(reply.state),
+        code=convert.wait_code_from_pb(reply.code),
+        reason=reply.reason,
+        until=reply.until.ToDatetime(tzinfo=UTC) if reply.HasField("until") else None,
+        blocking_job_ids=list(reply.blocking_job_ids),
+        ahead=reply.ahead,
+        worker=reply.worker,
+    )
 
 
 def _submitted(reply: jobs_pb2.SubmitJobResponse) -> Submitted:
@@ -287,6 +321,8 @@ class JobClient:
         labels: dict[str, str] | None = None,
         unique_key: str | None = None,
         unique_for: timedelta | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
         spec = JobSpec(
@@ -300,6 +336,8 @@ class JobClient:
             labels,
             unique_key,
             unique_for,
+            concurrency_key,
+            concurrency_limit,
         )
         return _submitted(self._call(self._stub.SubmitJob, _submit_request(spec)))
 
@@ -381,6 +419,19 @@ class JobClient:
     def trigger_schedule(self, name: str) -> Submitted:
         return _submitted(self._call(self._stub.TriggerSchedule, jobs_pb2.TriggerScheduleRequest(name=name)))
 
+    def explain(self, job_id: str) -> Explained:
+        return _explained(self._call(self._stub.ExplainJob, jobs_pb2.ExplainJobRequest(job_id=job_id)))
+
+    def set_type_limit(self, type: str, max_running: int | None) -> FlowLimit:
+        """At most `max_running` jobs of `type` at once across every worker; None removes the limit."""
+        limit = jobs_pb2.TypeLimit(type=type, max_running=max_running)
+        reply = self._call(self._stub.SetTypeLimit, jobs_pb2.SetTypeLimitRequest(limit=limit))
+        return convert.type_limit_from_pb(reply)
+
+    def type_limits(self) -> builtins.list[FlowLimit]:
+        reply = self._call(self._stub.ListTypeLimits, jobs_pb2.ListTypeLimitsRequest())
+        return [convert.type_limit_from_pb(limit) for limit in reply.limits]
+
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.
 
@@ -460,6 +511,8 @@ class AsyncJobClient:
         labels: dict[str, str] | None = None,
         unique_key: str | None = None,
         unique_for: timedelta | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
     ) -> Submitted:
         """Submit one job (see `JobSpec` for the arguments)."""
         spec = JobSpec(
@@ -473,6 +526,8 @@ class AsyncJobClient:
             labels,
             unique_key,
             unique_for,
+            concurrency_key,
+            concurrency_limit,
         )
         return _submitted(await self._call(self._stub.SubmitJob, _submit_request(spec)))
 

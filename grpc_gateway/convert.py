@@ -9,7 +9,18 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
-from taskapp.jobs import Job, JobEvent, JobFilter, JobState, LogLine, Priority, QueueStats, SubmitRequest
+from taskapp.explain import Explanation, WaitCode
+from taskapp.jobs import (
+    FlowLimit,
+    Job,
+    JobEvent,
+    JobFilter,
+    JobState,
+    LogLine,
+    Priority,
+    QueueStats,
+    SubmitRequest,
+)
 from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
 _PRIORITY_TO_PB = {
@@ -63,6 +74,8 @@ def submit_request_from_pb(request: jobs_pb2.SubmitJobRequest, field_prefix: str
         unique_for=_timedelta(request.unique_for, f"{field_prefix}unique_for")
         if request.HasField("unique_for")
         else None,
+        concurrency_key=request.concurrency_key or None,
+        concurrency_limit=request.concurrency_limit if request.HasField("concurrency_limit") else None,
     )
 
 
@@ -147,6 +160,8 @@ def job_to_pb(job: Job) -> jobs_pb2.Job:
         progress_percent=job.progress_percent,
         progress_message=job.progress_message,
         labels=job.labels,
+        concurrency_key=job.concurrency_key,
+        concurrency_limit=job.concurrency_limit,
     )
 
 
@@ -216,6 +231,8 @@ def job_from_pb(job: jobs_pb2.Job) -> Job:
         progress_percent=job.progress_percent if job.HasField("progress_percent") else None,
         progress_message=job.progress_message,
         labels=dict(job.labels),
+        concurrency_key=job.concurrency_key,
+        concurrency_limit=job.concurrency_limit,
     )
 
 
@@ -290,6 +307,10 @@ def schedule_spec_to_pb(spec: ScheduleSpec) -> jobs_pb2.Schedule:
         template.max_attempts = job.max_attempts
     if job.timeout_seconds is not None:
         template.timeout_seconds = job.timeout_seconds
+    if job.concurrency_key is not None:
+        template.concurrency_key = job.concurrency_key
+    if job.concurrency_limit is not None:
+        template.concurrency_limit = job.concurrency_limit
     schedule = jobs_pb2.Schedule(
         name=spec.name,
         cron=spec.cron,
@@ -329,3 +350,50 @@ def schedule_from_pb(schedule: jobs_pb2.Schedule) -> Schedule:
         skipped=schedule.skipped,
         missed=schedule.missed,
     )
+
+
+def type_limit_to_pb(limit: FlowLimit) -> jobs_pb2.TypeLimit:
+    return jobs_pb2.TypeLimit(type=limit.type, max_running=limit.max_running)
+
+
+def type_limit_from_pb(limit: jobs_pb2.TypeLimit) -> FlowLimit:
+    return FlowLimit(
+        type=limit.type, max_running=limit.max_running if limit.HasField("max_running") else None
+    )
+
+
+_WAIT_CODE_TO_PB = {
+    WaitCode.SCHEDULED: jobs_pb2.WAIT_CODE_SCHEDULED,
+    WaitCode.QUEUED: jobs_pb2.WAIT_CODE_QUEUED,
+    WaitCode.KEY_LIMIT: jobs_pb2.WAIT_CODE_KEY_LIMIT,
+    WaitCode.TYPE_LIMIT: jobs_pb2.WAIT_CODE_TYPE_LIMIT,
+    WaitCode.BACKING_OFF: jobs_pb2.WAIT_CODE_BACKING_OFF,
+    WaitCode.RUNNING: jobs_pb2.WAIT_CODE_RUNNING,
+    WaitCode.NO_WORKER: jobs_pb2.WAIT_CODE_NO_WORKER,
+    WaitCode.FINISHED: jobs_pb2.WAIT_CODE_FINISHED,
+}
+
+
+_WAIT_CODE_FROM_PB = {value: code for code, value in _WAIT_CODE_TO_PB.items()}
+
+
+def wait_code_from_pb(value: int) -> WaitCode:
+    try:
+        return _WAIT_CODE_FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument("code", f"unknown wait code {value}") from None
+
+
+def explanation_to_pb(explanation: Explanation) -> jobs_pb2.ExplainJobResponse:
+    answer = jobs_pb2.ExplainJobResponse(
+        job_id=explanation.job.job_id,
+        state=state_to_pb(explanation.job.state),
+        code=_WAIT_CODE_TO_PB[explanation.code],
+        reason=explanation.reason,
+        blocking_job_ids=explanation.blocking_job_ids,
+        ahead=explanation.ahead,
+        worker=explanation.worker,
+    )
+    if explanation.until is not None:
+        answer.until.FromDatetime(explanation.until)
+    return answer

@@ -189,6 +189,8 @@ RetryJobsRequest = model("RetryJobsRequest")
 ScheduleBody = model("Schedule")
 JobId = Annotated[str, Path(description="The job's id")]
 ScheduleName = Annotated[str, Path(description="The schedule's name")]
+TypeLimitBody = model("TypeLimit")
+JobType = Annotated[str, Path(description="A registered job type")]
 
 
 def query_parameters(request: type[BaseModel]) -> list[dict[str, Any]]:
@@ -416,6 +418,38 @@ def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
     async def trigger_schedule(name: ScheduleName) -> JSONResponse:
         """TriggerSchedule: fires now."""
         return await answer(servicer.TriggerSchedule, jobs_pb2.TriggerScheduleRequest(name=name))
+
+    @app.get(
+        "/v1/jobs/{job_id}:explain",
+        tags=["jobs"],
+        dependencies=guarded,
+        response_model=model("ExplainJobResponse"),
+    )
+    async def explain_job(job_id: JobId) -> JSONResponse:
+        """ExplainJob: why the job is not running, or what it is doing."""
+        return await answer(servicer.ExplainJob, jobs_pb2.ExplainJobRequest(job_id=job_id))
+
+    @app.get(
+        "/v1/type-limits",
+        tags=["flow control"],
+        dependencies=guarded,
+        response_model=model("ListTypeLimitsResponse"),
+    )
+    async def list_type_limits() -> JSONResponse:
+        """ListTypeLimits: every job type that has a limit."""
+        return await answer(servicer.ListTypeLimits, jobs_pb2.ListTypeLimitsRequest())
+
+    @app.put(
+        "/v1/type-limits/{type}", tags=["flow control"], dependencies=with_body, response_model=TypeLimitBody
+    )
+    async def set_type_limit(type: JobType, body: TypeLimitBody) -> JSONResponse:  # type: ignore[valid-type]
+        """SetTypeLimit: replaces the type's limit; without max_running, removes it. The body's type, if
+        given, must be the path's."""
+        limit = parse(body, jobs_pb2.TypeLimit())
+        if limit.type and limit.type != type:
+            raise Aborted("INVALID_ARGUMENT", "type: differs from the path's", "type")
+        limit.type = type
+        return await answer(servicer.SetTypeLimit, jobs_pb2.SetTypeLimitRequest(limit=limit))
 
     app.openapi = _without_validation_errors(app.openapi)  # type: ignore[method-assign]
     return app

@@ -18,6 +18,7 @@ from grpc_gateway.changes import ChangeListener
 from grpc_gateway.ops_http import RPC_SECONDS, RPCS
 from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp import start_latency
+from taskapp.config import get_settings
 from taskapp.errors import FieldError, TaskappError
 from taskapp.jobs import BulkOutcome, SubmitOutcome
 from taskapp.metrics import JOBS_SUBMITTED
@@ -339,3 +340,26 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         return jobs_pb2.SubmitJobResponse(
             job_id=outcome.job.job_id, state=convert.state_to_pb(outcome.job.state), created=outcome.created
         )
+
+    @answers_errors
+    async def SetTypeLimit(
+        self, request: jobs_pb2.SetTypeLimitRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.TypeLimit:
+        limit = convert.type_limit_from_pb(request.limit)
+        return convert.type_limit_to_pb(await asyncio.to_thread(self.service.set_type_limit, limit))
+
+    @answers_errors
+    async def ListTypeLimits(
+        self, request: jobs_pb2.ListTypeLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListTypeLimitsResponse:
+        limits = await asyncio.to_thread(self.service.type_limits)
+        return jobs_pb2.ListTypeLimitsResponse(limits=[convert.type_limit_to_pb(limit) for limit in limits])
+
+    @answers_errors
+    async def ExplainJob(
+        self, request: jobs_pb2.ExplainJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ExplainJobResponse:
+        # Workers beat as often as they renew leases: six times a lease (`taskapp.worker_leases`).
+        beat_seconds = get_settings().lease_seconds / 6
+        explanation = await asyncio.to_thread(self.service.explain, request.job_id, beat_seconds)
+        return convert.explanation_to_pb(explanation)

@@ -67,6 +67,9 @@ class NewJob:
     #: without it, until this job has finished (the store enforces it: `JobStore.create_many`).
     unique_key: str | None = None
     unique_for: timedelta | None = None
+    #: At most `concurrency_limit` jobs with this key run at once, across every worker (`taskapp.flow`).
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
 
     def waits_until(self, now: datetime) -> datetime | None:
         """`run_at` if it is still ahead of `now` (the job starts SCHEDULED), else None (it starts QUEUED)."""
@@ -76,9 +79,30 @@ class NewJob:
         return JobState.QUEUED if self.waits_until(now) is None else JobState.SCHEDULED
 
 
-def wants_a_run(state: JobState, scheduled_at: datetime, now: datetime) -> bool:
+class WaitReason(enum.StrEnum):
+    """Why a job that wants a run waits in SQL, without a message in the broker, until `taskapp.flow` lets it
+    out of the line (`RELEASED`, its message on its way)."""
+
+    NONE = ""
+    #: Its concurrency key has `concurrency_limit` jobs running.
+    KEY_LIMIT = "key_limit"
+    #: Its type has its `max_running` jobs running (`FlowLimit`).
+    TYPE_LIMIT = "type_limit"
+    RELEASED = "released"
+
+    @property
+    def in_line(self) -> bool:
+        return self not in (WaitReason.NONE, WaitReason.RELEASED)
+
+
+def wants_a_run(
+    state: JobState, scheduled_at: datetime, now: datetime, waiting_for: WaitReason = WaitReason.NONE
+) -> bool:
     """Whether a job may be claimed now, and so calls for a message in the broker: QUEUED, or RETRYING once its
-    back-off has ended. (A RETRYING job's message is published when it is due, never before.)"""
+    back-off has ended, and not waiting in a line of `taskapp.flow`. (A RETRYING job's message is published when
+    it is due, never before.)"""
+    if waiting_for.in_line:
+        return False
     return state is JobState.QUEUED or (state is JobState.RETRYING and scheduled_at <= now)
 
 
@@ -116,6 +140,15 @@ class Job:
     #: The Celery task id of the delivery that claimed the current (or last) run.
     task_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    #: At most `concurrency_limit` jobs with this key run at once (0: no limit).
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
+    #: Why it waits in SQL for a slot (`taskapp.flow`), and its turn among the jobs of its type that wait:
+    #: each key's jobs take turns (start-time fair queueing), within a priority.
+    waiting_for: WaitReason = WaitReason.NONE
+    fair_rank: int = 0
+    #: Claimed under a limit: its run's end lets the next waiting job of its type or key out of the line.
+    flow_limited: bool = False
 
 
 #: Seconds between a job's soft time limit (`timeout_seconds`, raised inside the handler) and the hard one
@@ -228,6 +261,8 @@ class WorkerBeat:
     concurrency: int
     started_at: datetime
     seen_at: datetime
+    #: The job types it has loaded (ExplainJob: is any worker answering that runs a job's type?).
+    types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +299,19 @@ class SubmitRequest:
     #: gets this job back with `created` false. The job type's default key when None.
     unique_key: str | None = None
     unique_for: timedelta | None = None
+    #: At most `concurrency_limit` jobs with this key run at once, across every worker. The job type's default
+    #: key and limit when None.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimit:
+    """An operator's limit on a job type, kept in SQL, read by every claim of the type."""
+
+    type: str
+    #: At most this many jobs of the type run at once across every worker (None: no limit).
+    max_running: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,11 @@ from typing import Any
 from celery import Task
 from celery.signals import task_failure, task_revoked, task_success
 
-from taskapp import policy
+from taskapp import flow, policy
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import Job, JobState
+from taskapp.publisher import CeleryPublisher
 from taskapp.routing import job_id_of, task_id_for
 from taskapp.tasks import (
     JobTask,
@@ -55,6 +56,8 @@ def record_success(sender: Task | None = None, result: Any = None, **_: Any) -> 
     )
     if not stored:
         log.warning(LATE, sender.request.id, "success")
+        return
+    flow.let_out_after(worker_store(), CeleryPublisher(sender.app), run)
 
 
 def record_failure(

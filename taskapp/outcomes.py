@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from taskapp import policy
+from taskapp import flow, policy
 from taskapp.clock import utcnow
 from taskapp.jobs import Job, JobState
 from taskapp.publisher import Publisher
@@ -51,4 +51,6 @@ def end_failed_run(
             moved = store.release(run.job_id, worker, now)
         case policy.Nothing():
             moved = True
+    if moved:
+        flow.let_out_after(store, publisher, run)
     return decision if moved else None

@@ -67,6 +67,10 @@ class Handler:
     #: one holds the key (for `unique_for` seconds, or without it until that job has finished).
     unique_by: tuple[str, ...] = ()
     unique_for: int | None = None
+    #: Payload fields that make a job's default concurrency key (`taskapp.flow`): at most `concurrency_limit`
+    #: jobs with the same values run at once across every worker. A limit without fields limits the whole type.
+    concurrency_by: tuple[str, ...] = ()
+    concurrency_limit: int | None = None
 
 
 class HandlerRegistry:
@@ -83,10 +87,14 @@ class HandlerRegistry:
         timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
         unique_by: tuple[str, ...] = (),
         unique_for: int | None = None,
+        concurrency_by: tuple[str, ...] = (),
+        concurrency_limit: int | None = None,
     ) -> Callable[[Callable[[PayloadT, JobContext], Any]], Callable[[PayloadT, JobContext], Any]]:
         """Register the decorated function as the handler of job type `type`."""
         if not TYPE_NAME.match(type):
             raise ValueError(f"job type {type!r} must match {TYPE_NAME.pattern}")
+        if concurrency_by and concurrency_limit is None:
+            raise ValueError(f"job type {type!r}: concurrency_by needs a concurrency_limit")
 
         def register(
             func: Callable[[PayloadT, JobContext], Any],
@@ -103,6 +111,8 @@ class HandlerRegistry:
                 timeout_seconds=timeout_seconds,
                 unique_by=unique_by,
                 unique_for=unique_for,
+                concurrency_by=concurrency_by,
+                concurrency_limit=concurrency_limit,
             )
             return func
 

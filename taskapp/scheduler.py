@@ -33,7 +33,7 @@ import redis
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from taskapp import policy
+from taskapp import flow, policy
 from taskapp.clock import utcnow
 from taskapp.errors import BrokerUnavailable, StoreUnavailable
 from taskapp.jobs import Job, JobState
@@ -81,6 +81,7 @@ class PassReport:
     rescued: int
     orphans: int
     reconciled: int
+    let_out: int
     purged: int
 
 
@@ -118,6 +119,7 @@ class Scheduler:
             rescued=self.rescue_lapsed(),
             orphans=self.release_orphans(),
             reconciled=self.heal_broker(),
+            let_out=self.let_out_lines(),
             purged=self.purge_expired(),
         )
 
@@ -181,6 +183,11 @@ class Scheduler:
         log.warning("the broker lost messages (%s): publishing again what it no longer holds", loss.reason)
         client = self.broker_watch.client
         return reconcile(self.store, self.publisher, client, unmarked=loss.certain).republished
+
+    def let_out_lines(self) -> int:
+        """The jobs waiting in flow control's lines that their limits have room for (`taskapp.flow`): a run's
+        worker lets the next one out as the run ends, unless it died first, or the run was cancelled."""
+        return flow.let_out_everywhere(self.store, self.publisher, self._clock)
 
     def purge_expired(self) -> int:
         """Delete one batch of finished jobs past retention; sweep again soon while batches come back full."""

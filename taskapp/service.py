@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 
+from taskapp import flow
 from taskapp.broker_stats import BrokerStats
 from taskapp.clock import utcnow
 from taskapp.errors import (
@@ -27,12 +28,14 @@ from taskapp.errors import (
     JobNotRetryable,
     PayloadTooLarge,
 )
+from taskapp.explain import Explanation, explain
 from taskapp.faults import AFTER_COMMIT_BEFORE_PUBLISH, fault_point
 from taskapp.jobs import (
     CANCELLABLE_STATES,
     RETRYABLE_BY_REQUEST,
     BulkOutcome,
     CancelOutcome,
+    FlowLimit,
     Job,
     JobEvent,
     JobFilter,
@@ -46,6 +49,7 @@ from taskapp.jobs import (
     SubmitOutcome,
     SubmitRequest,
 )
+from taskapp.overview import FORGET_WORKERS_AFTER, answering
 from taskapp.published_marks import PublishedMarks, mark_published
 from taskapp.publisher import Publisher
 from taskapp.registry import TYPE_NAME, Handler, HandlerRegistry
@@ -75,6 +79,10 @@ MAX_LABEL_VALUE = 255
 UNIQUE_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 #: A unique key's window: up to a year, as far as a job can be scheduled.
 MAX_UNIQUE_FOR = timedelta(days=365)
+#: A concurrency key (`taskapp.flow`): 1-255 printable characters, as a unique key.
+CONCURRENCY_KEY = UNIQUE_KEY
+#: Jobs of one key, or of one type, running at once.
+CONCURRENCY_LIMIT_RANGE = (1, 100_000)
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -180,6 +188,7 @@ class JobService:
             raise InvalidArgument("run_at", f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
         labels = check_labels(request.labels or {})
         unique_key, unique_for = self._unique_key(request, handler, payload)
+        concurrency_key, concurrency_limit = self._concurrency(request, handler, payload)
         priority = request.priority or Priority.DEFAULT
         identity: list[Any] = [request.type, priority.value, payload, max_attempts, timeout_seconds]
         if request.run_at is not None:
@@ -188,6 +197,8 @@ class JobService:
             identity.append({"labels": labels})
         if unique_key is not None:
             identity.append({"unique": [unique_key, unique_for.total_seconds() if unique_for else None]})
+        if concurrency_limit:
+            identity.append({"concurrency": [concurrency_key, concurrency_limit]})
         fingerprint = hashlib.sha256(_canonical_json(identity).encode()).hexdigest()
         return NewJob(
             job_id=request.job_id or self._new_job_id(),
@@ -201,7 +212,37 @@ class JobService:
             labels=labels,
             unique_key=unique_key,
             unique_for=unique_for,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
+
+    @staticmethod
+    def _concurrency(request: SubmitRequest, handler: Handler, payload: dict[str, Any]) -> tuple[str, int]:
+        """The request's concurrency key and limit (the type's default limit if it gives none; 0: no limit of its
+        own), or the job type's default key (its `concurrency_by` payload fields, with the type; the type alone
+        without fields) and limit; ("", 0) for none."""
+        limit = request.concurrency_limit
+        if limit is not None:
+            _check_range("concurrency_limit", limit, CONCURRENCY_LIMIT_RANGE)
+        if request.concurrency_key is not None:
+            if not CONCURRENCY_KEY.match(request.concurrency_key):
+                raise InvalidArgument(
+                    "concurrency_key", "must be 1-255 printable ASCII characters, not starting with a space"
+                )
+            # Without a limit, the key only takes turns with the others under its type's limit.
+            return request.concurrency_key, limit or handler.concurrency_limit or 0
+        if handler.concurrency_limit is None:
+            if limit is not None:
+                raise InvalidArgument(
+                    "concurrency_key",
+                    "is required with a concurrency_limit (this job type declares no default)",
+                )
+            return "", 0
+        values = {name: payload.get(name) for name in handler.concurrency_by}
+        key = f"{request.type}:{_canonical_json(values)}" if values else request.type
+        if len(key) > 255:
+            key = f"{request.type}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        return key, limit or handler.concurrency_limit
 
     @staticmethod
     def _unique_key(
@@ -345,6 +386,27 @@ class JobService:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    def explain(self, job_id: str, beat_seconds: float) -> Explanation:
+        """Why the job is not running, or what it is doing (`taskapp.explain`); workers beat every
+        `beat_seconds`."""
+        job = self.get(job_id)
+        now = self._clock()
+        workers = answering(self.store.workers(now - FORGET_WORKERS_AFTER), now, beat_seconds)
+        return explain(self.store, job, now, workers)
+
+    def set_type_limit(self, limit: FlowLimit) -> FlowLimit:
+        """Replace a job type's limit; jobs waiting for it start at once if it leaves them room."""
+        if self.registry.get(limit.type) is None:
+            raise InvalidArgument("type", self._unknown_type(limit.type))
+        if limit.max_running is not None:
+            _check_range("max_running", limit.max_running, CONCURRENCY_LIMIT_RANGE)
+        self.store.set_flow_limit(limit)
+        flow.let_out(self.store, self.publisher, limit.type, self._clock)
+        return limit
+
+    def type_limits(self) -> builtins.list[FlowLimit]:
+        return self.store.list_flow_limits()
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Cancel in SQL first (workers check it at claim time), then stop a running job on its worker."""

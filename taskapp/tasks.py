@@ -12,6 +12,7 @@ main process, `JobRequest` notices a pool process that died mid-run, `LeaseKeepe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -85,8 +86,9 @@ def start_worker_threads(sender: Any = None, **_: Any) -> None:
     lease_keeper.worker = sender.hostname
     consuming_pause.worker_ready(sender)
     lease_keeper.start()
+    types = tuple(sorted(handler.type for handler in load_handlers(get_settings().handler_modules)))
     Heartbeat(
-        worker_store(), sender.hostname, sender.controller.concurrency, lease_keeper.renew_every
+        worker_store(), sender.hostname, sender.controller.concurrency, lease_keeper.renew_every, types
     ).start()
 
 
@@ -261,6 +263,11 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
         current = None if job is not None else store.get(job_id)
     except StoreUnavailable as exc:
         raise WaitForDatabase(str(exc), requeue=True) from None
+    if job is None and current is not None and current.waiting_for.in_line:
+        log.info(
+            "job %s waits in line (%s): its message is taken until a slot frees", job_id, current.waiting_for
+        )
+        raise Ignore()
     if job is None:
         match policy.after_refused_claim(current, now):
             case policy.EndLostRun():
@@ -294,7 +301,9 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
             job_id=job_id,
             attempt=job.attempts,
             logger=logger,
-            progress_sink=ProgressReporter(store, job_id, job.attempts),
+            progress_sink=ProgressReporter(
+                store, job_id, job.attempts, time.monotonic() + job.timeout_seconds
+            ),
         )
         return task.handler.func(payload, context)
     finally:
@@ -308,14 +317,20 @@ class ProgressReporter:
 
     MIN_INTERVAL = 0.25
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int, deadline: float = math.inf) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
+        #: When the run's time limit is up (`time.monotonic`).
+        self.deadline = deadline
         self._last = 0.0
 
     def __call__(self, percent: int, message: str) -> None:
         now = time.monotonic()
+        if now > self.deadline:
+            # The time limit's exception landed in a report's database call and the driver turned it into a
+            # connection error, which a report does not let end the run: end it here instead.
+            raise SoftTimeLimitExceeded()
         if percent < 100 and now - self._last < self.MIN_INTERVAL:
             return
         self._last = now

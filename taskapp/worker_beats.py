@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, store: JobStore, name: str, concurrency: int, every: float) -> None:
+    def __init__(
+        self, store: JobStore, name: str, concurrency: int, every: float, types: tuple[str, ...] = ()
+    ) -> None:
         self.store = store
+        self.types = types
         self.name = name
         self.concurrency = concurrency
         self.every = every
@@ -36,6 +39,7 @@ class Heartbeat:
                 concurrency=self.concurrency,
                 started_at=self.started_at,
                 seen_at=utcnow(),
+                types=self.types,
             )
         )
 

@@ -337,6 +337,8 @@ def new_job(
     labels: dict[str, str] | None = None,
     unique_key: str | None = None,
     unique_for: timedelta | None = None,
+    concurrency_key: str = "",
+    concurrency_limit: int = 0,
 ) -> NewJob:
     """A job as the service would hand it to a store, its fingerprint made from its id."""
     return NewJob(
@@ -351,6 +353,8 @@ def new_job(
         labels=labels or {},
         unique_key=unique_key,
         unique_for=unique_for,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
 
 

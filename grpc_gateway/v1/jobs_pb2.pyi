@@ -43,6 +43,18 @@ class CatchUp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CATCH_UP_UNSPECIFIED: _ClassVar[CatchUp]
     CATCH_UP_LATEST: _ClassVar[CatchUp]
     CATCH_UP_SKIP: _ClassVar[CatchUp]
+
+class WaitCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAIT_CODE_UNSPECIFIED: _ClassVar[WaitCode]
+    WAIT_CODE_SCHEDULED: _ClassVar[WaitCode]
+    WAIT_CODE_QUEUED: _ClassVar[WaitCode]
+    WAIT_CODE_KEY_LIMIT: _ClassVar[WaitCode]
+    WAIT_CODE_TYPE_LIMIT: _ClassVar[WaitCode]
+    WAIT_CODE_BACKING_OFF: _ClassVar[WaitCode]
+    WAIT_CODE_RUNNING: _ClassVar[WaitCode]
+    WAIT_CODE_NO_WORKER: _ClassVar[WaitCode]
+    WAIT_CODE_FINISHED: _ClassVar[WaitCode]
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_LOW: Priority
 PRIORITY_DEFAULT: Priority
@@ -63,9 +75,18 @@ OVERLAP_ALLOW: Overlap
 CATCH_UP_UNSPECIFIED: CatchUp
 CATCH_UP_LATEST: CatchUp
 CATCH_UP_SKIP: CatchUp
+WAIT_CODE_UNSPECIFIED: WaitCode
+WAIT_CODE_SCHEDULED: WaitCode
+WAIT_CODE_QUEUED: WaitCode
+WAIT_CODE_KEY_LIMIT: WaitCode
+WAIT_CODE_TYPE_LIMIT: WaitCode
+WAIT_CODE_BACKING_OFF: WaitCode
+WAIT_CODE_RUNNING: WaitCode
+WAIT_CODE_NO_WORKER: WaitCode
+WAIT_CODE_FINISHED: WaitCode
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "type", "priority", "state", "payload", "result", "attempts", "max_attempts", "last_error", "timeout_seconds", "created_at", "updated_at", "scheduled_at", "started_at", "finished_at", "worker", "progress_percent", "progress_message", "labels")
+    __slots__ = ("job_id", "type", "priority", "state", "payload", "result", "attempts", "max_attempts", "last_error", "timeout_seconds", "created_at", "updated_at", "scheduled_at", "started_at", "finished_at", "worker", "progress_percent", "progress_message", "labels", "concurrency_key", "concurrency_limit")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +113,8 @@ class Job(_message.Message):
     PROGRESS_PERCENT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     type: str
     priority: Priority
@@ -111,10 +134,12 @@ class Job(_message.Message):
     progress_percent: int
     progress_message: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker: _Optional[str] = ..., progress_percent: _Optional[int] = ..., progress_message: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    concurrency_key: str
+    concurrency_limit: int
+    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker: _Optional[str] = ..., progress_percent: _Optional[int] = ..., progress_message: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("job_id", "type", "priority", "payload", "max_attempts", "timeout_seconds", "run_at", "labels", "unique_key", "unique_for")
+    __slots__ = ("job_id", "type", "priority", "payload", "max_attempts", "timeout_seconds", "run_at", "labels", "unique_key", "unique_for", "concurrency_key", "concurrency_limit")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +157,8 @@ class SubmitJobRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_KEY_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_FOR_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     type: str
     priority: Priority
@@ -142,7 +169,9 @@ class SubmitJobRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     unique_key: str
     unique_for: _duration_pb2.Duration
-    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., unique_key: _Optional[str] = ..., unique_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    concurrency_key: str
+    concurrency_limit: int
+    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., unique_key: _Optional[str] = ..., unique_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job_id", "state", "created")
@@ -479,3 +508,53 @@ class TriggerScheduleRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TypeLimit(_message.Message):
+    __slots__ = ("type", "max_running")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    max_running: int
+    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...
+
+class SetTypeLimitRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: TypeLimit
+    def __init__(self, limit: _Optional[_Union[TypeLimit, _Mapping]] = ...) -> None: ...
+
+class ListTypeLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTypeLimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[TypeLimit]
+    def __init__(self, limits: _Optional[_Iterable[_Union[TypeLimit, _Mapping]]] = ...) -> None: ...
+
+class ExplainJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ExplainJobResponse(_message.Message):
+    __slots__ = ("job_id", "state", "code", "reason", "until", "blocking_job_ids", "ahead", "worker")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BLOCKING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    code: WaitCode
+    reason: str
+    until: _timestamp_pb2.Timestamp
+    blocking_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    ahead: int
+    worker: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., code: _Optional[_Union[WaitCode, str]] = ..., reason: _Optional[str] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocking_job_ids: _Optional[_Iterable[str]] = ..., ahead: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...

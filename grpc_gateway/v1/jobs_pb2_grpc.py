@@ -129,6 +129,21 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SetTypeLimit = channel.unary_unary(
+                '/taskapp.v1.JobService/SetTypeLimit',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.FromString,
+                _registered_method=True)
+        self.ListTypeLimits = channel.unary_unary(
+                '/taskapp.v1.JobService/ListTypeLimits',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.FromString,
+                _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/taskapp.v1.JobService/ExplainJob',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -268,6 +283,28 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTypeLimit(self, request, context):
+        """Flow control: a job type's limits, across every worker. Jobs over a limit wait in SQL (their keys taking
+        turns) and start as slots free. Setting a limit replaces the type's; max_running unset removes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTypeLimits(self, request, context):
+        """Every job type that has a limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainJob(self, request, context):
+        """Why a job is not running, or what it is doing, in plain words and as a code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -365,6 +402,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.TriggerSchedule,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SetTypeLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTypeLimit,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.SerializeToString,
+            ),
+            'ListTypeLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTypeLimits,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -880,6 +932,87 @@ class JobService:
             '/taskapp.v1.JobService/TriggerSchedule',
             grpc__gateway_dot_v1_dot_jobs__pb2.TriggerScheduleRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTypeLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/SetTypeLimit',
+            grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTypeLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ListTypeLimits',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ExplainJob',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.ExplainJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

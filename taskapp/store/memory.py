@@ -16,6 +16,7 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
+    FlowLimit,
     Job,
     JobChange,
     JobEvent,
@@ -23,7 +24,9 @@ from taskapp.jobs import (
     JobState,
     LogLine,
     NewJob,
+    Priority,
     SentMessage,
+    WaitReason,
     WorkerBeat,
     check_run_failure,
     wants_a_run,
@@ -48,6 +51,7 @@ class InMemoryJobStore:
         self.schedules: dict[str, Schedule] = {}
         #: Unique key -> (the job holding it, until when; None: until that job has finished).
         self.unique_keys: dict[str, tuple[str, datetime | None]] = {}
+        self.flow_limits: dict[str, FlowLimit] = {}
         self._lock = threading.Lock()
 
     # Writing a change: the job's new value, its event, and what the change hooks hear after the "commit".
@@ -316,11 +320,21 @@ class InMemoryJobStore:
             if (
                 job is None
                 or job.attempts >= job.max_attempts
-                or not wants_a_run(job.state, job.scheduled_at, now)
+                or not wants_a_run(job.state, job.scheduled_at, now, job.waiting_for)
             ):
+                return None
+            limited = job.concurrency_limit > 0 or job.type in self.flow_limits
+            reason = self._limit_reached(job) if limited else WaitReason.NONE
+            if reason is not WaitReason.NONE:
+                published_at = job.published_at or now
+                self.jobs[job_id] = dataclasses.replace(
+                    job, waiting_for=reason, fair_rank=self._turn(job), published_at=published_at
+                )
                 return None
             claimed = dataclasses.replace(
                 job,
+                waiting_for=WaitReason.NONE,
+                flow_limited=job.flow_limited or limited,
                 state=JobState.RUNNING,
                 attempts=job.attempts + 1,
                 runs=job.runs + 1,
@@ -337,6 +351,127 @@ class InMemoryJobStore:
             self._record(claimed, now, changes, worker)
         self._announce(changes)
         return claimed
+
+    def _limit_reached(self, job: Job) -> WaitReason:
+        """The slots of the jobs let out of the line and on their way are theirs, not a newcomer's."""
+        limit = self.flow_limits.get(job.type)
+        max_running = limit.max_running if limit is not None else None
+        if max_running is not None and self._busy(type=job.type, besides=job.job_id) >= max_running:
+            return WaitReason.TYPE_LIMIT
+        if job.concurrency_limit and (
+            self._busy(key=job.concurrency_key, besides=job.job_id) >= job.concurrency_limit
+        ):
+            return WaitReason.KEY_LIMIT
+        return WaitReason.NONE
+
+    def _busy(self, *, type: str | None = None, key: str | None = None, besides: str = "") -> int:
+        """Running jobs of `type` or `key`, and those let out of a line and not claimed yet (but `besides`)."""
+        return sum(
+            (type is None or job.type == type)
+            and (key is None or job.concurrency_key == key)
+            and (
+                job.state is JobState.RUNNING
+                or (
+                    job.waiting_for is WaitReason.RELEASED
+                    and job.state in (JobState.QUEUED, JobState.RETRYING)
+                    and job.job_id != besides
+                )
+            )
+            for job in self.jobs.values()
+        )
+
+    def _in_line(self, type: str) -> builtins.list[Job]:
+        return [
+            job
+            for job in self.jobs.values()
+            if job.type == type
+            and job.waiting_for.in_line
+            and job.state in (JobState.QUEUED, JobState.RETRYING)
+        ]
+
+    def _turn(self, job: Job) -> int:
+        line = self._in_line(job.type)
+        reached = min((other.fair_rank for other in line), default=0)
+        mine = [other.fair_rank for other in line if other.concurrency_key == job.concurrency_key]
+        return max(reached, max(mine) + 1 if mine else 0)
+
+    def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
+        with self._lock:
+            room = most
+            limit = self.flow_limits.get(type)
+            if limit is not None and limit.max_running is not None:
+                room = min(room, limit.max_running - self._busy(type=type))
+            priorities = list(Priority)
+            line = sorted(
+                self._in_line(type), key=lambda job: (priorities.index(job.priority), job.fair_rank, job.seq)
+            )
+            key_room: dict[str, int] = {}
+            chosen: list[Job] = []
+            for job in line:
+                if len(chosen) >= room:
+                    break
+                if job.concurrency_limit:
+                    key = job.concurrency_key
+                    if key not in key_room:
+                        busy = self._busy(key=key)
+                        key_room[key] = job.concurrency_limit - busy
+                    if key_room[key] <= 0:
+                        continue
+                    key_room[key] -= 1
+                released = dataclasses.replace(
+                    job, waiting_for=WaitReason.RELEASED, published_at=None, updated_at=now
+                )
+                self.jobs[job.job_id] = released
+                chosen.append(released)
+            return chosen
+
+    def running_ids(self, *, type: str | None, key: str | None, most: int) -> builtins.list[str]:
+        with self._lock:
+            running = [
+                job
+                for job in self.jobs.values()
+                if job.state is JobState.RUNNING
+                and (type is None or job.type == type)
+                and (key is None or job.concurrency_key == key)
+            ]
+        return [job.job_id for job in sorted(running, key=lambda job: job.started_at or job.created_at)][
+            :most
+        ]
+
+    def count_ahead(self, job: Job) -> int:
+        rank = list(Priority).index
+        with self._lock:
+            return sum(
+                other.state is JobState.QUEUED
+                and not other.waiting_for.in_line
+                and (rank(other.priority), other.seq) < (rank(job.priority), job.seq)
+                for other in self.jobs.values()
+            )
+
+    def types_in_line(self) -> builtins.list[str]:
+        with self._lock:
+            return sorted(
+                {
+                    job.type
+                    for job in self.jobs.values()
+                    if job.waiting_for.in_line and job.state in (JobState.QUEUED, JobState.RETRYING)
+                }
+            )
+
+    def get_flow_limit(self, type: str) -> FlowLimit:
+        with self._lock:
+            return self.flow_limits.get(type, FlowLimit(type=type))
+
+    def list_flow_limits(self) -> builtins.list[FlowLimit]:
+        with self._lock:
+            return [self.flow_limits[type] for type in sorted(self.flow_limits)]
+
+    def set_flow_limit(self, limit: FlowLimit) -> None:
+        with self._lock:
+            if limit.max_running is None:
+                self.flow_limits.pop(limit.type, None)
+            else:
+                self.flow_limits[limit.type] = limit
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
         changes: list[JobChange] = []
@@ -496,7 +631,7 @@ class InMemoryJobStore:
         with self._lock:
             jobs = list(self.jobs.values())
         waiting = sum(
-            wants_a_run(job.state, job.scheduled_at, now)
+            wants_a_run(job.state, job.scheduled_at, now, job.waiting_for)
             and job.published_at is not None
             and job.published_at < published_before
             for job in jobs
@@ -511,7 +646,7 @@ class InMemoryJobStore:
                 job
                 for job in self.jobs.values()
                 if job.seq > after_seq
-                and wants_a_run(job.state, job.scheduled_at, now)
+                and wants_a_run(job.state, job.scheduled_at, now, job.waiting_for)
                 and (
                     job.published_at < published_before
                     if job.published_at is not None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from taskapp.jobs import (
     Activity,
     CancelOutcome,
+    FlowLimit,
     Job,
     JobChange,
     JobEvent,
@@ -118,6 +119,10 @@ class JobStore(Protocol):
         """QUEUED, or RETRYING once its back-off has ended (`taskapp.jobs.wants_a_run`) -> RUNNING while attempts
         remain, counting an attempt and a run, recording the delivery's task id and the worker, with a lease of
         `lease_seconds`. None when the job is not claimable now.
+
+        A job under a limit (its concurrency key's, its type's `FlowLimit`) is claimed only while its key and
+        type run fewer jobs than their limits, counted atomically; otherwise it joins its type's line
+        (`waiting_for` says why, `fair_rank` when its turn comes) and None is returned: `let_out` releases it.
         """
         ...
 
@@ -163,6 +168,37 @@ class JobStore(Protocol):
         ...
 
     def append_logs(self, job_id: str, lines: Sequence[LogLine]) -> None: ...
+
+    # Flow control (`taskapp.flow`).
+
+    def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
+        """Up to `most` jobs of `type`'s line that its limits have room for now (counting the running jobs and
+        those let out before and not claimed yet), by priority, then turn: marked RELEASED with their messages
+        owed, for the caller to publish."""
+        ...
+
+    def running_ids(self, *, type: str | None, key: str | None, most: int) -> builtins.list[str]:
+        """RUNNING jobs of `type` and with concurrency `key` (None: any), longest running first."""
+        ...
+
+    def count_ahead(self, job: Job) -> int:
+        """QUEUED jobs with a message on its way that a worker takes before `job`: of a higher priority, or of
+        its own and older."""
+        ...
+
+    def types_in_line(self) -> builtins.list[str]:
+        """The job types that have jobs waiting in a line."""
+        ...
+
+    def get_flow_limit(self, type: str) -> FlowLimit: ...
+
+    def list_flow_limits(self) -> builtins.list[FlowLimit]:
+        """Every type that has a limit, by type."""
+        ...
+
+    def set_flow_limit(self, limit: FlowLimit) -> None:
+        """Replace the type's limit (`max_running` None removes it)."""
+        ...
 
     # Upkeep (the scheduler and `taskapp reconcile`).
 

@@ -26,15 +26,19 @@ from taskapp.store.port import ChangeHook
 from taskapp.store.rows import job_from_row, new_job_row
 from taskapp.store.sql import SqlJobStore
 
-#: A claimable job (QUEUED, or RETRYING whose back-off has ended) -> RUNNING, counting the attempt and the run.
+#: A claimable job (QUEUED, or RETRYING whose back-off has ended) that no limit holds -> RUNNING, counting the
+#: attempt and the run. A limited job is claimed by the portable code, which counts under a lock.
 CLAIM = """
 WITH claimed AS (
     UPDATE jobs
     SET state = 'RUNNING', attempts = attempts + 1, runs = runs + 1, task_id = %(task_id)s,
         started_at = %(now)s, finished_at = NULL, result = NULL, updated_at = %(now)s, worker = %(worker)s,
-        lease_expires_at = %(lease_expires_at)s, progress_percent = NULL, progress_message = ''
+        lease_expires_at = %(lease_expires_at)s, progress_percent = NULL, progress_message = '',
+        waiting_for = ''
     WHERE job_id = %(job_id)s AND attempts < max_attempts
       AND (state = 'QUEUED' OR (state = 'RETRYING' AND scheduled_at <= %(now)s))
+      AND waiting_for IN ('', 'released')
+      AND concurrency_limit = 0 AND NOT EXISTS (SELECT FROM flow_limits WHERE flow_limits.type = jobs.type)
     RETURNING *
 ), event AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)
@@ -68,15 +72,16 @@ WITH new AS (
     FROM unnest(
         %(job_id)s::text[], %(type)s::text[], %(priority)s::text[], %(state)s::text[], %(payload)s::jsonb[],
         %(max_attempts)s::int[], %(timeout_seconds)s::int[], %(fingerprint)s::text[],
-        %(scheduled_at)s::timestamptz[], %(labels)s::jsonb[]
+        %(scheduled_at)s::timestamptz[], %(labels)s::jsonb[], %(concurrency_key)s::text[],
+        %(concurrency_limit)s::int[]
     ) WITH ORDINALITY AS n(job_id, type, priority, state, payload, max_attempts, timeout_seconds, fingerprint,
-                           scheduled_at, labels, position)
+                           scheduled_at, labels, concurrency_key, concurrency_limit, position)
 ), inserted AS (
     INSERT INTO jobs (job_id, type, priority, state, payload, attempts, max_attempts, last_error,
                       timeout_seconds, fingerprint, created_at, updated_at, scheduled_at, worker,
-                      progress_message, labels)
+                      progress_message, labels, concurrency_key, concurrency_limit)
     SELECT job_id, type, priority, state, payload, 0, max_attempts, '', timeout_seconds, fingerprint,
-           %(now)s, %(now)s, scheduled_at, '', '', labels
+           %(now)s, %(now)s, scheduled_at, '', '', labels, concurrency_key, concurrency_limit
     FROM new ORDER BY position
     ON CONFLICT (job_id) DO NOTHING
     RETURNING *
@@ -92,7 +97,7 @@ SELECT false AS created, jobs.* FROM jobs JOIN new USING (job_id)
 #: The columns `CREATE` takes one array of (the others are the same for every new job).
 CREATE_ARRAYS = (
     "job_id", "type", "priority", "state", "payload", "max_attempts", "timeout_seconds", "fingerprint",
-    "scheduled_at", "labels",
+    "scheduled_at", "labels", "concurrency_key", "concurrency_limit",
 )  # fmt: skip
 
 #: Rows that a concurrent statement inserted after `CREATE` took its snapshot.
@@ -214,8 +219,8 @@ class PostgresJobStore(SqlJobStore):
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),
             },
         )
-        if row is None:
-            return None
+        if row is None:  # limited, or not claimable: the portable code sorts it out
+            return super().claim(job_id, worker, now, lease_seconds, task_id)
         job = job_from_row(row)
         self._announce([JobChange(job_id, job.type, JobState.RUNNING)])
         return job

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskapp.jobs import Job, JobEvent, JobState, LogLine, NewJob, Priority, SubmitRequest
+from taskapp.jobs import Job, JobEvent, JobState, LogLine, NewJob, Priority, SubmitRequest, WaitReason
 from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
 #: A job's columns, in the order of `Job`'s fields (the two have the same names).
@@ -35,6 +35,7 @@ def job_from_row(row: Mapping[Any, Any]) -> Job:
     values = {name: row[name] for name in JOB_COLUMNS}
     values["priority"] = Priority(values["priority"])
     values["state"] = JobState(values["state"])
+    values["waiting_for"] = WaitReason(values["waiting_for"])
     for name in _TIME_COLUMNS:
         values[name] = aware(values[name])
     return Job(**values)
@@ -67,6 +68,11 @@ def new_job_row(new: NewJob, now: datetime) -> dict[str, Any]:
         "runs": 0,
         "task_id": "",
         "labels": new.labels,
+        "concurrency_key": new.concurrency_key,
+        "concurrency_limit": new.concurrency_limit,
+        "waiting_for": WaitReason.NONE.value,
+        "fair_rank": 0,
+        "flow_limited": False,
     }
 
 
@@ -105,6 +111,8 @@ def schedule_row(schedule: Schedule) -> dict[str, Any]:
             "max_attempts": job.max_attempts,
             "timeout_seconds": job.timeout_seconds,
             "labels": job.labels,
+            "concurrency_key": job.concurrency_key,
+            "concurrency_limit": job.concurrency_limit,
         },
         "overlap": spec.overlap.value,
         "catch_up": spec.catch_up.value,
@@ -131,6 +139,8 @@ def schedule_from_row(row: Mapping[Any, Any]) -> Schedule:
             max_attempts=job["max_attempts"],
             timeout_seconds=job["timeout_seconds"],
             labels=job["labels"],
+            concurrency_key=job.get("concurrency_key"),
+            concurrency_limit=job.get("concurrency_limit"),
         ),
         cron=row["cron"],
         time_zone=row["time_zone"],

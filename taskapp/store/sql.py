@@ -25,6 +25,7 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
+    FlowLimit,
     Job,
     JobChange,
     JobEvent,
@@ -32,7 +33,9 @@ from taskapp.jobs import (
     JobState,
     LogLine,
     NewJob,
+    Priority,
     SentMessage,
+    WaitReason,
     WorkerBeat,
     check_run_failure,
 )
@@ -49,6 +52,7 @@ from taskapp.store.rows import (
 )
 from taskapp.store.tables import (
     events_table,
+    flow_limits_table,
     jobs_table,
     logs_table,
     schedules_table,
@@ -90,11 +94,45 @@ def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
 
 
 def _wants_a_run(now: datetime) -> sa.ColumnElement[bool]:
-    """`taskapp.jobs.wants_a_run` in SQL: QUEUED, or RETRYING once its back-off has ended."""
+    """`taskapp.jobs.wants_a_run` in SQL: QUEUED, or RETRYING once its back-off has ended; not in a line."""
     c = jobs_table.c
-    return sa.or_(
-        c.state == JobState.QUEUED.value,
-        sa.and_(c.state == JobState.RETRYING.value, c.scheduled_at <= now),
+    return sa.and_(
+        sa.or_(
+            c.state == JobState.QUEUED.value,
+            sa.and_(c.state == JobState.RETRYING.value, c.scheduled_at <= now),
+        ),
+        c.waiting_for.in_([WaitReason.NONE.value, WaitReason.RELEASED.value]),
+    )
+
+
+#: The reasons of a job waiting in a line (`WaitReason.in_line`).
+IN_LINE = [reason.value for reason in WaitReason if reason.in_line]
+#: A job cancelled while it waited, or let out, keeps its `waiting_for`: only these states count.
+_WANTING = [JobState.QUEUED.value, JobState.RETRYING.value]
+
+
+def _in_line() -> sa.ColumnElement[bool]:
+    """Waiting in a line of `taskapp.flow`."""
+    c = jobs_table.c
+    return sa.and_(c.waiting_for.in_(IN_LINE), c.state.in_(_WANTING))
+
+
+def _let_out() -> sa.ColumnElement[bool]:
+    """Let out of a line, its message on its way, not claimed yet: it holds a slot of its limits."""
+    c = jobs_table.c
+    return sa.and_(c.waiting_for == WaitReason.RELEASED.value, c.state.in_(_WANTING))
+
+
+#: Strict priorities first when letting jobs out of a line.
+_PRIORITY_ORDER = sa.case({p.value: n for n, p in enumerate(Priority)}, value=jobs_table.c.priority)
+
+
+def _unlimited() -> sa.ColumnElement[bool]:
+    """A job that no limit of `taskapp.flow` holds: no concurrency limit, no limit on its type."""
+    c, limits = jobs_table.c, flow_limits_table.c
+    return sa.and_(
+        c.concurrency_limit == 0,
+        ~sa.exists(sa.select(limits.type).where(limits.type == c.type).scalar_subquery()),
     )
 
 
@@ -225,8 +263,22 @@ class SqlJobStore:
     def claim(
         self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
     ) -> Job | None:
+        with self._transaction() as conn:
+            update = self._claiming(job_id, worker, now, lease_seconds, task_id)
+            row = conn.execute(update.where(_unlimited())).first()
+            if row is None:
+                row = self._claim_limited(conn, job_id, worker, now, lease_seconds, task_id)
+            if row is None:
+                return None
+            job = _job(row)
+            self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
+            return job
+
+    @staticmethod
+    def _claiming(job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str) -> sa.Update:
+        """The claim's UPDATE, guarded on the job wanting a run, returning the claimed row."""
         c = jobs_table.c
-        claim = (
+        return (
             jobs_table.update()
             .where(c.job_id == job_id, c.attempts < c.max_attempts, _wants_a_run(now))
             .values(
@@ -242,16 +294,182 @@ class SqlJobStore:
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 progress_percent=None,
                 progress_message="",
+                waiting_for=WaitReason.NONE.value,
             )
             .returning(*jobs_table.c)
         )
+
+    def _claim_limited(
+        self, conn: Connection, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> sa.Row[Any] | None:
+        """Claim a job under its limits, counted with its type's and key's lock held; or put it in its type's
+        line (`taskapp.flow`) when a limit is reached. None when it is not claimed."""
+        c = jobs_table.c
+        row = conn.execute(
+            sa.select(jobs_table).where(c.job_id == job_id, c.attempts < c.max_attempts, _wants_a_run(now))
+        ).first()
+        if row is None:
+            return None
+        job = _job(row)
+        self._lock_flow(conn, job.type, job.concurrency_key if job.concurrency_limit else None)
+        limit = self._flow_limit(conn, job.type)
+        reason = WaitReason.NONE
+        # The slots of the jobs let out of the line and on their way are theirs, not a newcomer's.
+        others = c.job_id != job_id
+        if (
+            limit.max_running is not None
+            and self._busy(conn, c.type == job.type, others) >= limit.max_running
+        ):
+            reason = WaitReason.TYPE_LIMIT
+        elif job.concurrency_limit and (
+            self._busy(conn, c.concurrency_key == job.concurrency_key, others) >= job.concurrency_limit
+        ):
+            reason = WaitReason.KEY_LIMIT
+        if reason is WaitReason.NONE:
+            update = self._claiming(job_id, worker, now, lease_seconds, task_id)
+            return conn.execute(update.values(flow_limited=True)).first()
+        conn.execute(
+            jobs_table.update()
+            .where(c.job_id == job_id)
+            .values(
+                waiting_for=reason.value,
+                fair_rank=self._turn(conn, job),
+                published_at=sa.func.coalesce(c.published_at, now),
+            )
+        )
+        return None
+
+    def _lock_flow(self, conn: Connection, type: str, key: str | None) -> None:
+        """Serialize the claims and lettings-out of a type (and a concurrency key): on PostgreSQL with
+        transaction-scoped advisory locks, always in the same order; SQLite's writes are serialized already."""
+        if conn.dialect.name != "postgresql":
+            return
+        for scope in sorted({f"type:{type}", *([f"key:{key}"] if key is not None else [])}):
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(scope, 0))))
+
+    @staticmethod
+    def _flow_limit(conn: Connection, type: str) -> FlowLimit:
+        limits = flow_limits_table.c
+        max_running = conn.execute(
+            sa.select(limits.max_running).where(limits.type == type)
+        ).scalar_one_or_none()
+        return FlowLimit(type=type, max_running=max_running)
+
+    @staticmethod
+    def _busy(conn: Connection, condition: sa.ColumnElement[bool], let_out: sa.ColumnElement[bool]) -> int:
+        """RUNNING jobs matching `condition`, and those let out of a line and not claimed yet matching `let_out`
+        too (their messages are on their way)."""
+        c = jobs_table.c
+        count = sa.select(sa.func.count())
+        running = conn.execute(count.where(c.state == JobState.RUNNING.value, condition)).scalar_one()
+        # Two counts, not an OR: each is served by its own index (states; the lines' partial one).
+        coming = conn.execute(count.where(_let_out(), condition, let_out)).scalar_one()
+        return int(running) + int(coming)
+
+    @staticmethod
+    def _turn(conn: Connection, job: Job) -> int:
+        """Its turn in its type's line: after the last of its key's waiting jobs, and not before the turn the
+        line has reached, so a key that joins is served next, then takes turns with the others."""
+        c = jobs_table.c
+        in_line = sa.and_(c.type == job.type, _in_line())
+        reached, last = conn.execute(
+            sa.select(
+                sa.select(sa.func.min(c.fair_rank)).where(in_line).scalar_subquery(),
+                sa.select(sa.func.max(c.fair_rank))
+                .where(in_line, c.concurrency_key == job.concurrency_key)
+                .scalar_subquery(),
+            )
+        ).one()
+        return max(reached or 0, last + 1 if last is not None else 0)
+
+    def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
+        c = jobs_table.c
         with self._transaction() as conn:
-            row = conn.execute(claim).first()
-            if row is None:
-                return None
-            job = _job(row)
-            self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
-            return job
+            self._lock_flow(conn, type, None)
+            limit = self._flow_limit(conn, type)
+            room = most
+            if limit.max_running is not None:
+                room = min(room, limit.max_running - self._busy(conn, c.type == type, sa.true()))
+            if room <= 0:
+                return []
+            candidates = conn.execute(
+                sa.select(jobs_table)
+                .where(c.type == type, _in_line())
+                .order_by(_PRIORITY_ORDER, c.fair_rank, c.seq)
+                .limit(max(room * 4, 50))
+            ).all()
+            chosen: list[str] = []
+            key_room: dict[str, int] = {}
+            for candidate in map(_job, candidates):
+                if len(chosen) == room:
+                    break
+                if candidate.concurrency_limit:
+                    key = candidate.concurrency_key
+                    if key not in key_room:
+                        busy = self._busy(conn, c.concurrency_key == key, sa.true())
+                        key_room[key] = candidate.concurrency_limit - busy
+                    if key_room[key] <= 0:
+                        continue
+                    key_room[key] -= 1
+                chosen.append(candidate.job_id)
+            if not chosen:
+                return []
+            rows = conn.execute(
+                jobs_table.update()
+                .where(c.job_id.in_(chosen), _in_line())
+                .values(waiting_for=WaitReason.RELEASED.value, published_at=None, updated_at=now)
+                .returning(*jobs_table.c)
+            ).all()
+        return sorted(map(_job, rows), key=lambda job: chosen.index(job.job_id))
+
+    def running_ids(self, *, type: str | None, key: str | None, most: int) -> builtins.list[str]:
+        c = jobs_table.c
+        query = sa.select(c.job_id).where(c.state == JobState.RUNNING.value)
+        if type is not None:
+            query = query.where(c.type == type)
+        if key is not None:
+            query = query.where(c.concurrency_key == key)
+        with self._transaction() as conn:
+            return list(conn.execute(query.order_by(c.started_at).limit(most)).scalars())
+
+    def count_ahead(self, job: Job) -> int:
+        c = jobs_table.c
+        priorities = list(Priority)
+        higher = [p.value for p in priorities[: priorities.index(job.priority)]]
+        query = (
+            sa.select(sa.func.count())
+            .where(
+                c.state == JobState.QUEUED.value,
+                c.waiting_for.in_([WaitReason.NONE.value, WaitReason.RELEASED.value]),
+            )
+            .where(sa.or_(c.priority.in_(higher), sa.and_(c.priority == job.priority.value, c.seq < job.seq)))
+        )
+        with self._transaction() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def types_in_line(self) -> builtins.list[str]:
+        c = jobs_table.c
+        with self._transaction() as conn:
+            return list(conn.execute(sa.select(c.type).where(_in_line()).distinct()).scalars())
+
+    def get_flow_limit(self, type: str) -> FlowLimit:
+        with self._transaction() as conn:
+            return self._flow_limit(conn, type)
+
+    def list_flow_limits(self) -> builtins.list[FlowLimit]:
+        limits = flow_limits_table.c
+        with self._transaction() as conn:
+            rows = conn.execute(sa.select(flow_limits_table).order_by(limits.type)).all()
+        return [FlowLimit(type=row.type, max_running=row.max_running) for row in rows]
+
+    def set_flow_limit(self, limit: FlowLimit) -> None:
+        limits = flow_limits_table.c
+        with self._transaction() as conn:
+            conn.execute(flow_limits_table.delete().where(limits.type == limit.type))
+            if limit.max_running is not None:
+                conn.execute(
+                    flow_limits_table.insert().values(type=limit.type, max_running=limit.max_running)
+                )
 
     def renew_leases(
         self, worker: str, task_ids: Mapping[str, str], now: datetime, lease_seconds: float
@@ -744,6 +962,7 @@ class SqlJobStore:
 
     def beat(self, worker: WorkerBeat) -> None:
         values = dataclasses.asdict(worker)
+        values["types"] = list(worker.types)
         insert = self._insert(workers_table).values(values)
         upsert = insert.on_conflict_do_update(
             index_elements=[workers_table.c.name],
@@ -765,6 +984,7 @@ class SqlJobStore:
                 concurrency=row.concurrency,
                 started_at=aware(row.started_at),  # type: ignore[arg-type]
                 seen_at=aware(row.seen_at),  # type: ignore[arg-type]
+                types=tuple(row.types),
             )
             for row in rows
         ]

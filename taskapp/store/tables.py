@@ -21,6 +21,8 @@ _TIMESTAMP = sa.DateTime(timezone=True)
 #: The outbox: jobs that want a run and whose message is not known to be sent. A job claimed or cancelled before
 #: its message was marked sent owes nothing; were it kept here, the index would grow with every such job.
 _UNPUBLISHED = sa.text("published_at IS NULL AND state IN ('QUEUED', 'RETRYING')")
+#: Jobs in a line of `taskapp.flow`, or just let out of it: only jobs of limited types and keys.
+_WAITING = sa.text("waiting_for <> ''")
 
 
 class JobRow(SQLModel, table=True):
@@ -35,6 +37,16 @@ class JobRow(SQLModel, table=True):
             "ix_jobs_unpublished", "updated_at", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED
         ),
         sa.Index("ix_jobs_finished_at", "finished_at"),
+        # Flow control's lines: the next to let out, per type, by priority then turn (`taskapp.flow`).
+        sa.Index(
+            "ix_jobs_waiting",
+            "type",
+            "waiting_for",
+            "fair_rank",
+            "seq",
+            postgresql_where=_WAITING,
+            sqlite_where=_WAITING,
+        ),
         # ListJobs' filters: created-at ranges; on PostgreSQL also labels (`@>`) and job id prefixes (LIKE).
         sa.Index("ix_jobs_created_at", "created_at"),
         sa.Index(
@@ -81,6 +93,13 @@ class JobRow(SQLModel, table=True):
     labels: dict[str, str] = Field(
         default_factory=dict, sa_type=_JSON_TYPE, sa_column_kwargs={"server_default": sa.text("'{}'")}
     )
+    #: Flow control (`taskapp.flow`): at most `concurrency_limit` jobs of the key running at once; why the job
+    #: waits for a slot, and its turn among its type's waiting jobs; whether its run was claimed under a limit.
+    concurrency_key: str = Field(default="", sa_type=sa.String(255), sa_column_kwargs={"server_default": ""})
+    concurrency_limit: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    waiting_for: str = Field(default="", sa_type=sa.String(16), sa_column_kwargs={"server_default": ""})
+    fair_rank: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+    flow_limited: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class JobEventRow(SQLModel, table=True):
@@ -122,6 +141,10 @@ class WorkerRow(SQLModel, table=True):
     concurrency: int
     started_at: datetime = Field(sa_type=_TIMESTAMP)
     seen_at: datetime = Field(sa_type=_TIMESTAMP, index=True)
+    #: The job types it has loaded, a JSON list.
+    types: list[str] = Field(
+        default_factory=list, sa_type=_JSON_TYPE, sa_column_kwargs={"server_default": sa.text("'[]'")}
+    )
 
 
 class UniqueKeyRow(SQLModel, table=True):
@@ -159,9 +182,19 @@ class ScheduleRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=_TIMESTAMP)
 
 
+class FlowLimitRow(SQLModel, table=True):
+    """An operator's limit on a job type (`taskapp.flow`); a type without a row has none."""
+
+    __tablename__ = "flow_limits"
+
+    type: str = Field(sa_type=sa.String(64), primary_key=True)
+    max_running: int | None = Field(default=None, nullable=True)
+
+
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
 events_table: sa.Table = JobEventRow.__table__  # type: ignore[attr-defined]
 logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
 workers_table: sa.Table = WorkerRow.__table__  # type: ignore[attr-defined]
 unique_keys_table: sa.Table = UniqueKeyRow.__table__  # type: ignore[attr-defined]
 schedules_table: sa.Table = ScheduleRow.__table__  # type: ignore[attr-defined]
+flow_limits_table: sa.Table = FlowLimitRow.__table__  # type: ignore[attr-defined]

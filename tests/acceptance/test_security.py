@@ -54,6 +54,9 @@ CALLS: dict[str, object] = {
     "ResumeSchedule": jobs_pb2.ResumeScheduleRequest(name="x"),
     "DeleteSchedule": jobs_pb2.DeleteScheduleRequest(name="x"),
     "TriggerSchedule": jobs_pb2.TriggerScheduleRequest(name="x"),
+    "SetTypeLimit": jobs_pb2.SetTypeLimitRequest(limit=jobs_pb2.TypeLimit(type="echo")),
+    "ListTypeLimits": jobs_pb2.ListTypeLimitsRequest(),
+    "ExplainJob": jobs_pb2.ExplainJobRequest(job_id="x"),
 }
 
 

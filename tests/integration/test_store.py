@@ -15,6 +15,7 @@ import pytest
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
+    FlowLimit,
     Job,
     JobChange,
     JobFilter,
@@ -23,6 +24,7 @@ from taskapp.jobs import (
     Priority,
     SentMessage,
     SubmitRequest,
+    WaitReason,
     WorkerBeat,
 )
 from taskapp.schedules import Schedule, ScheduleSpec
@@ -634,6 +636,79 @@ def test_a_discarded_job_lets_go_of_its_unique_key(store: JobStore) -> None:
     create(store, new_job("d1", unique_key="k", unique_for=timedelta(hours=1)), T0)
     store.discard_many(["d1"])
     assert store.create_many([new_job("d2", unique_key="k", unique_for=timedelta(hours=1))], T0)[0][1]
+
+
+def _claim(store: JobStore, job_id: str) -> Job | None:
+    return store.claim(job_id, "w1", T0, 60, f"{job_id}:1")
+
+
+def test_a_key_runs_at_most_its_limit_and_the_others_wait_in_line_without_a_message(store: JobStore) -> None:
+    for n in range(3):
+        create(store, new_job(f"k{n}", concurrency_key="customer-1", concurrency_limit=2), T0)
+    store.mark_published([SentMessage.of(store.get(f"k{n}")) for n in range(3)], T0)  # type: ignore[arg-type]
+    assert _claim(store, "k0") and _claim(store, "k1")
+    assert _claim(store, "k2") is None
+    waiting = store.get("k2")
+    assert waiting is not None
+    assert (waiting.state, waiting.waiting_for, waiting.published_at) == (
+        JobState.QUEUED,
+        WaitReason.KEY_LIMIT,
+        T0,
+    )
+    later = T0 + timedelta(hours=1)
+    assert store.owed(later, later, 10) == []
+    assert store.awaiting_run(later, later, later, 0, 10) == []
+    assert store.types_in_line() == ["echo"]
+    assert store.let_out("echo", T0, 10) == [], "no room while two run"
+
+    assert store.succeed("k0", 1, None, T0)
+    [released] = store.let_out("echo", T0, 10)
+    assert (released.job_id, released.waiting_for, released.published_at) == ("k2", WaitReason.RELEASED, None)
+    assert store.let_out("echo", T0, 10) == [], "the one let out holds the free slot"
+    assert [job.job_id for job in store.owed(later, later, 10)] == ["k2"]
+    claimed = _claim(store, "k2")
+    assert claimed is not None and claimed.flow_limited and claimed.waiting_for is WaitReason.NONE
+    assert store.types_in_line() == []
+
+
+def test_a_type_limit_lets_keys_take_turns_within_a_priority(store: JobStore) -> None:
+    store.set_flow_limit(FlowLimit(type="echo", max_running=1))
+    assert store.list_flow_limits() == [FlowLimit(type="echo", max_running=1)]
+    for n in range(5):
+        create(store, new_job(f"a{n}", concurrency_key="a"), T0)
+    for n in range(2):
+        create(store, new_job(f"b{n}", concurrency_key="b"), T0)
+    create(store, new_job("urgent", concurrency_key="a", priority=Priority.HIGH), T0)
+    create(store, new_job("free", type="noop"), T0)
+    assert _claim(store, "free"), "another type is not limited"
+    assert _claim(store, "a0")
+    for job_id in ("a1", "a2", "a3", "a4", "b0", "b1", "urgent"):
+        assert _claim(store, job_id) is None
+        assert store.get(job_id).waiting_for is WaitReason.TYPE_LIMIT  # type: ignore[union-attr]
+    started = ["a0"]
+    while True:
+        assert store.succeed(started[-1], 1, None, T0)
+        let_out = store.let_out("echo", T0, 10)
+        if not let_out:
+            break
+        assert len(let_out) == 1, "one slot"
+        assert _claim(store, let_out[0].job_id)
+        started.append(let_out[0].job_id)
+    assert started == ["a0", "urgent", "a1", "b0", "a2", "b1", "a3", "a4"]
+
+    store.set_flow_limit(FlowLimit(type="echo", max_running=None))
+    assert store.list_flow_limits() == []
+    assert store.get_flow_limit("echo") == FlowLimit(type="echo")
+
+
+def test_concurrent_claims_of_one_key_start_no_more_than_its_limit(store: JobStore) -> None:
+    """Each claim in its own transaction, at once: counted under the key's lock, not read before a write."""
+    for n in range(20):
+        create(store, new_job(f"c{n}", concurrency_key="k", concurrency_limit=3), T0)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        claimed = [job for job in pool.map(lambda n: _claim(store, f"c{n}"), range(20)) if job is not None]
+    assert len(claimed) == 3
+    assert sum(store.get(f"c{n}").waiting_for is WaitReason.KEY_LIMIT for n in range(20)) == 17  # type: ignore[union-attr]
 
 
 def test_schedules_are_kept_found_when_due_and_advanced_once(store: JobStore) -> None:

@@ -1,0 +1,114 @@
+"""Flow control with the real gateway, several workers and the scheduler: concurrency limits per key and per
+job type hold across every worker, waiting jobs wait in SQL without going round the broker, keys take turns,
+and ExplainJob says why a job waits. The execution record (outside taskapp's SQL) and the workers' own logs of
+the messages they received are the proof."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from grpc_gateway.v1 import jobs_pb2
+from tests.helpers import BIN, ExecutionRecord, Run, Stack, wait_for
+
+MakeStack = Callable[..., Stack]
+WORKERS = ["worker", "worker-1", "worker-2"]
+
+
+def taskapp(stack: Stack, *args: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "taskapp"), "--address", stack.address, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def recorded(
+    record: ExecutionRecord, job_id: str, seconds: float, **fields: object
+) -> jobs_pb2.SubmitJobRequest:
+    request = jobs_pb2.SubmitJobRequest(job_id=job_id, type="recorded", **fields)  # type: ignore[arg-type]
+    request.payload.update(record.payload(seconds=seconds))
+    return request
+
+
+def submit_all(stack: Stack, requests: list[jobs_pb2.SubmitJobRequest]) -> None:
+    stack.stub().SubmitJobs(jobs_pb2.SubmitJobsRequest(jobs=requests), timeout=30)
+
+
+def most_at_once(runs: list[Run]) -> int:
+    """The most runs that were going at one moment, from their start and finish times."""
+    edges = sorted([(run.started, 1) for run in runs] + [(run.last_seen, -1) for run in runs])
+    most = going = 0
+    for _, step in edges:
+        going += step
+        most = max(most, going)
+    return most
+
+
+def deliveries(stack: Stack, names: list[str]) -> Counter[str]:
+    """Messages each job's runs were delivered in, as the workers logged receiving them."""
+    received = re.compile(r"Task handlers\.\w+\[(?P<job_id>[^@\]]+)@\d+\] received")
+    return Counter(match["job_id"] for name in names for match in received.finditer(stack.log(name)))
+
+
+def explain(stack: Stack, job_id: str) -> jobs_pb2.ExplainJobResponse:
+    return stack.stub().ExplainJob(jobs_pb2.ExplainJobRequest(job_id=job_id), timeout=10)
+
+
+def all_succeeded(stack: Stack, job_ids: list[str]) -> bool:
+    return all(
+        stack.stub().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10).state
+        == jobs_pb2.JOB_STATE_SUCCEEDED
+        for job_id in job_ids
+    )
+
+
+def test_a_key_limit_of_2_holds_across_3_workers_and_leaves_another_key_alone(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack()
+    for name in WORKERS[1:]:
+        stack.start_worker(2, name=name)
+    record = ExecutionRecord(tmp_path / "record")
+    limited = [f"a-{n}" for n in range(20)]
+    free = [f"b-{n}" for n in range(20)]
+    submit_all(
+        stack,
+        [
+            request
+            for a, b in zip(limited, free, strict=True)
+            for request in (
+                recorded(record, a, 0.4, concurrency_key="tenant-a", concurrency_limit=2),
+                recorded(record, b, 0.4, concurrency_key="tenant-b", concurrency_limit=100),
+            )
+        ],
+    )
+    # A job of the first key that waits says so, naming the two that hold its key's slots.
+    waiting = wait_for(
+        lambda: next(
+            (e for job_id in limited if (e := explain(stack, job_id)).code == jobs_pb2.WAIT_CODE_KEY_LIMIT),
+            None,
+        ),
+        10,
+        "a job waiting for its key",
+    )
+    assert "'tenant-a' runs its limit of 2" in waiting.reason
+    assert len(waiting.blocking_job_ids) <= 2 and set(waiting.blocking_job_ids) <= set(limited)
+
+    wait_for(lambda: all_succeeded(stack, limited + free), 60, "all 40 jobs to succeed")
+    runs = record.runs()
+    assert Counter(run.job_id for run in runs) == Counter(limited + free), "each job ran once"
+    assert all(run.finished for run in runs)
+    assert most_at_once([run for run in runs if run.job_id in limited]) == 2
+    assert most_at_once([run for run in runs if run.job_id in free]) >= 4, "the other key is not held back"
+    received = deliveries(stack, WORKERS)
+    assert all(received[job_id] <= 2 for job_id in limited), "a waiting job's message went round once at most"
+    assert sum(received[job_id] == 2 for job_id in limited) >= 10, "most of the first key's jobs waited"
+    assert all(received[job_id] == 1 for job_id in free)
