@@ -112,3 +112,33 @@ def test_a_key_limit_of_2_holds_across_3_workers_and_leaves_another_key_alone(
     assert all(received[job_id] <= 2 for job_id in limited), "a waiting job's message went round once at most"
     assert sum(received[job_id] == 2 for job_id in limited) >= 10, "most of the first key's jobs waited"
     assert all(received[job_id] == 1 for job_id in free)
+
+
+def test_under_a_type_limit_of_1_a_key_with_10_waiting_is_not_starved_by_one_with_1000(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack()
+    stack.start_worker(2, name="worker-1")
+    assert taskapp(stack, "limits", "set", "recorded", "--max-running", "1").strip() == (
+        "recorded: at most 1 running"
+    )
+    record = ExecutionRecord(tmp_path / "record")
+    big = [f"a-{n:04}" for n in range(1000)]
+    submit_all(stack, [recorded(record, job_id, 0.05, concurrency_key="tenant-a") for job_id in big])
+    # Every message of the big key has been taken, and its jobs wait in SQL for the one slot.
+    wait_for(lambda: len(deliveries(stack, WORKERS[:2])) == len(big), 60, "the 1,000 jobs to be taken")
+    last = wait_for(
+        lambda: (e := explain(stack, big[-1])).code == jobs_pb2.WAIT_CODE_TYPE_LIMIT and e,
+        10,
+        "the last of them to wait in line",
+    )
+    assert "job type 'recorded' runs its limit of 1" in last.reason
+    started_before = len(record.runs())
+
+    small = [f"b-{n}" for n in range(10)]
+    submit_all(stack, [recorded(record, job_id, 0.05, concurrency_key="tenant-b") for job_id in small])
+    wait_for(lambda: all_succeeded(stack, small), 60, "the small key's 10 jobs")
+    runs = record.runs()
+    next_20 = [run.job_id for run in runs[started_before : started_before + 20]]
+    assert set(small) <= set(next_20), next_20
+    assert most_at_once(runs) == 1, "one slot across both workers"
