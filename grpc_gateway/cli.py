@@ -607,9 +607,11 @@ def stats(config: CliConfig) -> None:
 
 
 # The schedule and flow control verbs live in their own modules, which build on the helpers above.
-from grpc_gateway.cli_flow import explain, limits  # noqa: E402
+from grpc_gateway.cli_flow import explain, limits, pause, resume  # noqa: E402
 from grpc_gateway.cli_schedules import schedules  # noqa: E402
 
 main.add_command(schedules)
 main.add_command(explain)
 main.add_command(limits)
+main.add_command(pause)
+main.add_command(resume)

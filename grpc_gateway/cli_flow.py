@@ -1,4 +1,5 @@
-"""`taskapp explain ID` (why a job is not running) and `taskapp limits ...` (a job type's limits)."""
+"""`taskapp explain ID` (why a job is not running), `taskapp limits ...` (a job type's limit) and `taskapp pause`
+/ `taskapp resume` (a job type or a priority queue)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import click
 from rich.table import Table
 
 from grpc_gateway.cli import CliConfig, console_out, echo_json, pass_cli_config
+from grpc_gateway.client import JobClient
+from taskapp.jobs import FlowControl, Priority
+
+_TARGETS = click.Choice(["type", "queue"])
 
 
 @click.command()
@@ -22,6 +27,15 @@ def explain(config: CliConfig, job_id: str) -> None:
     click.echo(explained.reason)
 
 
+def _said(config: CliConfig, control: FlowControl) -> None:
+    if config.as_json:
+        echo_json(control)
+        return
+    limit = f"at most {control.max_running} running" if control.max_running is not None else "no limit"
+    name = control.type if control.type is not None else f"queue {control.queue}"
+    click.echo(f"{name}: {limit}{', paused' if control.paused else ''}")
+
+
 @click.group()
 def limits() -> None:
     """How many jobs of a type run at once, across every worker."""
@@ -34,11 +48,7 @@ def limits() -> None:
 def set_limit(config: CliConfig, type: str, max_running: int) -> None:
     """Run at most N jobs of TYPE at once; the others wait, their concurrency keys taking turns."""
     with config.connect() as client:
-        limit = client.set_type_limit(type, max_running)
-    if config.as_json:
-        echo_json(limit)
-    else:
-        click.echo(f"{limit.type}: at most {limit.max_running} running")
+        _said(config, client.set_type_limit(type, max_running))
 
 
 @limits.command("remove")
@@ -47,23 +57,51 @@ def set_limit(config: CliConfig, type: str, max_running: int) -> None:
 def remove_limit(config: CliConfig, type: str) -> None:
     """Take away TYPE's limit: its waiting jobs start."""
     with config.connect() as client:
-        limit = client.set_type_limit(type, None)
-    if config.as_json:
-        echo_json(limit)
-    else:
-        click.echo(f"{limit.type}: no limit")
+        _said(config, client.set_type_limit(type, None))
 
 
 @limits.command("list")
 @pass_cli_config
 def list_limits(config: CliConfig) -> None:
-    """Every job type that has a limit."""
+    """Every job type and queue with a limit or a pause."""
     with config.connect() as client:
-        type_limits = client.type_limits()
+        controls = client.flow_controls()
     if config.as_json:
-        echo_json(type_limits)
+        echo_json(controls)
         return
-    table = Table("TYPE", "MAX RUNNING")
-    for limit in type_limits:
-        table.add_row(limit.type, str(limit.max_running))
+    table = Table("TYPE OR QUEUE", "MAX RUNNING", "PAUSED")
+    for control in controls:
+        name = control.type if control.type is not None else f"queue {control.queue}"
+        limit = str(control.max_running) if control.max_running is not None else "-"
+        table.add_row(name, limit, "yes" if control.paused else "no")
     console_out().print(table)
+
+
+def _pause(client: JobClient, target: str, name: str, paused: bool) -> FlowControl:
+    if target == "type":
+        return client.pause_type(name) if paused else client.resume_type(name)
+    try:
+        queue = Priority(name)
+    except ValueError:
+        raise click.BadParameter(f"not a queue: {name!r} (one of {', '.join(Priority)})") from None
+    return client.pause_queue(queue) if paused else client.resume_queue(queue)
+
+
+@click.command()
+@click.argument("target", type=_TARGETS)
+@click.argument("name")
+@pass_cli_config
+def pause(config: CliConfig, target: str, name: str) -> None:
+    """Start no job of job type or queue NAME until resumed; running ones finish."""
+    with config.connect() as client:
+        _said(config, _pause(client, target, name, True))
+
+
+@click.command()
+@click.argument("target", type=_TARGETS)
+@click.argument("name")
+@pass_cli_config
+def resume(config: CliConfig, target: str, name: str) -> None:
+    """Let the waiting jobs of job type or queue NAME start."""
+    with config.connect() as client:
+        _said(config, _pause(client, target, name, False))

@@ -23,7 +23,7 @@ from grpc_gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from taskapp.explain import WaitCode
 from taskapp.jobs import (
     BulkOutcome,
-    FlowLimit,
+    FlowControl,
     Job,
     JobEvent,
     JobFilter,
@@ -422,15 +422,31 @@ class JobClient:
     def explain(self, job_id: str) -> Explained:
         return _explained(self._call(self._stub.ExplainJob, jobs_pb2.ExplainJobRequest(job_id=job_id)))
 
-    def set_type_limit(self, type: str, max_running: int | None) -> FlowLimit:
+    def set_type_limit(self, type: str, max_running: int | None) -> FlowControl:
         """At most `max_running` jobs of `type` at once across every worker; None removes the limit."""
-        limit = jobs_pb2.TypeLimit(type=type, max_running=max_running)
-        reply = self._call(self._stub.SetTypeLimit, jobs_pb2.SetTypeLimitRequest(limit=limit))
-        return convert.type_limit_from_pb(reply)
+        request = jobs_pb2.SetTypeLimitRequest(type=type, max_running=max_running)
+        return convert.flow_control_from_pb(self._call(self._stub.SetTypeLimit, request))
 
-    def type_limits(self) -> builtins.list[FlowLimit]:
-        reply = self._call(self._stub.ListTypeLimits, jobs_pb2.ListTypeLimitsRequest())
-        return [convert.type_limit_from_pb(limit) for limit in reply.limits]
+    def pause_type(self, type: str) -> FlowControl:
+        reply = self._call(self._stub.PauseType, jobs_pb2.PauseTypeRequest(type=type))
+        return convert.flow_control_from_pb(reply)
+
+    def resume_type(self, type: str) -> FlowControl:
+        reply = self._call(self._stub.ResumeType, jobs_pb2.ResumeTypeRequest(type=type))
+        return convert.flow_control_from_pb(reply)
+
+    def pause_queue(self, queue: Priority) -> FlowControl:
+        request = jobs_pb2.PauseQueueRequest(queue=convert.priority_to_pb(queue))
+        return convert.flow_control_from_pb(self._call(self._stub.PauseQueue, request))
+
+    def resume_queue(self, queue: Priority) -> FlowControl:
+        request = jobs_pb2.ResumeQueueRequest(queue=convert.priority_to_pb(queue))
+        return convert.flow_control_from_pb(self._call(self._stub.ResumeQueue, request))
+
+    def flow_controls(self) -> builtins.list[FlowControl]:
+        """Every job type and queue with a limit or a pause: types first, by name."""
+        reply = self._call(self._stub.GetFlowControls, jobs_pb2.GetFlowControlsRequest())
+        return [convert.flow_control_from_pb(control) for control in [*reply.types, *reply.queues]]
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.

@@ -11,7 +11,7 @@ from grpc_gateway.v1 import jobs_pb2
 from taskapp.errors import InvalidArgument
 from taskapp.explain import Explanation, WaitCode
 from taskapp.jobs import (
-    FlowLimit,
+    FlowControl,
     Job,
     JobEvent,
     JobFilter,
@@ -20,6 +20,8 @@ from taskapp.jobs import (
     Priority,
     QueueStats,
     SubmitRequest,
+    queue_scope,
+    type_scope,
 )
 from taskapp.schedules import CatchUp, Overlap, Schedule, ScheduleSpec
 
@@ -352,14 +354,28 @@ def schedule_from_pb(schedule: jobs_pb2.Schedule) -> Schedule:
     )
 
 
-def type_limit_to_pb(limit: FlowLimit) -> jobs_pb2.TypeLimit:
-    return jobs_pb2.TypeLimit(type=limit.type, max_running=limit.max_running)
+def type_control_to_pb(control: FlowControl) -> jobs_pb2.TypeControl:
+    return jobs_pb2.TypeControl(type=control.type, max_running=control.max_running, paused=control.paused)
 
 
-def type_limit_from_pb(limit: jobs_pb2.TypeLimit) -> FlowLimit:
-    return FlowLimit(
-        type=limit.type, max_running=limit.max_running if limit.HasField("max_running") else None
-    )
+def queue_control_to_pb(control: FlowControl) -> jobs_pb2.QueueControl:
+    assert control.queue is not None
+    return jobs_pb2.QueueControl(queue=_PRIORITY_TO_PB[control.queue], paused=control.paused)
+
+
+def flow_control_from_pb(control: jobs_pb2.TypeControl | jobs_pb2.QueueControl) -> FlowControl:
+    if isinstance(control, jobs_pb2.QueueControl):
+        return FlowControl(queue_scope(_PRIORITY_FROM_PB[control.queue]), paused=control.paused)
+    max_running = control.max_running if control.HasField("max_running") else None
+    return FlowControl(type_scope(control.type), max_running=max_running, paused=control.paused)
+
+
+def queue_from_pb(value: int) -> Priority:
+    """A queue to pause or resume: unspecified is not one."""
+    priority = priority_from_pb(value, "queue")
+    if priority is None:
+        raise InvalidArgument("queue", "is required")
+    return priority
 
 
 _WAIT_CODE_TO_PB = {
@@ -367,6 +383,7 @@ _WAIT_CODE_TO_PB = {
     WaitCode.QUEUED: jobs_pb2.WAIT_CODE_QUEUED,
     WaitCode.KEY_LIMIT: jobs_pb2.WAIT_CODE_KEY_LIMIT,
     WaitCode.TYPE_LIMIT: jobs_pb2.WAIT_CODE_TYPE_LIMIT,
+    WaitCode.PAUSED: jobs_pb2.WAIT_CODE_PAUSED,
     WaitCode.BACKING_OFF: jobs_pb2.WAIT_CODE_BACKING_OFF,
     WaitCode.RUNNING: jobs_pb2.WAIT_CODE_RUNNING,
     WaitCode.NO_WORKER: jobs_pb2.WAIT_CODE_NO_WORKER,

@@ -27,11 +27,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from grpc_gateway import convert
 from grpc_gateway.auth import REFUSAL, TokenAuth
 from grpc_gateway.http_schema import model_of
 from grpc_gateway.servicer import FIELD_KEY, JobServicer
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.config import split_address
+from taskapp.jobs import Priority
 
 #: A gRPC status code's HTTP twin. RESOURCE_EXHAUSTED is 413 when a request (or a field of it) is too large,
 #: 429 when a limit of the service is reached.
@@ -189,8 +191,9 @@ RetryJobsRequest = model("RetryJobsRequest")
 ScheduleBody = model("Schedule")
 JobId = Annotated[str, Path(description="The job's id")]
 ScheduleName = Annotated[str, Path(description="The schedule's name")]
-TypeLimitBody = model("TypeLimit")
+TypeLimitBody = model("SetTypeLimitRequest")
 JobType = Annotated[str, Path(description="A registered job type")]
+Queue = Annotated[Priority, Path(description="A priority queue")]
 
 
 def query_parameters(request: type[BaseModel]) -> list[dict[str, Any]]:
@@ -429,27 +432,59 @@ def http_app(servicer: JobServicer, auth: TokenAuth | None) -> FastAPI:
         """ExplainJob: why the job is not running, or what it is doing."""
         return await answer(servicer.ExplainJob, jobs_pb2.ExplainJobRequest(job_id=job_id))
 
+    type_control = model("TypeControl")
+    queue_control = model("QueueControl")
+
     @app.get(
-        "/v1/type-limits",
+        "/v1/flow-controls",
         tags=["flow control"],
         dependencies=guarded,
-        response_model=model("ListTypeLimitsResponse"),
+        response_model=model("FlowControls"),
     )
-    async def list_type_limits() -> JSONResponse:
-        """ListTypeLimits: every job type that has a limit."""
-        return await answer(servicer.ListTypeLimits, jobs_pb2.ListTypeLimitsRequest())
+    async def get_flow_controls() -> JSONResponse:
+        """GetFlowControls: every job type and queue with a limit or a pause."""
+        return await answer(servicer.GetFlowControls, jobs_pb2.GetFlowControlsRequest())
 
     @app.put(
-        "/v1/type-limits/{type}", tags=["flow control"], dependencies=with_body, response_model=TypeLimitBody
+        "/v1/types/{type}/limit", tags=["flow control"], dependencies=with_body, response_model=type_control
     )
     async def set_type_limit(type: JobType, body: TypeLimitBody) -> JSONResponse:  # type: ignore[valid-type]
-        """SetTypeLimit: replaces the type's limit; without max_running, removes it. The body's type, if
-        given, must be the path's."""
-        limit = parse(body, jobs_pb2.TypeLimit())
-        if limit.type and limit.type != type:
+        """SetTypeLimit: without max_running, removes the limit. The body's type, if given, must be the path's."""
+        request = parse(body, jobs_pb2.SetTypeLimitRequest())
+        if request.type and request.type != type:
             raise Aborted("INVALID_ARGUMENT", "type: differs from the path's", "type")
-        limit.type = type
-        return await answer(servicer.SetTypeLimit, jobs_pb2.SetTypeLimitRequest(limit=limit))
+        request.type = type
+        return await answer(servicer.SetTypeLimit, request)
+
+    @app.post(
+        "/v1/types/{type}:pause", tags=["flow control"], dependencies=guarded, response_model=type_control
+    )
+    async def pause_type(type: JobType) -> JSONResponse:
+        """PauseType: no job of the type starts until resumed; running ones finish."""
+        return await answer(servicer.PauseType, jobs_pb2.PauseTypeRequest(type=type))
+
+    @app.post(
+        "/v1/types/{type}:resume", tags=["flow control"], dependencies=guarded, response_model=type_control
+    )
+    async def resume_type(type: JobType) -> JSONResponse:
+        """ResumeType: its waiting jobs start."""
+        return await answer(servicer.ResumeType, jobs_pb2.ResumeTypeRequest(type=type))
+
+    @app.post(
+        "/v1/queues/{queue}:pause", tags=["flow control"], dependencies=guarded, response_model=queue_control
+    )
+    async def pause_queue(queue: Queue) -> JSONResponse:
+        """PauseQueue: no job of the queue starts until resumed; running ones finish."""
+        request = jobs_pb2.PauseQueueRequest(queue=convert.priority_to_pb(queue))
+        return await answer(servicer.PauseQueue, request)
+
+    @app.post(
+        "/v1/queues/{queue}:resume", tags=["flow control"], dependencies=guarded, response_model=queue_control
+    )
+    async def resume_queue(queue: Queue) -> JSONResponse:
+        """ResumeQueue: its waiting jobs start."""
+        request = jobs_pb2.ResumeQueueRequest(queue=convert.priority_to_pb(queue))
+        return await answer(servicer.ResumeQueue, request)
 
     app.openapi = _without_validation_errors(app.openapi)  # type: ignore[method-assign]
     return app

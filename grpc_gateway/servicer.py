@@ -344,16 +344,52 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     @answers_errors
     async def SetTypeLimit(
         self, request: jobs_pb2.SetTypeLimitRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.TypeLimit:
-        limit = convert.type_limit_from_pb(request.limit)
-        return convert.type_limit_to_pb(await asyncio.to_thread(self.service.set_type_limit, limit))
+    ) -> jobs_pb2.TypeControl:
+        max_running = request.max_running if request.HasField("max_running") else None
+        control = await asyncio.to_thread(self.service.set_type_limit, request.type, max_running)
+        return convert.type_control_to_pb(control)
 
     @answers_errors
-    async def ListTypeLimits(
-        self, request: jobs_pb2.ListTypeLimitsRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.ListTypeLimitsResponse:
-        limits = await asyncio.to_thread(self.service.type_limits)
-        return jobs_pb2.ListTypeLimitsResponse(limits=[convert.type_limit_to_pb(limit) for limit in limits])
+    async def PauseType(
+        self, request: jobs_pb2.PauseTypeRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.TypeControl:
+        return convert.type_control_to_pb(
+            await asyncio.to_thread(self.service.pause_type, request.type, True)
+        )
+
+    @answers_errors
+    async def ResumeType(
+        self, request: jobs_pb2.ResumeTypeRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.TypeControl:
+        return convert.type_control_to_pb(
+            await asyncio.to_thread(self.service.pause_type, request.type, False)
+        )
+
+    @answers_errors
+    async def PauseQueue(
+        self, request: jobs_pb2.PauseQueueRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.QueueControl:
+        queue = convert.queue_from_pb(request.queue)
+        return convert.queue_control_to_pb(await asyncio.to_thread(self.service.pause_queue, queue, True))
+
+    @answers_errors
+    async def ResumeQueue(
+        self, request: jobs_pb2.ResumeQueueRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.QueueControl:
+        queue = convert.queue_from_pb(request.queue)
+        return convert.queue_control_to_pb(await asyncio.to_thread(self.service.pause_queue, queue, False))
+
+    @answers_errors
+    async def GetFlowControls(
+        self, request: jobs_pb2.GetFlowControlsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.FlowControls:
+        controls = await asyncio.to_thread(self.service.flow_controls)
+        return jobs_pb2.FlowControls(
+            types=[convert.type_control_to_pb(control) for control in controls if control.type is not None],
+            queues=[
+                convert.queue_control_to_pb(control) for control in controls if control.queue is not None
+            ],
+        )
 
     @answers_errors
     async def ExplainJob(

@@ -11,7 +11,16 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from taskapp.jobs import TERMINAL_STATES, Job, JobState, WaitReason, WorkerBeat
+from taskapp.jobs import (
+    TERMINAL_STATES,
+    FlowControl,
+    Job,
+    JobState,
+    WaitReason,
+    WorkerBeat,
+    queue_scope,
+    type_scope,
+)
 from taskapp.store.port import JobStore
 
 #: Running jobs named as holding a limit.
@@ -23,6 +32,7 @@ class WaitCode(enum.StrEnum):
     QUEUED = "queued"
     KEY_LIMIT = "key_limit"
     TYPE_LIMIT = "type_limit"
+    PAUSED = "paused"
     BACKING_OFF = "backing_off"
     RUNNING = "running"
     NO_WORKER = "no_worker"
@@ -72,13 +82,22 @@ def explain(store: JobStore, job: Job, now: datetime, answering: list[WorkerBeat
         )
         return Explanation(job, WaitCode.KEY_LIMIT, reason, blocking_job_ids=blocking)
     if job.waiting_for is WaitReason.TYPE_LIMIT:
-        limit = store.get_flow_limit(job.type).max_running
+        [control] = store.flow_controls([type_scope(job.type)]) or [FlowControl(type_scope(job.type))]
+        limit = control.max_running
         blocking = store.running_ids(type=job.type, key=None, most=BLOCKING_SHOWN)
         reason = (
             f"waiting: job type {job.type!r} runs its limit of {limit} job(s) (SetTypeLimit): "
             f"{', '.join(blocking) or 'ending now'}"
         )
         return Explanation(job, WaitCode.TYPE_LIMIT, reason, blocking_job_ids=blocking)
+    if job.waiting_for is WaitReason.PAUSED:
+        paused = store.flow_controls([type_scope(job.type), queue_scope(job.priority)])
+        what = " and ".join(
+            f"job type {job.type!r}" if control.type else f"the {job.priority.value} queue"
+            for control in paused
+        )
+        reason = f"waiting: {what or 'its type or queue'} {'is' if len(paused) < 2 else 'are'} paused"
+        return Explanation(job, WaitCode.PAUSED, reason)
     if not any(job.type in worker.types for worker in answering):
         others = f" ({len(answering)} worker(s) answer, none with it)" if answering else ""
         reason = f"no worker that has job type {job.type!r} loaded is answering{others}"

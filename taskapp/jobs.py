@@ -86,8 +86,10 @@ class WaitReason(enum.StrEnum):
     NONE = ""
     #: Its concurrency key has `concurrency_limit` jobs running.
     KEY_LIMIT = "key_limit"
-    #: Its type has its `max_running` jobs running (`FlowLimit`).
+    #: Its type has its `max_running` jobs running (`FlowControl`).
     TYPE_LIMIT = "type_limit"
+    #: Its type or its priority queue is paused (`FlowControl`).
+    PAUSED = "paused"
     RELEASED = "released"
 
     @property
@@ -306,12 +308,39 @@ class SubmitRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class FlowLimit:
-    """An operator's limit on a job type, kept in SQL, read by every claim of the type."""
+class FlowControl:
+    """An operator's control over a job type or a priority queue (`taskapp.flow`), kept in SQL and read by every
+    claim of their jobs."""
 
-    type: str
-    #: At most this many jobs of the type run at once across every worker (None: no limit).
+    #: "type:<job type>" or "queue:<priority>" (`type_scope`, `queue_scope`).
+    scope: str
+    #: At most this many jobs of the type run at once across every worker (types only; None: no limit).
     max_running: int | None = None
+    #: None of its jobs starts while paused; those running finish.
+    paused: bool = False
+
+    @property
+    def idle(self) -> bool:
+        """Controls nothing: not kept."""
+        return self.max_running is None and not self.paused
+
+    @property
+    def type(self) -> str | None:
+        kind, _, name = self.scope.partition(":")
+        return name if kind == "type" else None
+
+    @property
+    def queue(self) -> Priority | None:
+        kind, _, name = self.scope.partition(":")
+        return Priority(name) if kind == "queue" else None
+
+
+def type_scope(type: str) -> str:
+    return f"type:{type}"
+
+
+def queue_scope(priority: Priority) -> str:
+    return f"queue:{priority.value}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -35,7 +36,7 @@ from taskapp.jobs import (
     RETRYABLE_BY_REQUEST,
     BulkOutcome,
     CancelOutcome,
-    FlowLimit,
+    FlowControl,
     Job,
     JobEvent,
     JobFilter,
@@ -48,6 +49,8 @@ from taskapp.jobs import (
     SentMessage,
     SubmitOutcome,
     SubmitRequest,
+    queue_scope,
+    type_scope,
 )
 from taskapp.overview import FORGET_WORKERS_AFTER, answering
 from taskapp.published_marks import PublishedMarks, mark_published
@@ -395,18 +398,40 @@ class JobService:
         workers = answering(self.store.workers(now - FORGET_WORKERS_AFTER), now, beat_seconds)
         return explain(self.store, job, now, workers)
 
-    def set_type_limit(self, limit: FlowLimit) -> FlowLimit:
-        """Replace a job type's limit; jobs waiting for it start at once if it leaves them room."""
-        if self.registry.get(limit.type) is None:
-            raise InvalidArgument("type", self._unknown_type(limit.type))
-        if limit.max_running is not None:
-            _check_range("max_running", limit.max_running, CONCURRENCY_LIMIT_RANGE)
-        self.store.set_flow_limit(limit)
-        flow.let_out(self.store, self.publisher, limit.type, self._clock)
-        return limit
+    def set_type_limit(self, type: str, max_running: int | None) -> FlowControl:
+        """At most `max_running` jobs of `type` at once (None: no limit); jobs waiting for it start at once if it
+        leaves them room."""
+        if max_running is not None:
+            _check_range("max_running", max_running, CONCURRENCY_LIMIT_RANGE)
+        control = dataclasses.replace(self._type_control(type), max_running=max_running)
+        self.store.put_flow_control(control)
+        flow.let_out(self.store, self.publisher, type, self._clock)
+        return control
 
-    def type_limits(self) -> builtins.list[FlowLimit]:
-        return self.store.list_flow_limits()
+    def pause_type(self, type: str, paused: bool) -> FlowControl:
+        """Start no job of `type` until resumed (running ones finish); on resume its waiting jobs start."""
+        control = dataclasses.replace(self._type_control(type), paused=paused)
+        self.store.put_flow_control(control)
+        if not paused:
+            flow.let_out(self.store, self.publisher, type, self._clock)
+        return control
+
+    def pause_queue(self, priority: Priority, paused: bool) -> FlowControl:
+        """Start no job of the `priority` queue until resumed (running ones finish); on resume they start."""
+        control = FlowControl(queue_scope(priority), paused=paused)
+        self.store.put_flow_control(control)
+        if not paused:
+            flow.let_out_everywhere(self.store, self.publisher, self._clock)
+        return control
+
+    def flow_controls(self) -> builtins.list[FlowControl]:
+        return self.store.flow_controls()
+
+    def _type_control(self, type: str) -> FlowControl:
+        if self.registry.get(type) is None:
+            raise InvalidArgument("type", self._unknown_type(type))
+        scope = type_scope(type)
+        return next(iter(self.store.flow_controls([scope])), FlowControl(scope))
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Cancel in SQL first (workers check it at claim time), then stop a running job on its worker."""

@@ -51,6 +51,7 @@ class WaitCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAIT_CODE_QUEUED: _ClassVar[WaitCode]
     WAIT_CODE_KEY_LIMIT: _ClassVar[WaitCode]
     WAIT_CODE_TYPE_LIMIT: _ClassVar[WaitCode]
+    WAIT_CODE_PAUSED: _ClassVar[WaitCode]
     WAIT_CODE_BACKING_OFF: _ClassVar[WaitCode]
     WAIT_CODE_RUNNING: _ClassVar[WaitCode]
     WAIT_CODE_NO_WORKER: _ClassVar[WaitCode]
@@ -80,6 +81,7 @@ WAIT_CODE_SCHEDULED: WaitCode
 WAIT_CODE_QUEUED: WaitCode
 WAIT_CODE_KEY_LIMIT: WaitCode
 WAIT_CODE_TYPE_LIMIT: WaitCode
+WAIT_CODE_PAUSED: WaitCode
 WAIT_CODE_BACKING_OFF: WaitCode
 WAIT_CODE_RUNNING: WaitCode
 WAIT_CODE_NO_WORKER: WaitCode
@@ -509,7 +511,25 @@ class TriggerScheduleRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
-class TypeLimit(_message.Message):
+class TypeControl(_message.Message):
+    __slots__ = ("type", "max_running", "paused")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    max_running: int
+    paused: bool
+    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class QueueControl(_message.Message):
+    __slots__ = ("queue", "paused")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    queue: Priority
+    paused: bool
+    def __init__(self, queue: _Optional[_Union[Priority, str]] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class SetTypeLimitRequest(_message.Message):
     __slots__ = ("type", "max_running")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -517,21 +537,41 @@ class TypeLimit(_message.Message):
     max_running: int
     def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...
 
-class SetTypeLimitRequest(_message.Message):
-    __slots__ = ("limit",)
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
-    limit: TypeLimit
-    def __init__(self, limit: _Optional[_Union[TypeLimit, _Mapping]] = ...) -> None: ...
+class PauseTypeRequest(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    def __init__(self, type: _Optional[str] = ...) -> None: ...
 
-class ListTypeLimitsRequest(_message.Message):
+class ResumeTypeRequest(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    def __init__(self, type: _Optional[str] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: Priority
+    def __init__(self, queue: _Optional[_Union[Priority, str]] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: Priority
+    def __init__(self, queue: _Optional[_Union[Priority, str]] = ...) -> None: ...
+
+class GetFlowControlsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class ListTypeLimitsResponse(_message.Message):
-    __slots__ = ("limits",)
-    LIMITS_FIELD_NUMBER: _ClassVar[int]
-    limits: _containers.RepeatedCompositeFieldContainer[TypeLimit]
-    def __init__(self, limits: _Optional[_Iterable[_Union[TypeLimit, _Mapping]]] = ...) -> None: ...
+class FlowControls(_message.Message):
+    __slots__ = ("types", "queues")
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedCompositeFieldContainer[TypeControl]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueControl]
+    def __init__(self, types: _Optional[_Iterable[_Union[TypeControl, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[QueueControl, _Mapping]]] = ...) -> None: ...
 
 class ExplainJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -132,12 +132,32 @@ class JobServiceStub:
         self.SetTypeLimit = channel.unary_unary(
                 '/taskapp.v1.JobService/SetTypeLimit',
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
-                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.FromString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
                 _registered_method=True)
-        self.ListTypeLimits = channel.unary_unary(
-                '/taskapp.v1.JobService/ListTypeLimits',
-                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.SerializeToString,
-                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.FromString,
+        self.PauseType = channel.unary_unary(
+                '/taskapp.v1.JobService/PauseType',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseTypeRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
+                _registered_method=True)
+        self.ResumeType = channel.unary_unary(
+                '/taskapp.v1.JobService/ResumeType',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeTypeRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/taskapp.v1.JobService/PauseQueue',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/taskapp.v1.JobService/ResumeQueue',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.FromString,
+                _registered_method=True)
+        self.GetFlowControls = channel.unary_unary(
+                '/taskapp.v1.JobService/GetFlowControls',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetFlowControlsRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.FlowControls.FromString,
                 _registered_method=True)
         self.ExplainJob = channel.unary_unary(
                 '/taskapp.v1.JobService/ExplainJob',
@@ -284,15 +304,41 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetTypeLimit(self, request, context):
-        """Flow control: a job type's limits, across every worker. Jobs over a limit wait in SQL (their keys taking
-        turns) and start as slots free. Setting a limit replaces the type's; max_running unset removes it.
+        """Flow control: limits and pauses of job types and priority queues, across every worker. Jobs held back wait
+        in SQL (their concurrency keys taking turns) and start as slots free, or on resume.
+        At most max_running jobs of the type at once; max_running unset removes the limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListTypeLimits(self, request, context):
-        """Every job type that has a limit.
+    def PauseType(self, request, context):
+        """No job of the type or queue starts while paused (running ones finish); on resume the waiting ones start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlowControls(self, request, context):
+        """Every job type and queue with a limit or a pause.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -406,12 +452,32 @@ def add_JobServiceServicer_to_server(servicer, server):
             'SetTypeLimit': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTypeLimit,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.FromString,
-                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.SerializeToString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.SerializeToString,
             ),
-            'ListTypeLimits': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListTypeLimits,
-                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.FromString,
-                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.SerializeToString,
+            'PauseType': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseType,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseTypeRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.SerializeToString,
+            ),
+            'ResumeType': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeType,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeTypeRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseQueueRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.SerializeToString,
+            ),
+            'GetFlowControls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowControls,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.GetFlowControlsRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.FlowControls.SerializeToString,
             ),
             'ExplainJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainJob,
@@ -958,7 +1024,7 @@ class JobService:
             target,
             '/taskapp.v1.JobService/SetTypeLimit',
             grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
-            grpc__gateway_dot_v1_dot_jobs__pb2.TypeLimit.FromString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
             options,
             channel_credentials,
             insecure,
@@ -970,7 +1036,7 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
-    def ListTypeLimits(request,
+    def PauseType(request,
             target,
             options=(),
             channel_credentials=None,
@@ -983,9 +1049,117 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/taskapp.v1.JobService/ListTypeLimits',
-            grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsRequest.SerializeToString,
-            grpc__gateway_dot_v1_dot_jobs__pb2.ListTypeLimitsResponse.FromString,
+            '/taskapp.v1.JobService/PauseType',
+            grpc__gateway_dot_v1_dot_jobs__pb2.PauseTypeRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ResumeType',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ResumeTypeRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/PauseQueue',
+            grpc__gateway_dot_v1_dot_jobs__pb2.PauseQueueRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/ResumeQueue',
+            grpc__gateway_dot_v1_dot_jobs__pb2.ResumeQueueRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.QueueControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlowControls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/GetFlowControls',
+            grpc__gateway_dot_v1_dot_jobs__pb2.GetFlowControlsRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.FlowControls.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
-    FlowLimit,
+    FlowControl,
     Job,
     JobChange,
     JobEvent,
@@ -29,6 +29,8 @@ from taskapp.jobs import (
     WaitReason,
     WorkerBeat,
     check_run_failure,
+    queue_scope,
+    type_scope,
     wants_a_run,
 )
 from taskapp.schedules import Schedule
@@ -51,7 +53,7 @@ class InMemoryJobStore:
         self.schedules: dict[str, Schedule] = {}
         #: Unique key -> (the job holding it, until when; None: until that job has finished).
         self.unique_keys: dict[str, tuple[str, datetime | None]] = {}
-        self.flow_limits: dict[str, FlowLimit] = {}
+        self.flow_controls_by_scope: dict[str, FlowControl] = {}
         self._lock = threading.Lock()
 
     # Writing a change: the job's new value, its event, and what the change hooks hear after the "commit".
@@ -323,7 +325,10 @@ class InMemoryJobStore:
                 or not wants_a_run(job.state, job.scheduled_at, now, job.waiting_for)
             ):
                 return None
-            limited = job.concurrency_limit > 0 or job.type in self.flow_limits
+            scopes = (type_scope(job.type), queue_scope(job.priority))
+            limited = job.concurrency_limit > 0 or any(
+                scope in self.flow_controls_by_scope for scope in scopes
+            )
             reason = self._limit_reached(job) if limited else WaitReason.NONE
             if reason is not WaitReason.NONE:
                 published_at = job.published_at or now
@@ -352,10 +357,14 @@ class InMemoryJobStore:
         self._announce(changes)
         return claimed
 
+    def _control(self, scope: str) -> FlowControl:
+        return self.flow_controls_by_scope.get(scope, FlowControl(scope))
+
     def _limit_reached(self, job: Job) -> WaitReason:
         """The slots of the jobs let out of the line and on their way are theirs, not a newcomer's."""
-        limit = self.flow_limits.get(job.type)
-        max_running = limit.max_running if limit is not None else None
+        if self._control(type_scope(job.type)).paused or self._control(queue_scope(job.priority)).paused:
+            return WaitReason.PAUSED
+        max_running = self._control(type_scope(job.type)).max_running
         if max_running is not None and self._busy(type=job.type, besides=job.job_id) >= max_running:
             return WaitReason.TYPE_LIMIT
         if job.concurrency_limit and (
@@ -397,13 +406,16 @@ class InMemoryJobStore:
 
     def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
         with self._lock:
+            control = self._control(type_scope(type))
+            if control.paused:
+                return []
             room = most
-            limit = self.flow_limits.get(type)
-            if limit is not None and limit.max_running is not None:
-                room = min(room, limit.max_running - self._busy(type=type))
+            if control.max_running is not None:
+                room = min(room, control.max_running - self._busy(type=type))
             priorities = list(Priority)
             line = sorted(
-                self._in_line(type), key=lambda job: (priorities.index(job.priority), job.fair_rank, job.seq)
+                (job for job in self._in_line(type) if not self._control(queue_scope(job.priority)).paused),
+                key=lambda job: (priorities.index(job.priority), job.fair_rank, job.seq),
             )
             key_room: dict[str, int] = {}
             chosen: list[Job] = []
@@ -458,20 +470,17 @@ class InMemoryJobStore:
                 }
             )
 
-    def get_flow_limit(self, type: str) -> FlowLimit:
+    def flow_controls(self, scopes: Sequence[str] | None = None) -> builtins.list[FlowControl]:
         with self._lock:
-            return self.flow_limits.get(type, FlowLimit(type=type))
+            found = self.flow_controls_by_scope
+            return [found[scope] for scope in sorted(found) if scopes is None or scope in scopes]
 
-    def list_flow_limits(self) -> builtins.list[FlowLimit]:
+    def put_flow_control(self, control: FlowControl) -> None:
         with self._lock:
-            return [self.flow_limits[type] for type in sorted(self.flow_limits)]
-
-    def set_flow_limit(self, limit: FlowLimit) -> None:
-        with self._lock:
-            if limit.max_running is None:
-                self.flow_limits.pop(limit.type, None)
+            if control.idle:
+                self.flow_controls_by_scope.pop(control.scope, None)
             else:
-                self.flow_limits[limit.type] = limit
+                self.flow_controls_by_scope[control.scope] = control
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
         changes: list[JobChange] = []

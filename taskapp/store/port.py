@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from taskapp.jobs import (
     Activity,
     CancelOutcome,
-    FlowLimit,
+    FlowControl,
     Job,
     JobChange,
     JobEvent,
@@ -120,8 +120,8 @@ class JobStore(Protocol):
         remain, counting an attempt and a run, recording the delivery's task id and the worker, with a lease of
         `lease_seconds`. None when the job is not claimable now.
 
-        A job under a limit (its concurrency key's, its type's `FlowLimit`) is claimed only while its key and
-        type run fewer jobs than their limits, counted atomically; otherwise it joins its type's line
+        A job under a limit (its concurrency key's, its type's `FlowControl`) is claimed only while its key and
+        type run fewer jobs than their limits, counted atomically, and its type and queue are not paused; otherwise it joins its type's line
         (`waiting_for` says why, `fair_rank` when its turn comes) and None is returned: `let_out` releases it.
         """
         ...
@@ -190,14 +190,12 @@ class JobStore(Protocol):
         """The job types that have jobs waiting in a line."""
         ...
 
-    def get_flow_limit(self, type: str) -> FlowLimit: ...
-
-    def list_flow_limits(self) -> builtins.list[FlowLimit]:
-        """Every type that has a limit, by type."""
+    def flow_controls(self, scopes: Sequence[str] | None = None) -> builtins.list[FlowControl]:
+        """The controls of `scopes` that exist (those that control something), or all of them, by scope."""
         ...
 
-    def set_flow_limit(self, limit: FlowLimit) -> None:
-        """Replace the type's limit (`max_running` None removes it)."""
+    def put_flow_control(self, control: FlowControl) -> None:
+        """Replace the control of its scope (an idle one is removed)."""
         ...
 
     # Upkeep (the scheduler and `taskapp reconcile`).

@@ -26,8 +26,8 @@ from taskapp.store.port import ChangeHook
 from taskapp.store.rows import job_from_row, new_job_row
 from taskapp.store.sql import SqlJobStore
 
-#: A claimable job (QUEUED, or RETRYING whose back-off has ended) that no limit holds -> RUNNING, counting the
-#: attempt and the run. A limited job is claimed by the portable code, which counts under a lock.
+#: A claimable job (QUEUED, or RETRYING whose back-off has ended) that no limit or pause holds -> RUNNING,
+#: counting the attempt and the run. Any other is claimed by the portable code, which counts under a lock.
 CLAIM = """
 WITH claimed AS (
     UPDATE jobs
@@ -38,7 +38,8 @@ WITH claimed AS (
     WHERE job_id = %(job_id)s AND attempts < max_attempts
       AND (state = 'QUEUED' OR (state = 'RETRYING' AND scheduled_at <= %(now)s))
       AND waiting_for IN ('', 'released')
-      AND concurrency_limit = 0 AND NOT EXISTS (SELECT FROM flow_limits WHERE flow_limits.type = jobs.type)
+      AND concurrency_limit = 0
+      AND NOT EXISTS (SELECT FROM flow_controls WHERE scope IN ('type:' || jobs.type, 'queue:' || jobs.priority))
     RETURNING *
 ), event AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)

@@ -25,7 +25,7 @@ from taskapp.jobs import (
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
-    FlowLimit,
+    FlowControl,
     Job,
     JobChange,
     JobEvent,
@@ -38,6 +38,8 @@ from taskapp.jobs import (
     WaitReason,
     WorkerBeat,
     check_run_failure,
+    queue_scope,
+    type_scope,
 )
 from taskapp.schedules import Schedule
 from taskapp.store.port import ChangeHook
@@ -52,7 +54,7 @@ from taskapp.store.rows import (
 )
 from taskapp.store.tables import (
     events_table,
-    flow_limits_table,
+    flow_controls_table,
     jobs_table,
     logs_table,
     schedules_table,
@@ -128,11 +130,12 @@ _PRIORITY_ORDER = sa.case({p.value: n for n, p in enumerate(Priority)}, value=jo
 
 
 def _unlimited() -> sa.ColumnElement[bool]:
-    """A job that no limit of `taskapp.flow` holds: no concurrency limit, no limit on its type."""
-    c, limits = jobs_table.c, flow_limits_table.c
+    """A job that nothing of `taskapp.flow` holds: no concurrency limit, no control of its type or queue."""
+    c, controls = jobs_table.c, flow_controls_table.c
+    scopes = (sa.literal("type:") + c.type, sa.literal("queue:") + c.priority)
     return sa.and_(
         c.concurrency_limit == 0,
-        ~sa.exists(sa.select(limits.type).where(limits.type == c.type).scalar_subquery()),
+        ~sa.exists(sa.select(controls.scope).where(controls.scope.in_(scopes)).scalar_subquery()),
     )
 
 
@@ -312,14 +315,14 @@ class SqlJobStore:
             return None
         job = _job(row)
         self._lock_flow(conn, job.type, job.concurrency_key if job.concurrency_limit else None)
-        limit = self._flow_limit(conn, job.type)
+        controls = self._controls(conn, [type_scope(job.type), queue_scope(job.priority)])
+        max_running = controls[type_scope(job.type)].max_running
         reason = WaitReason.NONE
         # The slots of the jobs let out of the line and on their way are theirs, not a newcomer's.
         others = c.job_id != job_id
-        if (
-            limit.max_running is not None
-            and self._busy(conn, c.type == job.type, others) >= limit.max_running
-        ):
+        if any(control.paused for control in controls.values()):
+            reason = WaitReason.PAUSED
+        elif max_running is not None and self._busy(conn, c.type == job.type, others) >= max_running:
             reason = WaitReason.TYPE_LIMIT
         elif job.concurrency_limit and (
             self._busy(conn, c.concurrency_key == job.concurrency_key, others) >= job.concurrency_limit
@@ -348,12 +351,12 @@ class SqlJobStore:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(scope, 0))))
 
     @staticmethod
-    def _flow_limit(conn: Connection, type: str) -> FlowLimit:
-        limits = flow_limits_table.c
-        max_running = conn.execute(
-            sa.select(limits.max_running).where(limits.type == type)
-        ).scalar_one_or_none()
-        return FlowLimit(type=type, max_running=max_running)
+    def _controls(conn: Connection, scopes: Sequence[str]) -> dict[str, FlowControl]:
+        """The controls of `scopes`, an idle one for each that has none."""
+        controls = flow_controls_table.c
+        rows = conn.execute(sa.select(flow_controls_table).where(controls.scope.in_(scopes))).all()
+        found = {row.scope: FlowControl(row.scope, row.max_running, bool(row.paused)) for row in rows}
+        return {scope: found.get(scope, FlowControl(scope)) for scope in scopes}
 
     @staticmethod
     def _busy(conn: Connection, condition: sa.ColumnElement[bool], let_out: sa.ColumnElement[bool]) -> int:
@@ -386,15 +389,19 @@ class SqlJobStore:
         c = jobs_table.c
         with self._transaction() as conn:
             self._lock_flow(conn, type, None)
-            limit = self._flow_limit(conn, type)
+            controls = self._controls(conn, [type_scope(type), *map(queue_scope, Priority)])
+            type_control = controls[type_scope(type)]
+            if type_control.paused:
+                return []
             room = most
-            if limit.max_running is not None:
-                room = min(room, limit.max_running - self._busy(conn, c.type == type, sa.true()))
+            if type_control.max_running is not None:
+                room = min(room, type_control.max_running - self._busy(conn, c.type == type, sa.true()))
             if room <= 0:
                 return []
+            paused_queues = [p.value for p in Priority if controls[queue_scope(p)].paused]
             candidates = conn.execute(
                 sa.select(jobs_table)
-                .where(c.type == type, _in_line())
+                .where(c.type == type, _in_line(), c.priority.notin_(paused_queues))
                 .order_by(_PRIORITY_ORDER, c.fair_rank, c.seq)
                 .limit(max(room * 4, 50))
             ).all()
@@ -452,23 +459,24 @@ class SqlJobStore:
         with self._transaction() as conn:
             return list(conn.execute(sa.select(c.type).where(_in_line()).distinct()).scalars())
 
-    def get_flow_limit(self, type: str) -> FlowLimit:
+    def flow_controls(self, scopes: Sequence[str] | None = None) -> builtins.list[FlowControl]:
+        controls = flow_controls_table.c
+        query = sa.select(flow_controls_table).order_by(controls.scope)
+        if scopes is not None:
+            query = query.where(controls.scope.in_(scopes))
         with self._transaction() as conn:
-            return self._flow_limit(conn, type)
+            rows = conn.execute(query).all()
+        return [FlowControl(row.scope, row.max_running, bool(row.paused)) for row in rows]
 
-    def list_flow_limits(self) -> builtins.list[FlowLimit]:
-        limits = flow_limits_table.c
+    def put_flow_control(self, control: FlowControl) -> None:
+        controls = flow_controls_table.c
         with self._transaction() as conn:
-            rows = conn.execute(sa.select(flow_limits_table).order_by(limits.type)).all()
-        return [FlowLimit(type=row.type, max_running=row.max_running) for row in rows]
-
-    def set_flow_limit(self, limit: FlowLimit) -> None:
-        limits = flow_limits_table.c
-        with self._transaction() as conn:
-            conn.execute(flow_limits_table.delete().where(limits.type == limit.type))
-            if limit.max_running is not None:
+            conn.execute(flow_controls_table.delete().where(controls.scope == control.scope))
+            if not control.idle:
                 conn.execute(
-                    flow_limits_table.insert().values(type=limit.type, max_running=limit.max_running)
+                    flow_controls_table.insert().values(
+                        scope=control.scope, max_running=control.max_running, paused=control.paused
+                    )
                 )
 
     def renew_leases(

@@ -182,13 +182,15 @@ class ScheduleRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=_TIMESTAMP)
 
 
-class FlowLimitRow(SQLModel, table=True):
-    """An operator's limit on a job type (`taskapp.flow`); a type without a row has none."""
+class FlowControlRow(SQLModel, table=True):
+    """An operator's control over a job type or a priority queue (`taskapp.flow`); none: no row."""
 
-    __tablename__ = "flow_limits"
+    __tablename__ = "flow_controls"
 
-    type: str = Field(sa_type=sa.String(64), primary_key=True)
+    #: "type:<job type>" or "queue:<priority>".
+    scope: str = Field(sa_type=sa.String(80), primary_key=True)
     max_running: int | None = Field(default=None, nullable=True)
+    paused: bool = False
 
 
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]
@@ -197,4 +199,4 @@ logs_table: sa.Table = JobLogRow.__table__  # type: ignore[attr-defined]
 workers_table: sa.Table = WorkerRow.__table__  # type: ignore[attr-defined]
 unique_keys_table: sa.Table = UniqueKeyRow.__table__  # type: ignore[attr-defined]
 schedules_table: sa.Table = ScheduleRow.__table__  # type: ignore[attr-defined]
-flow_limits_table: sa.Table = FlowLimitRow.__table__  # type: ignore[attr-defined]
+flow_controls_table: sa.Table = FlowControlRow.__table__  # type: ignore[attr-defined]

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import grpc
+import pytest
 
 from grpc_gateway.v1 import jobs_pb2
 from tests.helpers import BIN, ExecutionRecord, Run, Stack, wait_for
@@ -62,6 +67,11 @@ def explain(stack: Stack, job_id: str) -> jobs_pb2.ExplainJobResponse:
     return stack.stub().ExplainJob(jobs_pb2.ExplainJobRequest(job_id=job_id), timeout=10)
 
 
+def explained_as(stack: Stack, job_id: str, code: jobs_pb2.WaitCode) -> jobs_pb2.ExplainJobResponse | None:
+    explained = explain(stack, job_id)
+    return explained if explained.code == code else None
+
+
 def all_succeeded(stack: Stack, job_ids: list[str]) -> bool:
     return all(
         stack.stub().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10).state
@@ -93,7 +103,7 @@ def test_a_key_limit_of_2_holds_across_3_workers_and_leaves_another_key_alone(
     # A job of the first key that waits says so, naming the two that hold its key's slots.
     waiting = wait_for(
         lambda: next(
-            (e for job_id in limited if (e := explain(stack, job_id)).code == jobs_pb2.WAIT_CODE_KEY_LIMIT),
+            (e for job_id in limited if (e := explained_as(stack, job_id, jobs_pb2.WAIT_CODE_KEY_LIMIT))),
             None,
         ),
         10,
@@ -128,7 +138,7 @@ def test_under_a_type_limit_of_1_a_key_with_10_waiting_is_not_starved_by_one_wit
     # Every message of the big key has been taken, and its jobs wait in SQL for the one slot.
     wait_for(lambda: len(deliveries(stack, WORKERS[:2])) == len(big), 60, "the 1,000 jobs to be taken")
     last = wait_for(
-        lambda: (e := explain(stack, big[-1])).code == jobs_pb2.WAIT_CODE_TYPE_LIMIT and e,
+        lambda: explained_as(stack, big[-1], jobs_pb2.WAIT_CODE_TYPE_LIMIT),
         10,
         "the last of them to wait in line",
     )
@@ -142,3 +152,89 @@ def test_under_a_type_limit_of_1_a_key_with_10_waiting_is_not_starved_by_one_wit
     next_20 = [run.job_id for run in runs[started_before : started_before + 20]]
     assert set(small) <= set(next_20), next_20
     assert most_at_once(runs) == 1, "one slot across both workers"
+
+
+def test_a_paused_queue_starts_none_of_its_50_jobs_and_on_resume_runs_each_once(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack(concurrency=4)
+    assert taskapp(stack, "pause", "queue", "low").strip() == "queue low: no limit, paused"
+    record = ExecutionRecord(tmp_path / "record")
+    low = [f"low-{n}" for n in range(50)]
+    others = [f"default-{n}" for n in range(5)]
+    submit_all(
+        stack,
+        [recorded(record, job_id, 0.0, priority=jobs_pb2.PRIORITY_LOW) for job_id in low]
+        + [recorded(record, job_id, 0.0) for job_id in others],
+    )
+    wait_for(lambda: all_succeeded(stack, others), 30, "the default queue's jobs, which go on")
+    paused = wait_for(lambda: explained_as(stack, low[-1], jobs_pb2.WAIT_CODE_PAUSED), 30, "a paused job")
+    assert paused.reason == "waiting: the low queue is paused"
+    # For 10 s, nothing of the paused queue starts (checked all along, not only at the end).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert not [run for run in record.runs() if run.job_id in low]
+        time.sleep(0.2)
+
+    assert taskapp(stack, "resume", "queue", "low").strip() == "queue low: no limit"
+    wait_for(lambda: all_succeeded(stack, low), 60, "the 50 jobs after the resume")
+    runs = [run.job_id for run in record.runs() if run.job_id in low]
+    assert sorted(runs) == sorted(low), "each ran once: none lost, none doubled"
+    assert all(count <= 2 for count in deliveries(stack, ["worker"]).values())
+
+
+def test_explain_job_says_scheduled_backing_off_running_queued_and_finished(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    stack = make_stack(concurrency=1)
+    stub = stack.stub()
+    scheduled = jobs_pb2.SubmitJobRequest(job_id="later", type="noop")
+    scheduled.run_at.FromSeconds(int(time.time()) + 3600)
+    stub.SubmitJob(scheduled, timeout=10)
+    answer = explain(stack, "later")
+    assert answer.code == jobs_pb2.WAIT_CODE_SCHEDULED
+    assert answer.until == scheduled.run_at and answer.reason.startswith("scheduled for ")
+
+    failing = jobs_pb2.SubmitJobRequest(job_id="failing", type="fail", max_attempts=3)
+    failing.payload.update({"times": 2})
+    stub.SubmitJob(failing, timeout=10)
+    backing_off = wait_for(
+        lambda: explained_as(stack, "failing", jobs_pb2.WAIT_CODE_BACKING_OFF), 30, "a back-off"
+    )
+    assert "after attempt 1 of 3 failed (InducedFailure: induced failure 1 of 2)" in backing_off.reason
+    assert backing_off.until.ToDatetime() > datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+    wait_for(lambda: explained_as(stack, "failing", jobs_pb2.WAIT_CODE_FINISHED), 60, "the third attempt")
+    assert explain(stack, "failing").reason.startswith("finished: SUCCEEDED at ")
+
+    record = ExecutionRecord(tmp_path / "record")
+    hold = tmp_path / "hold"
+    hold.touch()
+    holder = jobs_pb2.SubmitJobRequest(job_id="holder", type="recorded")
+    holder.payload.update(record.payload(hold=hold))
+    stub.SubmitJob(holder, timeout=10)
+    running = wait_for(
+        lambda: explained_as(stack, "holder", jobs_pb2.WAIT_CODE_RUNNING), 30, "the holder to run"
+    )
+    assert running.worker and running.reason.startswith(f"running on {running.worker} since ")
+    assert "its lease is held until" in running.reason and running.HasField("until")
+    submit_all(stack, [recorded(record, f"behind-{n}", 0.0) for n in range(3)])
+    queued = explain(stack, "behind-2")
+    assert queued.code == jobs_pb2.WAIT_CODE_QUEUED and queued.ahead == 2
+    assert queued.reason.startswith(
+        "queued in the default queue, behind 2 job(s) of higher or equal priority"
+    )
+    hold.unlink()
+    wait_for(
+        lambda: all_succeeded(stack, ["holder", "behind-0", "behind-1", "behind-2"]), 30, "the rest to run"
+    )
+
+
+def test_explain_job_says_no_worker_that_has_its_type_is_answering(make_stack: MakeStack) -> None:
+    stack = make_stack(worker=False, scheduler=False)
+    stack.stub().SubmitJob(jobs_pb2.SubmitJobRequest(job_id="alone", type="noop"), timeout=10)
+    answer = explain(stack, "alone")
+    assert answer.code == jobs_pb2.WAIT_CODE_NO_WORKER
+    assert answer.reason == "no worker that has job type 'noop' loaded is answering"
+    with pytest.raises(grpc.RpcError) as raised:
+        explain(stack, "missing")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND

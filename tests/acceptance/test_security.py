@@ -54,8 +54,12 @@ CALLS: dict[str, object] = {
     "ResumeSchedule": jobs_pb2.ResumeScheduleRequest(name="x"),
     "DeleteSchedule": jobs_pb2.DeleteScheduleRequest(name="x"),
     "TriggerSchedule": jobs_pb2.TriggerScheduleRequest(name="x"),
-    "SetTypeLimit": jobs_pb2.SetTypeLimitRequest(limit=jobs_pb2.TypeLimit(type="echo")),
-    "ListTypeLimits": jobs_pb2.ListTypeLimitsRequest(),
+    "SetTypeLimit": jobs_pb2.SetTypeLimitRequest(type="echo"),
+    "PauseType": jobs_pb2.PauseTypeRequest(type="x"),
+    "ResumeType": jobs_pb2.ResumeTypeRequest(type="x"),
+    "PauseQueue": jobs_pb2.PauseQueueRequest(queue=jobs_pb2.PRIORITY_LOW),
+    "ResumeQueue": jobs_pb2.ResumeQueueRequest(queue=jobs_pb2.PRIORITY_LOW),
+    "GetFlowControls": jobs_pb2.GetFlowControlsRequest(),
     "ExplainJob": jobs_pb2.ExplainJobRequest(job_id="x"),
 }
 

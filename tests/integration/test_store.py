@@ -15,7 +15,7 @@ import pytest
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
-    FlowLimit,
+    FlowControl,
     Job,
     JobChange,
     JobFilter,
@@ -672,8 +672,8 @@ def test_a_key_runs_at_most_its_limit_and_the_others_wait_in_line_without_a_mess
 
 
 def test_a_type_limit_lets_keys_take_turns_within_a_priority(store: JobStore) -> None:
-    store.set_flow_limit(FlowLimit(type="echo", max_running=1))
-    assert store.list_flow_limits() == [FlowLimit(type="echo", max_running=1)]
+    store.put_flow_control(FlowControl("type:echo", max_running=1))
+    assert store.flow_controls() == [FlowControl("type:echo", max_running=1)]
     for n in range(5):
         create(store, new_job(f"a{n}", concurrency_key="a"), T0)
     for n in range(2):
@@ -696,9 +696,28 @@ def test_a_type_limit_lets_keys_take_turns_within_a_priority(store: JobStore) ->
         started.append(let_out[0].job_id)
     assert started == ["a0", "urgent", "a1", "b0", "a2", "b1", "a3", "a4"]
 
-    store.set_flow_limit(FlowLimit(type="echo", max_running=None))
-    assert store.list_flow_limits() == []
-    assert store.get_flow_limit("echo") == FlowLimit(type="echo")
+    store.put_flow_control(FlowControl("type:echo"))
+    assert store.flow_controls() == []
+
+
+def test_a_paused_queue_or_type_starts_nothing_and_lets_its_jobs_out_on_resume(store: JobStore) -> None:
+    create(store, new_job("high", priority=Priority.HIGH), T0)
+    create(store, new_job("default"), T0)
+    create(store, new_job("other", type="noop"), T0)
+    store.put_flow_control(FlowControl("queue:high", paused=True))
+    store.put_flow_control(FlowControl("type:noop", paused=True))
+    assert _claim(store, "high") is None and _claim(store, "other") is None
+    assert {store.get(job_id).waiting_for for job_id in ("high", "other")} == {WaitReason.PAUSED}  # type: ignore[union-attr]
+    assert _claim(store, "default"), "another queue of the type goes on"
+    assert store.let_out("echo", T0, 10) == [] and store.let_out("noop", T0, 10) == []
+
+    store.put_flow_control(FlowControl("queue:high"))
+    assert [job.job_id for job in store.let_out("echo", T0, 10)] == ["high"]
+    assert store.let_out("noop", T0, 10) == [], "its type is still paused"
+    store.put_flow_control(FlowControl("type:noop", paused=False))
+    assert store.flow_controls() == []
+    assert [job.job_id for job in store.let_out("noop", T0, 10)] == ["other"]
+    assert _claim(store, "high") and _claim(store, "other")
 
 
 def test_concurrent_claims_of_one_key_start_no_more_than_its_limit(store: JobStore) -> None:

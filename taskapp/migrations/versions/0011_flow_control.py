@@ -1,4 +1,5 @@
-"""flow control: concurrency keys and limits, the lines of waiting jobs, limits per job type, and the job
+"""flow control: concurrency keys and limits, the lines of waiting jobs, limits and pauses of job types
+and queues, and the job
 types each worker has loaded
 
 Revision ID: 0011
@@ -38,14 +39,15 @@ def upgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("types", JSON_TYPE, nullable=False, server_default=sa.text("'[]'")))
     op.create_table(
-        "flow_limits",
-        sa.Column("type", sa.String(64), primary_key=True),
+        "flow_controls",
+        sa.Column("scope", sa.String(80), primary_key=True),
         sa.Column("max_running", sa.Integer(), nullable=True),
+        sa.Column("paused", sa.Boolean(), nullable=False),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("flow_limits")
+    op.drop_table("flow_controls")
     with op.batch_alter_table("workers") as batch:
         batch.drop_column("types")
     op.drop_index("ix_jobs_waiting", "jobs")
