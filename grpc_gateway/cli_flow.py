@@ -31,9 +31,11 @@ def _said(config: CliConfig, control: FlowControl) -> None:
     if config.as_json:
         echo_json(control)
         return
-    limit = f"at most {control.max_running} running" if control.max_running is not None else "no limit"
+    said = [f"at most {control.max_running} running"] if control.max_running is not None else []
+    if control.rate is not None:
+        said.append(f"{control.rate} starts per {control.rate_seconds:g} s")
     name = control.type if control.type is not None else f"queue {control.queue}"
-    click.echo(f"{name}: {limit}{', paused' if control.paused else ''}")
+    click.echo(f"{name}: {', '.join(said) or 'no limit'}{', paused' if control.paused else ''}")
 
 
 @click.group()
@@ -43,12 +45,19 @@ def limits() -> None:
 
 @limits.command("set")
 @click.argument("type")
-@click.option("--max-running", type=click.IntRange(min=1), required=True, metavar="N", help="Jobs at once.")
+@click.option("--max-running", type=click.IntRange(min=1), metavar="N", help="Jobs running at once.")
+@click.option(
+    "--rate", type=click.IntRange(min=1), metavar="N", help="Starts per --per seconds, evenly spaced."
+)
+@click.option("--per", type=click.FloatRange(min=0.001), default=1.0, show_default=True, metavar="SECONDS")
 @pass_cli_config
-def set_limit(config: CliConfig, type: str, max_running: int) -> None:
-    """Run at most N jobs of TYPE at once; the others wait, their concurrency keys taking turns."""
+def set_limit(config: CliConfig, type: str, max_running: int | None, rate: int | None, per: float) -> None:
+    """Run at most N jobs of TYPE at once, or start at most N per --per seconds (replacing both); the others
+    wait, their concurrency keys taking turns."""
+    if max_running is None and rate is None:
+        raise click.UsageError("give --max-running, --rate or both (`taskapp limits remove` takes them away)")
     with config.connect() as client:
-        _said(config, client.set_type_limit(type, max_running))
+        _said(config, client.set_type_limit(type, max_running, rate, per))
 
 
 @limits.command("remove")
@@ -69,11 +78,12 @@ def list_limits(config: CliConfig) -> None:
     if config.as_json:
         echo_json(controls)
         return
-    table = Table("TYPE OR QUEUE", "MAX RUNNING", "PAUSED")
+    table = Table("TYPE OR QUEUE", "MAX RUNNING", "RATE", "PAUSED")
     for control in controls:
         name = control.type if control.type is not None else f"queue {control.queue}"
         limit = str(control.max_running) if control.max_running is not None else "-"
-        table.add_row(name, limit, "yes" if control.paused else "no")
+        rate = f"{control.rate}/{control.rate_seconds:g}s" if control.rate is not None else "-"
+        table.add_row(name, limit, rate, "yes" if control.paused else "no")
     console_out().print(table)
 
 

@@ -422,9 +422,14 @@ class JobClient:
     def explain(self, job_id: str) -> Explained:
         return _explained(self._call(self._stub.ExplainJob, jobs_pb2.ExplainJobRequest(job_id=job_id)))
 
-    def set_type_limit(self, type: str, max_running: int | None) -> FlowControl:
-        """At most `max_running` jobs of `type` at once across every worker; None removes the limit."""
-        request = jobs_pb2.SetTypeLimitRequest(type=type, max_running=max_running)
+    def set_type_limit(
+        self, type: str, max_running: int | None, rate: int | None = None, rate_seconds: float = 1.0
+    ) -> FlowControl:
+        """At most `max_running` jobs of `type` at once across every worker, and at most `rate` starts per
+        `rate_seconds`; None removes that limit."""
+        request = jobs_pb2.SetTypeLimitRequest(type=type, max_running=max_running, rate=rate)
+        if rate is not None:
+            request.rate_interval.FromTimedelta(timedelta(seconds=rate_seconds))
         return convert.flow_control_from_pb(self._call(self._stub.SetTypeLimit, request))
 
     def pause_type(self, type: str) -> FlowControl:

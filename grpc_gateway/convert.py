@@ -355,7 +355,12 @@ def schedule_from_pb(schedule: jobs_pb2.Schedule) -> Schedule:
 
 
 def type_control_to_pb(control: FlowControl) -> jobs_pb2.TypeControl:
-    return jobs_pb2.TypeControl(type=control.type, max_running=control.max_running, paused=control.paused)
+    answer = jobs_pb2.TypeControl(
+        type=control.type, max_running=control.max_running, paused=control.paused, rate=control.rate
+    )
+    if control.rate is not None:
+        answer.rate_interval.FromTimedelta(timedelta(seconds=control.rate_seconds))
+    return answer
 
 
 def queue_control_to_pb(control: FlowControl) -> jobs_pb2.QueueControl:
@@ -366,8 +371,21 @@ def queue_control_to_pb(control: FlowControl) -> jobs_pb2.QueueControl:
 def flow_control_from_pb(control: jobs_pb2.TypeControl | jobs_pb2.QueueControl) -> FlowControl:
     if isinstance(control, jobs_pb2.QueueControl):
         return FlowControl(queue_scope(_PRIORITY_FROM_PB[control.queue]), paused=control.paused)
-    max_running = control.max_running if control.HasField("max_running") else None
-    return FlowControl(type_scope(control.type), max_running=max_running, paused=control.paused)
+    return FlowControl(
+        type_scope(control.type),
+        max_running=control.max_running if control.HasField("max_running") else None,
+        paused=control.paused,
+        rate=control.rate if control.HasField("rate") else None,
+        rate_seconds=control.rate_interval.ToTimedelta().total_seconds()
+        if control.HasField("rate_interval")
+        else 1.0,
+    )
+
+
+def rate_seconds_from_pb(request: jobs_pb2.SetTypeLimitRequest) -> float:
+    if not request.HasField("rate_interval"):
+        return 1.0
+    return _timedelta(request.rate_interval, "rate_interval").total_seconds()
 
 
 def queue_from_pb(value: int) -> Priority:
@@ -384,6 +402,7 @@ _WAIT_CODE_TO_PB = {
     WaitCode.KEY_LIMIT: jobs_pb2.WAIT_CODE_KEY_LIMIT,
     WaitCode.TYPE_LIMIT: jobs_pb2.WAIT_CODE_TYPE_LIMIT,
     WaitCode.PAUSED: jobs_pb2.WAIT_CODE_PAUSED,
+    WaitCode.RATE_LIMIT: jobs_pb2.WAIT_CODE_RATE_LIMIT,
     WaitCode.BACKING_OFF: jobs_pb2.WAIT_CODE_BACKING_OFF,
     WaitCode.RUNNING: jobs_pb2.WAIT_CODE_RUNNING,
     WaitCode.NO_WORKER: jobs_pb2.WAIT_CODE_NO_WORKER,

@@ -345,8 +345,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     async def SetTypeLimit(
         self, request: jobs_pb2.SetTypeLimitRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.TypeControl:
-        max_running = request.max_running if request.HasField("max_running") else None
-        control = await asyncio.to_thread(self.service.set_type_limit, request.type, max_running)
+        control = await asyncio.to_thread(
+            self.service.set_type_limit,
+            request.type,
+            request.max_running if request.HasField("max_running") else None,
+            request.rate if request.HasField("rate") else None,
+            convert.rate_seconds_from_pb(request),
+        )
         return convert.type_control_to_pb(control)
 
     @answers_errors

@@ -33,6 +33,7 @@ class WaitCode(enum.StrEnum):
     KEY_LIMIT = "key_limit"
     TYPE_LIMIT = "type_limit"
     PAUSED = "paused"
+    RATE_LIMIT = "rate_limit"
     BACKING_OFF = "backing_off"
     RUNNING = "running"
     NO_WORKER = "no_worker"
@@ -90,6 +91,11 @@ def explain(store: JobStore, job: Job, now: datetime, answering: list[WorkerBeat
             f"{', '.join(blocking) or 'ending now'}"
         )
         return Explanation(job, WaitCode.TYPE_LIMIT, reason, blocking_job_ids=blocking)
+    if job.waiting_for is WaitReason.RATE_LIMIT:
+        [control] = store.flow_controls([type_scope(job.type)]) or [FlowControl(type_scope(job.type))]
+        rate = f"{control.rate} start(s) per {control.rate_seconds:g} s" if control.rate else "a rate"
+        reason = f"waiting: job type {job.type!r} starts {rate}; its start comes at {_at(job.scheduled_at)}"
+        return Explanation(job, WaitCode.RATE_LIMIT, reason, until=job.scheduled_at)
     if job.waiting_for is WaitReason.PAUSED:
         paused = store.flow_controls([type_scope(job.type), queue_scope(job.priority)])
         what = " and ".join(

@@ -35,9 +35,13 @@ def let_out(
 ) -> list[Job]:
     """Publish the jobs of `type`'s line that its limits have room for, ahead of what waits in their queues:
     they had their place in line already."""
-    jobs = store.let_out(type, clock(), LET_OUT_MOST)
+    now = clock()
+    jobs = store.let_out(type, now, LET_OUT_MOST)
     if jobs:
-        publisher.publish_many(jobs, at_front=True)
+        # One given a start by its type's rate is sent to start then, not before.
+        for job in (job for job in jobs if job.scheduled_at > now):
+            publisher.publish(job, countdown=(job.scheduled_at - now).total_seconds())
+        publisher.publish_many([job for job in jobs if job.scheduled_at <= now], at_front=True)
         store.mark_published([SentMessage.of(job) for job in jobs], clock())
     return jobs
 

@@ -90,11 +90,19 @@ class WaitReason(enum.StrEnum):
     TYPE_LIMIT = "type_limit"
     #: Its type or its priority queue is paused (`FlowControl`).
     PAUSED = "paused"
+    #: Its type starts at most `rate` jobs per `rate_seconds`: it waits for the start it was given
+    #: (`scheduled_at`).
+    RATE_LIMIT = "rate_limit"
     RELEASED = "released"
 
     @property
     def in_line(self) -> bool:
         return self not in (WaitReason.NONE, WaitReason.RELEASED)
+
+
+#: A job waiting for the start its type's rate gave it is let out this much ahead, its message sent with the
+#: time left as a countdown: it starts on time, not at the next pass of the scheduler after it.
+START_LOOKAHEAD = timedelta(seconds=0.5)
 
 
 def wants_a_run(
@@ -318,11 +326,22 @@ class FlowControl:
     max_running: int | None = None
     #: None of its jobs starts while paused; those running finish.
     paused: bool = False
+    #: At most `rate` starts per `rate_seconds`, evenly spaced (types only; None: no rate limit).
+    rate: int | None = None
+    rate_seconds: float = 1.0
+    #: The next start the rate gives, and the last start taken (kept by the store: `taskapp.rates`).
+    next_start_at: datetime | None = None
+    last_start_at: datetime | None = None
 
     @property
     def idle(self) -> bool:
         """Controls nothing: not kept."""
-        return self.max_running is None and not self.paused
+        return self.max_running is None and not self.paused and self.rate is None
+
+    @property
+    def start_spacing(self) -> timedelta | None:
+        """The time between two starts its rate allows."""
+        return None if self.rate is None else timedelta(seconds=self.rate_seconds / self.rate)
 
     @property
     def type(self) -> str | None:

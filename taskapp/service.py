@@ -84,8 +84,9 @@ UNIQUE_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 MAX_UNIQUE_FOR = timedelta(days=365)
 #: A concurrency key (`taskapp.flow`): 1-255 printable characters, as a unique key.
 CONCURRENCY_KEY = UNIQUE_KEY
-#: Jobs of one key, or of one type, running at once.
+#: Jobs of one key, or of one type, running at once; starts of a type per rate interval.
 CONCURRENCY_LIMIT_RANGE = (1, 100_000)
+MIN_RATE_SECONDS, MAX_RATE_SECONDS = 0.001, 86_400.0
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -398,12 +399,24 @@ class JobService:
         workers = answering(self.store.workers(now - FORGET_WORKERS_AFTER), now, beat_seconds)
         return explain(self.store, job, now, workers)
 
-    def set_type_limit(self, type: str, max_running: int | None) -> FlowControl:
-        """At most `max_running` jobs of `type` at once (None: no limit); jobs waiting for it start at once if it
-        leaves them room."""
+    def set_type_limit(
+        self, type: str, max_running: int | None, rate: int | None = None, rate_seconds: float = 1.0
+    ) -> FlowControl:
+        """At most `max_running` jobs of `type` at once, and at most `rate` starts per `rate_seconds` (None: no
+        such limit); jobs waiting for it start at once if it leaves them room. A pause is kept."""
         if max_running is not None:
             _check_range("max_running", max_running, CONCURRENCY_LIMIT_RANGE)
-        control = dataclasses.replace(self._type_control(type), max_running=max_running)
+        if rate is not None:
+            _check_range("rate", rate, CONCURRENCY_LIMIT_RANGE)
+        if not MIN_RATE_SECONDS <= rate_seconds <= MAX_RATE_SECONDS:
+            raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
+        control = dataclasses.replace(
+            self._type_control(type),
+            max_running=max_running,
+            rate=rate,
+            rate_seconds=rate_seconds if rate is not None else 1.0,
+            next_start_at=None,
+        )
         self.store.put_flow_control(control)
         flow.let_out(self.store, self.publisher, type, self._clock)
         return control

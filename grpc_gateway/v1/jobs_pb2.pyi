@@ -52,6 +52,7 @@ class WaitCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAIT_CODE_KEY_LIMIT: _ClassVar[WaitCode]
     WAIT_CODE_TYPE_LIMIT: _ClassVar[WaitCode]
     WAIT_CODE_PAUSED: _ClassVar[WaitCode]
+    WAIT_CODE_RATE_LIMIT: _ClassVar[WaitCode]
     WAIT_CODE_BACKING_OFF: _ClassVar[WaitCode]
     WAIT_CODE_RUNNING: _ClassVar[WaitCode]
     WAIT_CODE_NO_WORKER: _ClassVar[WaitCode]
@@ -82,6 +83,7 @@ WAIT_CODE_QUEUED: WaitCode
 WAIT_CODE_KEY_LIMIT: WaitCode
 WAIT_CODE_TYPE_LIMIT: WaitCode
 WAIT_CODE_PAUSED: WaitCode
+WAIT_CODE_RATE_LIMIT: WaitCode
 WAIT_CODE_BACKING_OFF: WaitCode
 WAIT_CODE_RUNNING: WaitCode
 WAIT_CODE_NO_WORKER: WaitCode
@@ -512,14 +514,18 @@ class TriggerScheduleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TypeControl(_message.Message):
-    __slots__ = ("type", "max_running", "paused")
+    __slots__ = ("type", "max_running", "paused", "rate", "rate_interval")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     type: str
     max_running: int
     paused: bool
-    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+    rate: int
+    rate_interval: _duration_pb2.Duration
+    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ..., paused: _Optional[bool] = ..., rate: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QueueControl(_message.Message):
     __slots__ = ("queue", "paused")
@@ -530,12 +536,16 @@ class QueueControl(_message.Message):
     def __init__(self, queue: _Optional[_Union[Priority, str]] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class SetTypeLimitRequest(_message.Message):
-    __slots__ = ("type", "max_running")
+    __slots__ = ("type", "max_running", "rate", "rate_interval")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     type: str
     max_running: int
-    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ...) -> None: ...
+    rate: int
+    rate_interval: _duration_pb2.Duration
+    def __init__(self, type: _Optional[str] = ..., max_running: _Optional[int] = ..., rate: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class PauseTypeRequest(_message.Message):
     __slots__ = ("type",)

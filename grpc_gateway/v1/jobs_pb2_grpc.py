@@ -306,7 +306,8 @@ class JobServiceServicer:
     def SetTypeLimit(self, request, context):
         """Flow control: limits and pauses of job types and priority queues, across every worker. Jobs held back wait
         in SQL (their concurrency keys taking turns) and start as slots free, or on resume.
-        At most max_running jobs of the type at once; max_running unset removes the limit.
+        At most max_running jobs of the type at once, and at most rate starts per rate_interval, evenly spaced;
+        replaces both (unset removes it), keeps a pause.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -10,9 +10,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from taskapp import rates
 from taskapp.jobs import (
     CANCELLABLE_STATES,
     RETRYABLE_BY_REQUEST,
+    START_LOOKAHEAD,
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
@@ -330,10 +332,21 @@ class InMemoryJobStore:
                 scope in self.flow_controls_by_scope for scope in scopes
             )
             reason = self._limit_reached(job) if limited else WaitReason.NONE
+            start_at = now
+            if limited and reason is WaitReason.NONE:
+                given = job.waiting_for is WaitReason.RELEASED
+                start_at, started = rates.start_now(self._control(type_scope(job.type)), now, given)
+                self._keep_starts(started)
+                if start_at > now:
+                    reason = WaitReason.RATE_LIMIT
             if reason is not WaitReason.NONE:
-                published_at = job.published_at or now
+                scheduled_at = start_at if reason is WaitReason.RATE_LIMIT else job.scheduled_at
                 self.jobs[job_id] = dataclasses.replace(
-                    job, waiting_for=reason, fair_rank=self._turn(job), published_at=published_at
+                    job,
+                    waiting_for=reason,
+                    fair_rank=self._turn(job),
+                    published_at=job.published_at or now,
+                    scheduled_at=scheduled_at,
                 )
                 return None
             claimed = dataclasses.replace(
@@ -373,6 +386,10 @@ class InMemoryJobStore:
             return WaitReason.KEY_LIMIT
         return WaitReason.NONE
 
+    def _keep_starts(self, control: FlowControl) -> None:
+        if control.scope in self.flow_controls_by_scope:
+            self.flow_controls_by_scope[control.scope] = control
+
     def _busy(self, *, type: str | None = None, key: str | None = None, besides: str = "") -> int:
         """Running jobs of `type` or `key`, and those let out of a line and not claimed yet (but `besides`)."""
         return sum(
@@ -404,8 +421,23 @@ class InMemoryJobStore:
         mine = [other.fair_rank for other in line if other.concurrency_key == job.concurrency_key]
         return max(reached, max(mine) + 1 if mine else 0)
 
+    def _catch_up_starts(self, type: str, now: datetime) -> None:
+        """As the SQL store's: late given starts move later, all alike."""
+        control = self._control(type_scope(type))
+        spacing = control.start_spacing
+        given = [job for job in self._in_line(type) if job.waiting_for is WaitReason.RATE_LIMIT]
+        earliest = min((job.scheduled_at for job in given), default=now)
+        if spacing is None or earliest >= now - spacing:
+            return
+        late = now - earliest
+        for job in given:
+            self.jobs[job.job_id] = dataclasses.replace(job, scheduled_at=job.scheduled_at + late)
+        next_start_at = (control.next_start_at or now) + late
+        self.flow_controls_by_scope[control.scope] = dataclasses.replace(control, next_start_at=next_start_at)
+
     def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
         with self._lock:
+            self._catch_up_starts(type, now)
             control = self._control(type_scope(type))
             if control.paused:
                 return []
@@ -414,14 +446,30 @@ class InMemoryJobStore:
                 room = min(room, control.max_running - self._busy(type=type))
             priorities = list(Priority)
             line = sorted(
-                (job for job in self._in_line(type) if not self._control(queue_scope(job.priority)).paused),
+                (
+                    job
+                    for job in self._in_line(type)
+                    if not self._control(queue_scope(job.priority)).paused
+                    and (
+                        job.waiting_for is not WaitReason.RATE_LIMIT
+                        or job.scheduled_at <= now + START_LOOKAHEAD
+                    )
+                ),
                 key=lambda job: (priorities.index(job.priority), job.fair_rank, job.seq),
             )
+            rate_limited = control.start_spacing is not None
+            starts = 1 if (control.next_start_at or now) <= now else 0
             key_room: dict[str, int] = {}
             chosen: list[Job] = []
             for job in line:
                 if len(chosen) >= room:
                     break
+                if rate_limited and job.waiting_for is not WaitReason.RATE_LIMIT:
+                    start_at, given = rates.give_start(self._control(type_scope(type)), now)
+                    if not starts or start_at > now:
+                        continue
+                    self._keep_starts(given)
+                    starts = 0
                 if job.concurrency_limit:
                     key = job.concurrency_key
                     if key not in key_room:

@@ -174,7 +174,8 @@ class JobStore(Protocol):
     def let_out(self, type: str, now: datetime, most: int) -> builtins.list[Job]:
         """Up to `most` jobs of `type`'s line that its limits have room for now (counting the running jobs and
         those let out before and not claimed yet), by priority, then turn: marked RELEASED with their messages
-        owed, for the caller to publish."""
+        owed, for the caller to publish. A job waiting for the start its type's rate gave it is let out when
+        that start is less than `START_LOOKAHEAD` away (its `scheduled_at`)."""
         ...
 
     def running_ids(self, *, type: str | None, key: str | None, most: int) -> builtins.list[str]:

@@ -18,10 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from taskapp import rates
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
     CANCELLABLE_STATES,
     RETRYABLE_BY_REQUEST,
+    START_LOOKAHEAD,
     TERMINAL_STATES,
     Activity,
     CancelOutcome,
@@ -136,6 +138,18 @@ def _unlimited() -> sa.ColumnElement[bool]:
     return sa.and_(
         c.concurrency_limit == 0,
         ~sa.exists(sa.select(controls.scope).where(controls.scope.in_(scopes)).scalar_subquery()),
+    )
+
+
+def _control(row: sa.Row[Any]) -> FlowControl:
+    return FlowControl(
+        scope=row.scope,
+        max_running=row.max_running,
+        paused=bool(row.paused),
+        rate=row.rate,
+        rate_seconds=row.rate_seconds,
+        next_start_at=aware(row.next_start_at),
+        last_start_at=aware(row.last_start_at),
     )
 
 
@@ -328,19 +342,68 @@ class SqlJobStore:
             self._busy(conn, c.concurrency_key == job.concurrency_key, others) >= job.concurrency_limit
         ):
             reason = WaitReason.KEY_LIMIT
+        start_at = now
+        if reason is WaitReason.NONE:
+            # A start of a rate-limited type: now if the rate allows it, else a later one given (`rates`).
+            type_control = controls[type_scope(job.type)]
+            given = job.waiting_for is WaitReason.RELEASED
+            start_at, started = rates.start_now(type_control, now, given)
+            self._keep_starts(conn, type_control, started)
+            if start_at > now:
+                reason = WaitReason.RATE_LIMIT
         if reason is WaitReason.NONE:
             update = self._claiming(job_id, worker, now, lease_seconds, task_id)
             return conn.execute(update.values(flow_limited=True)).first()
+        waiting = {"waiting_for": reason.value, "fair_rank": self._turn(conn, job)}
+        if reason is WaitReason.RATE_LIMIT:
+            waiting["scheduled_at"] = start_at
         conn.execute(
             jobs_table.update()
             .where(c.job_id == job_id)
-            .values(
-                waiting_for=reason.value,
-                fair_rank=self._turn(conn, job),
-                published_at=sa.func.coalesce(c.published_at, now),
-            )
+            .values(published_at=sa.func.coalesce(c.published_at, now), **waiting)
         )
         return None
+
+    @staticmethod
+    def _catch_up_starts(conn: Connection, control: FlowControl, now: datetime) -> FlowControl:
+        """Starts given by a rate that have passed by more than their spacing (the jobs were let out late: the
+        claims that gave them held the type's lock meanwhile, say) move later, all of them alike, so that the
+        late ones do not start at once: the rate stays a spacing between starts."""
+        spacing = control.start_spacing
+        if spacing is None:
+            return control
+        c = jobs_table.c
+        waiting = sa.and_(c.type == control.type, _in_line(), c.waiting_for == WaitReason.RATE_LIMIT.value)
+        given = {
+            row.job_id: aware(row.scheduled_at) or now
+            for row in conn.execute(sa.select(c.job_id, c.scheduled_at).where(waiting))
+        }
+        earliest = min(given.values(), default=now)
+        if earliest >= now - spacing:
+            return control
+        late = now - earliest
+        conn.execute(
+            jobs_table.update().where(c.job_id == sa.bindparam("id")).values(scheduled_at=sa.bindparam("at")),
+            [{"id": job_id, "at": at + late} for job_id, at in given.items()],
+        )
+        next_start_at = (control.next_start_at or now) + late
+        conn.execute(
+            flow_controls_table.update()
+            .where(flow_controls_table.c.scope == control.scope)
+            .values(next_start_at=next_start_at)
+        )
+        return dataclasses.replace(control, next_start_at=next_start_at)
+
+    @staticmethod
+    def _keep_starts(conn: Connection, before: FlowControl, after: FlowControl) -> None:
+        """Write what a start changed of a rate's control."""
+        if after == before:
+            return
+        conn.execute(
+            flow_controls_table.update()
+            .where(flow_controls_table.c.scope == after.scope)
+            .values(next_start_at=after.next_start_at, last_start_at=after.last_start_at)
+        )
 
     def _lock_flow(self, conn: Connection, type: str, key: str | None) -> None:
         """Serialize the claims and lettings-out of a type (and a concurrency key): on PostgreSQL with
@@ -355,7 +418,7 @@ class SqlJobStore:
         """The controls of `scopes`, an idle one for each that has none."""
         controls = flow_controls_table.c
         rows = conn.execute(sa.select(flow_controls_table).where(controls.scope.in_(scopes))).all()
-        found = {row.scope: FlowControl(row.scope, row.max_running, bool(row.paused)) for row in rows}
+        found = {row.scope: _control(row) for row in rows}
         return {scope: found.get(scope, FlowControl(scope)) for scope in scopes}
 
     @staticmethod
@@ -399,17 +462,33 @@ class SqlJobStore:
             if room <= 0:
                 return []
             paused_queues = [p.value for p in Priority if controls[queue_scope(p)].paused]
+            type_control = self._catch_up_starts(conn, type_control, now)
+            # A job given a start by the rate waits for it; one of the others takes the next when let out.
+            on_time = sa.or_(
+                c.waiting_for != WaitReason.RATE_LIMIT.value, c.scheduled_at <= now + START_LOOKAHEAD
+            )
             candidates = conn.execute(
                 sa.select(jobs_table)
-                .where(c.type == type, _in_line(), c.priority.notin_(paused_queues))
+                .where(c.type == type, _in_line(), c.priority.notin_(paused_queues), on_time)
                 .order_by(_PRIORITY_ORDER, c.fair_rank, c.seq)
                 .limit(max(room * 4, 50))
             ).all()
             chosen: list[str] = []
             key_room: dict[str, int] = {}
+            rate_limited = type_control.start_spacing is not None
+            # Of the others, one at most: the next start the rate gives, if it has come.
+            starts = 1 if (type_control.next_start_at or now) <= now else 0
             for candidate in map(_job, candidates):
                 if len(chosen) == room:
                     break
+                if rate_limited and candidate.waiting_for is not WaitReason.RATE_LIMIT:
+                    if not starts:
+                        continue
+                    start_at, given = rates.give_start(type_control, now)
+                    if start_at > now:
+                        continue
+                    self._keep_starts(conn, type_control, given)
+                    starts = 0
                 if candidate.concurrency_limit:
                     key = candidate.concurrency_key
                     if key not in key_room:
@@ -466,18 +545,14 @@ class SqlJobStore:
             query = query.where(controls.scope.in_(scopes))
         with self._transaction() as conn:
             rows = conn.execute(query).all()
-        return [FlowControl(row.scope, row.max_running, bool(row.paused)) for row in rows]
+        return [_control(row) for row in rows]
 
     def put_flow_control(self, control: FlowControl) -> None:
         controls = flow_controls_table.c
         with self._transaction() as conn:
             conn.execute(flow_controls_table.delete().where(controls.scope == control.scope))
             if not control.idle:
-                conn.execute(
-                    flow_controls_table.insert().values(
-                        scope=control.scope, max_running=control.max_running, paused=control.paused
-                    )
-                )
+                conn.execute(flow_controls_table.insert().values(dataclasses.asdict(control)))
 
     def renew_leases(
         self, worker: str, task_ids: Mapping[str, str], now: datetime, lease_seconds: float

@@ -191,6 +191,10 @@ class FlowControlRow(SQLModel, table=True):
     scope: str = Field(sa_type=sa.String(80), primary_key=True)
     max_running: int | None = Field(default=None, nullable=True)
     paused: bool = False
+    rate: int | None = Field(default=None, nullable=True)
+    rate_seconds: float = 1.0
+    next_start_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
+    last_start_at: datetime | None = Field(default=None, sa_type=_TIMESTAMP, nullable=True)
 
 
 jobs_table: sa.Table = JobRow.__table__  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ import pytest
 from taskapp.clock import utcnow
 from taskapp.errors import StoreUnavailable
 from taskapp.jobs import (
+    START_LOOKAHEAD,
     FlowControl,
     Job,
     JobChange,
@@ -718,6 +719,48 @@ def test_a_paused_queue_or_type_starts_nothing_and_lets_its_jobs_out_on_resume(s
     assert store.flow_controls() == []
     assert [job.job_id for job in store.let_out("noop", T0, 10)] == ["other"]
     assert _claim(store, "high") and _claim(store, "other")
+
+
+def test_a_rate_gives_each_start_its_time_and_lets_waiting_jobs_out_at_theirs(store: JobStore) -> None:
+    store.put_flow_control(FlowControl("type:echo", rate=2, rate_seconds=1.0))
+    for n in range(3):
+        create(store, new_job(f"r{n}"), T0)
+
+    def claim(job_id: str, at: timedelta) -> Job | None:
+        return store.claim(job_id, "w1", T0 + at, 60, f"{job_id}:1")
+
+    assert claim("r0", timedelta(0))
+    assert claim("r1", timedelta(0)) is None and claim("r2", timedelta(0)) is None
+    given = {job_id: store.get(job_id) for job_id in ("r1", "r2")}
+    assert {job.waiting_for for job in given.values()} == {WaitReason.RATE_LIMIT}  # type: ignore[union-attr]
+    assert [given[job_id].scheduled_at for job_id in ("r1", "r2")] == [  # type: ignore[union-attr]
+        T0 + timedelta(seconds=0.5),
+        T0 + timedelta(seconds=1),
+    ]
+    # Each is let out as its start comes near (`START_LOOKAHEAD`), for its message to be sent to start then.
+    assert (
+        store.let_out("echo", T0 + timedelta(seconds=0.5) - START_LOOKAHEAD - timedelta(seconds=0.1), 10)
+        == []
+    )
+    assert [
+        job.job_id for job in store.let_out("echo", T0 + timedelta(seconds=0.5) - START_LOOKAHEAD, 10)
+    ] == ["r1"]
+    assert claim("r1", timedelta(seconds=0.5)), "its start was given when it waited"
+    assert [job.job_id for job in store.let_out("echo", T0 + timedelta(seconds=1), 10)] == ["r2"]
+    [control] = store.flow_controls()
+    assert control.next_start_at == T0 + timedelta(seconds=1.5)
+
+    # Let out late (the scheduler was held up), the given starts move later alike: they stay spaced.
+    for n in range(3, 6):
+        create(store, new_job(f"r{n}"), T0)
+        assert claim(f"r{n}", timedelta(seconds=1)) is None
+    late = T0 + timedelta(seconds=3)
+    released = store.let_out("echo", late, 10)
+    assert [(job.job_id, job.scheduled_at) for job in released] == [
+        ("r3", late),
+        ("r4", late + timedelta(seconds=0.5)),
+    ]
+    assert store.get("r5").scheduled_at == late + timedelta(seconds=1)  # type: ignore[union-attr]
 
 
 def test_concurrent_claims_of_one_key_start_no_more_than_its_limit(store: JobStore) -> None:

@@ -1,5 +1,5 @@
-"""flow control: concurrency keys and limits, the lines of waiting jobs, limits and pauses of job types
-and queues, and the job
+"""flow control: concurrency keys and limits, the lines of waiting jobs, limits, rates and pauses of job
+types and queues, and the job
 types each worker has loaded
 
 Revision ID: 0011
@@ -43,6 +43,10 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(80), primary_key=True),
         sa.Column("max_running", sa.Integer(), nullable=True),
         sa.Column("paused", sa.Boolean(), nullable=False),
+        sa.Column("rate", sa.Integer(), nullable=True),
+        sa.Column("rate_seconds", sa.Float(), nullable=False),
+        sa.Column("next_start_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_start_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
