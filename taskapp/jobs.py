@@ -252,6 +252,16 @@ class LogLine:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitingStats:
+    """What waits, for the metrics: jobs in flow control's lines by reason, the keys with the most of them, and
+    when the oldest job of each queue that wants a run now became due."""
+
+    by_reason: dict[WaitReason, int]
+    top_keys: list[tuple[str, int]]
+    oldest_due: dict[Priority, datetime]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     #: Messages waiting per priority, highest first.
     depths: dict[Priority, int]

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from taskapp.broker_stats import BrokerStats
+from taskapp.clock import utcnow
 from taskapp.errors import TaskappError
-from taskapp.jobs import JobChange, JobState
+from taskapp.jobs import JobChange, JobState, Priority, WaitingStats, WaitReason
 from taskapp.routing import DEAD_LETTER_QUEUE, queue_for
 from taskapp.store.port import JobStore
 
@@ -38,6 +40,16 @@ JOB_RUN_SECONDS = Histogram(
     ["type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3_600, 21_600),
 )
+
+JOB_WAIT_SECONDS = Histogram(
+    "taskapp_job_wait_seconds",
+    "How long a job waited to start, from when it was due (submitted, its run_at, the end of a back-off, the start "
+    "its type's rate gave it) to its claim: what more workers, or higher limits, would shorten",
+    ["type", "priority"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3_600, 21_600),
+)
+#: Concurrency keys shown with their waiting jobs: the ones with most, so the label set stays small.
+TOP_KEYS = 10
 
 
 def record_changes(changes: Sequence[JobChange]) -> None:
@@ -83,6 +95,12 @@ class QueueCollector(Collector):
                 "taskapp_jobs_scheduled", "Jobs waiting in SQL for their run_at", scheduled
             )
         try:
+            waiting = self.store.waiting_stats(TOP_KEYS)
+        except TaskappError as exc:
+            log.debug("flow control's lines left out of this scrape: %s", exc)
+        else:
+            yield from _waiting_families(waiting, utcnow())
+        try:
             schedules = self.store.list_schedules()
         except TaskappError as exc:
             log.debug("schedules left out of this scrape: %s", exc)
@@ -107,3 +125,32 @@ class QueueCollector(Collector):
             for field, family in counters.items():
                 family.add_metric([schedule.name], getattr(schedule, field))
         yield from counters.values()
+
+
+def _waiting_families(waiting: WaitingStats, now: datetime) -> Iterable[GaugeMetricFamily]:
+    by_reason = GaugeMetricFamily(
+        "taskapp_jobs_waiting",
+        "Jobs waiting in SQL for flow control (taskapp.flow), by reason: key_limit, type_limit, rate_limit, paused",
+        labels=["reason"],
+    )
+    for reason in WaitReason:
+        if reason.in_line:
+            by_reason.add_metric([reason.value], waiting.by_reason.get(reason, 0))
+    yield by_reason
+    keys = GaugeMetricFamily(
+        "taskapp_jobs_waiting_for_key",
+        f"Jobs waiting in flow control's lines, for the {TOP_KEYS} concurrency keys with the most",
+        labels=["key"],
+    )
+    for key, count in waiting.top_keys:
+        keys.add_metric([key], count)
+    yield keys
+    oldest = GaugeMetricFamily(
+        "taskapp_oldest_waiting_job_age_seconds",
+        "Per queue, how long ago its oldest job that wants a run (not held by flow control) became due: 0 when none",
+        labels=["queue"],
+    )
+    for priority in Priority:
+        due = waiting.oldest_due.get(priority)
+        oldest.add_metric([queue_for(priority)], max(0.0, (now - due).total_seconds()) if due else 0.0)
+    yield oldest

@@ -36,7 +36,7 @@ from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN, fault_point
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState
-from taskapp.metrics import record_changes
+from taskapp.metrics import JOB_WAIT_SECONDS, record_changes
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
@@ -289,6 +289,9 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
                 )
         raise Ignore()
     start_latency.claimed(job_id, task.request, started, claimed)
+    if job.started_at is not None:
+        wait = (job.started_at - job.scheduled_at).total_seconds()
+        JOB_WAIT_SECONDS.labels(job.type, job.priority.value).observe(max(0.0, wait))
     # The run as claimed: outcomes are guarded on its attempt, the policy reads its attempts left.
     task.request.taskapp_run = job
     payload = task.handler.schema.model_validate(job.payload)

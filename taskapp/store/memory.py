@@ -28,6 +28,7 @@ from taskapp.jobs import (
     NewJob,
     Priority,
     SentMessage,
+    WaitingStats,
     WaitReason,
     WorkerBeat,
     check_run_failure,
@@ -507,6 +508,27 @@ class InMemoryJobStore:
                 and (rank(other.priority), other.seq) < (rank(job.priority), job.seq)
                 for other in self.jobs.values()
             )
+
+    def waiting_stats(self, top_keys: int) -> WaitingStats:
+        with self._lock:
+            jobs = sorted(self.jobs.values(), key=lambda job: job.seq)
+        in_line = [
+            job
+            for job in jobs
+            if job.waiting_for.in_line and job.state in (JobState.QUEUED, JobState.RETRYING)
+        ]
+        by_reason: dict[WaitReason, int] = {}
+        keys: dict[str, int] = {}
+        for job in in_line:
+            by_reason[job.waiting_for] = by_reason.get(job.waiting_for, 0) + 1
+            if job.concurrency_key:
+                keys[job.concurrency_key] = keys.get(job.concurrency_key, 0) + 1
+        oldest: dict[Priority, datetime] = {}
+        for job in jobs:
+            if job.state is JobState.QUEUED and not job.waiting_for.in_line:
+                oldest.setdefault(job.priority, job.scheduled_at)
+        top = sorted(keys.items(), key=lambda item: (-item[1], item[0]))[:top_keys]
+        return WaitingStats(by_reason=by_reason, top_keys=top, oldest_due=oldest)
 
     def types_in_line(self) -> builtins.list[str]:
         with self._lock:

@@ -28,6 +28,7 @@ from taskapp.jobs import (
     LogLine,
     NewJob,
     SentMessage,
+    WaitingStats,
     WorkerBeat,
 )
 
@@ -185,6 +186,11 @@ class JobStore(Protocol):
     def count_ahead(self, job: Job) -> int:
         """QUEUED jobs with a message on its way that a worker takes before `job`: of a higher priority, or of
         its own and older."""
+        ...
+
+    def waiting_stats(self, top_keys: int) -> WaitingStats:
+        """Jobs in lines per reason, the `top_keys` concurrency keys with most jobs in lines, and per queue the
+        due time of its oldest job that wants a run (by submission) and is not in a line."""
         ...
 
     def types_in_line(self) -> builtins.list[str]:

@@ -37,6 +37,7 @@ from taskapp.jobs import (
     NewJob,
     Priority,
     SentMessage,
+    WaitingStats,
     WaitReason,
     WorkerBeat,
     check_run_failure,
@@ -532,6 +533,40 @@ class SqlJobStore:
         )
         with self._transaction() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def waiting_stats(self, top_keys: int) -> WaitingStats:
+        c = jobs_table.c
+        count = sa.func.count().label("count")
+        with self._transaction() as conn:
+            by_reason = conn.execute(
+                sa.select(c.waiting_for, count).where(_in_line()).group_by(c.waiting_for)
+            )
+            keys = conn.execute(
+                sa.select(c.concurrency_key, count)
+                .where(_in_line(), c.concurrency_key != "")
+                .group_by(c.concurrency_key)
+                .order_by(count.desc(), c.concurrency_key)
+                .limit(top_keys)
+            ).all()
+            oldest: dict[Priority, datetime] = {}
+            for priority in Priority:
+                due = conn.execute(
+                    sa.select(c.scheduled_at)
+                    .where(
+                        c.state == JobState.QUEUED.value,
+                        c.priority == priority.value,
+                        c.waiting_for.in_([WaitReason.NONE.value, WaitReason.RELEASED.value]),
+                    )
+                    .order_by(c.seq)
+                    .limit(1)
+                ).scalar_one_or_none()
+                if due is not None:
+                    oldest[priority] = aware(due)  # type: ignore[assignment]
+            return WaitingStats(
+                by_reason={WaitReason(reason): int(waiting) for reason, waiting in by_reason},
+                top_keys=[(key, int(waiting)) for key, waiting in keys],
+                oldest_due=oldest,
+            )
 
     def types_in_line(self) -> builtins.list[str]:
         c = jobs_table.c

@@ -763,6 +763,18 @@ def test_a_rate_gives_each_start_its_time_and_lets_waiting_jobs_out_at_theirs(st
     assert store.get("r5").scheduled_at == late + timedelta(seconds=1)  # type: ignore[union-attr]
 
 
+def test_waiting_stats_count_the_lines_by_reason_and_key_and_date_the_oldest_due_job(store: JobStore) -> None:
+    for n in range(4):
+        create(store, new_job(f"w{n}", concurrency_key="big" if n < 3 else "small", concurrency_limit=1), T0)
+    create(store, new_job("later", priority=Priority.LOW), T0 + timedelta(seconds=5))
+    assert _claim(store, "w0") and _claim(store, "w3")
+    assert _claim(store, "w1") is None and _claim(store, "w2") is None
+    stats = store.waiting_stats(top_keys=1)
+    assert stats.by_reason == {WaitReason.KEY_LIMIT: 2}
+    assert stats.top_keys == [("big", 2)]
+    assert stats.oldest_due == {Priority.LOW: T0 + timedelta(seconds=5)}, "jobs in a line are not counted"
+
+
 def test_concurrent_claims_of_one_key_start_no_more_than_its_limit(store: JobStore) -> None:
     """Each claim in its own transaction, at once: counted under the key's lock, not read before a write."""
     for n in range(20):
