@@ -204,6 +204,15 @@ def submit_batches(address: str, batches: int, batch_size: int, concurrency: int
     )
 
 
+def limit_other_types(address: str) -> None:
+    """What an operator sets on job types other than the benchmark's `noop`: a limit and a rate on `echo`, a
+    pause on `sleep` (they make every claim of a `noop` job look for controls of its type and queue)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        stub.SetTypeLimit(jobs_pb2.SetTypeLimitRequest(type="echo", max_running=5, rate=100), timeout=10)
+        stub.PauseType(jobs_pb2.PauseTypeRequest(type="sleep"), timeout=10)
+
+
 async def _steady_submits(
     address: str, count: int, per_second: float, advance: Advance, prefix: str
 ) -> dict[str, float]:

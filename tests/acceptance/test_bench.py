@@ -32,6 +32,8 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
         figures["taskapp"]["submit_per_s"],
         figures["taskapp"]["submit_batch_per_s"],
         figures["taskapp"]["drain_per_s"],
+        figures["taskapp"]["drain_again_per_s"],
+        figures["taskapp"]["drain_with_limits_per_s"],
     ]
     assert all(rate > 0 for rate in rates), figures
     for side, stages in (("taskapp", 7), ("raw", 2)):
