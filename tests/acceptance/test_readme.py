@@ -180,3 +180,22 @@ def test_readme_schedule_examples_run_as_written(make_stack: Callable[..., Stack
         f"taskapp --address {stack.address} schedules apply {tmp_path / 'schedules.toml'}", stack
     )
     assert sorted(applied.splitlines()) == ["heartbeat: updated", "nightly-report: updated"]
+
+
+def test_readme_flow_control_examples_run_as_written(make_stack: Callable[..., Stack]) -> None:
+    """The grpcurl lines of "Limits, pauses, and why a job waits", in order."""
+    stack = make_stack()
+    submitted, limited, paused, resumed, explained = (
+        json.loads(run_line(line, stack))
+        for line in readme_lines("grpcurl", "Limits, pauses, and why a job waits")
+    )
+    assert (submitted["job_id"], submitted["created"]) == ("mail-42", True)
+    assert (limited["type"], limited["max_running"], limited["rate"], limited["rate_interval"]) == (
+        "echo",
+        10,
+        5,
+        "1s",
+    )
+    assert (paused["queue"], paused.get("paused")) == ("PRIORITY_LOW", True)
+    assert resumed.get("paused", False) is False
+    assert explained["job_id"] == "mail-42" and explained["reason"]
