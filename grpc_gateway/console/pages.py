@@ -34,7 +34,16 @@ from taskapp.clock import utcnow
 from taskapp.config import get_settings
 from taskapp.error_groups import ErrorGroup, group_errors
 from taskapp.errors import TaskappError
-from taskapp.jobs import CANCELLABLE_STATES, RETRYABLE_BY_REQUEST, Job, JobFilter, JobState, Priority
+from taskapp.jobs import (
+    CANCELLABLE_STATES,
+    RETRYABLE_BY_REQUEST,
+    Job,
+    JobFilter,
+    JobState,
+    Priority,
+    queue_scope,
+    type_scope,
+)
 from taskapp.overview import read_overview, read_workers
 from taskapp.service import JobService
 
@@ -425,6 +434,37 @@ def console(app: FastAPI, servicer: JobServicer, auth: TokenAuth | None) -> None
     async def workers_live(request: Request) -> Response:
         return render(request, "workers_body.html", **await workers_context())
 
+    # Flow control: pause and resume queues and job types, with their limits and what waits.
+
+    async def flow_context() -> dict[str, Any]:
+        return await asyncio.to_thread(_flow_context, service)
+
+    @router.get("/flow")
+    @page
+    async def flow_page(request: Request) -> Response:
+        return render(request, "flow.html", message="", **await flow_context())
+
+    @router.post("/flow/{kind}/{name}/{verb}")
+    @action
+    async def pause_or_resume(
+        request: Request, form: dict[str, list[str]], kind: str, name: str, verb: str
+    ) -> Response:
+        if kind not in ("queues", "types") or verb not in ("pause", "resume"):
+            raise Invalid(f"no such action: {kind} {verb}")
+        paused = verb == "pause"
+        if kind == "queues":
+            try:
+                priority = Priority(name)
+            except ValueError:
+                raise Invalid(f"no queue {name!r}") from None
+            await asyncio.to_thread(service.pause_queue, priority, paused)
+            what = f"The {name} queue"
+        else:
+            await asyncio.to_thread(service.pause_type, name, paused)
+            what = f"Job type {name}"
+        message = f"{what} is {'paused' if paused else 'resumed'}."
+        return render(request, "flow_body.html", message=message, **await flow_context())
+
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
 
@@ -453,6 +493,17 @@ class _NoContext:
 
     async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
         raise Refused(404, details)
+
+
+def _flow_context(service: JobService) -> dict[str, Any]:
+    """Each queue and each job type this gateway knows, with its control, and the jobs waiting in lines."""
+    controls = {control.scope: control for control in service.flow_controls()}
+    waiting = service.store.waiting_stats(top_keys=10)
+    return {
+        "queues": [(priority, controls.get(queue_scope(priority))) for priority in Priority],
+        "types": [(handler.type, controls.get(type_scope(handler.type))) for handler in service.registry],
+        "waiting": waiting,
+    }
 
 
 def _get_all(service: JobService, job_ids: list[str]) -> list[Job]:

@@ -283,7 +283,14 @@ def test_bulk_retry_by_filter_acts_on_exactly_the_jobs_it_matches(
     assert {job_id: get(stack, job_id).updated_at.ToDatetime() for job_id in others + finished} == before
 
 
-PAGES = ["/console/", "/console/jobs", "/console/jobs/any-id", "/console/dead-letters", "/console/workers"]
+PAGES = [
+    "/console/",
+    "/console/jobs",
+    "/console/jobs/any-id",
+    "/console/dead-letters",
+    "/console/workers",
+    "/console/flow",
+]
 FRAGMENTS = [
     "/console/overview/live",
     "/console/workers/live",
@@ -296,8 +303,34 @@ ACTIONS = [
     "/console/jobs/bulk/preview",
     "/console/jobs/bulk",
     "/console/dead-letters/0123456789abcdef/replay",
+    "/console/flow/queues/low/pause",
     "/console/logout",
 ]
+
+
+def test_a_queue_paused_from_the_console_holds_its_job_until_resumed(page: Page, stack: Stack) -> None:
+    page.get_by_role("link", name="Flow control").click()
+    expect(page.get_by_role("heading", name="Flow control")).to_be_visible()
+    mark_page(page)
+    low = page.locator('tr[data-queue="low"]')
+    page.get_by_role("button", name="Pause low").click()
+    expect(low).to_contain_text("paused")
+    expect(page.get_by_role("status")).to_have_text("The low queue is paused.")
+    job_id = submit(stack, "noop", priority=jobs_pb2.PRIORITY_LOW)
+
+    def explained() -> jobs_pb2.ExplainJobResponse:
+        request = jobs_pb2.ExplainJobRequest(job_id=job_id)
+        return stack.stub().ExplainJob(request, timeout=10, metadata=AUTH)
+
+    wait_for(lambda: explained().code == jobs_pb2.WAIT_CODE_PAUSED, 30, "the job to wait for the queue")
+    page.reload()
+    mark_page(page)
+    expect(page.locator('dd[data-waiting="paused"]')).to_have_text("1")
+    screenshot(page, "flow-paused")
+    page.get_by_role("button", name="Resume low").click()
+    expect(low).to_contain_text("running")
+    assert jobs_pb2.JobState.Name(wait_terminal(stack, job_id).state) == "JOB_STATE_SUCCEEDED"
+    assert still_same_page(page)
 
 
 def test_without_a_sign_in_every_page_and_action_is_refused(stack: Stack) -> None:
