@@ -295,7 +295,13 @@ class InMemoryJobStore:
             if job is None or job.state not in RETRYABLE_BY_REQUEST:
                 return None
             requeued = dataclasses.replace(
-                job, state=JobState.QUEUED, attempts=0, updated_at=now, scheduled_at=now, published_at=None
+                job,
+                state=JobState.QUEUED,
+                attempts=0,
+                updated_at=now,
+                scheduled_at=now,
+                published_at=None,
+                waiting_for=WaitReason.NONE,
             )
             self._record(requeued, now, changes, f"retry requested (was {job.state})")
         self._announce(changes)

@@ -729,6 +729,7 @@ class SqlJobStore:
                     updated_at=now,
                     scheduled_at=now,
                     published_at=None,
+                    waiting_for=WaitReason.NONE.value,  # out of any line it was in when it ended
                 )
                 .returning(*jobs_table.c)
             ).all()

@@ -712,6 +712,13 @@ def test_a_paused_queue_or_type_starts_nothing_and_lets_its_jobs_out_on_resume(s
     assert _claim(store, "default"), "another queue of the type goes on"
     assert store.let_out("echo", T0, 10) == [] and store.let_out("noop", T0, 10) == []
 
+    # A waiting job cancelled, then retried, is out of the line: its new message claims it.
+    assert store.cancel("high", T0) is not None
+    assert store.types_in_line() == ["noop"]
+    [(retried, _)] = store.requeue_many(["high"], T0)
+    assert retried.waiting_for is WaitReason.NONE
+    store.put_flow_control(FlowControl("queue:high", paused=True))
+    assert _claim(store, "high") is None, "paused again"
     store.put_flow_control(FlowControl("queue:high"))
     assert [job.job_id for job in store.let_out("echo", T0, 10)] == ["high"]
     assert store.let_out("noop", T0, 10) == [], "its type is still paused"
