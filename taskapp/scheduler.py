@@ -7,8 +7,8 @@ place in line), and jobs whose writer died between its commit and its publish (t
 jobs whose lease lapsed (their worker is gone or cut off, and has stopped the run): another attempt after a
 back-off, or the dead letters, as `taskapp.policy` decides, (4) publishes again the jobs whose message a lost
 worker took and never ran, and notices that Redis lost messages and publishes them again (`taskapp.reconcile`),
-and (5) deletes finished jobs older than `TASKAPP_RETENTION` in bounded
-batches. Far schedules and back-offs therefore live in SQL, never in the broker, where Redis would redeliver
+(5) lets out the jobs waiting in flow control's lines that their limits have room for (`taskapp.flow`), and
+(6) deletes finished jobs older than `TASKAPP_RETENTION` in bounded batches. Far schedules and back-offs therefore live in SQL, never in the broker, where Redis would redeliver
 them after the visibility timeout.
 
 Several schedulers may run; one acts at a time, holding a lease in Redis (docs/decisions/0003). Nothing
