@@ -34,8 +34,13 @@ def _said(config: CliConfig, control: FlowControl) -> None:
     said = [f"at most {control.max_running} running"] if control.max_running is not None else []
     if control.rate is not None:
         said.append(f"{control.rate} starts per {control.rate_seconds:g} s")
-    name = control.type if control.type is not None else f"queue {control.queue}"
-    click.echo(f"{name}: {', '.join(said) or 'no limit'}{', paused' if control.paused else ''}")
+    click.echo(f"{_name(control)}: {', '.join(said) or 'no limit'}{', paused' if control.paused else ''}")
+
+
+def _name(control: FlowControl) -> str:
+    if control.type is not None:
+        return control.type
+    return f"queue {control.queue}" if control.queue is not None else f"key {control.key}"
 
 
 @click.group()
@@ -60,6 +65,19 @@ def set_limit(config: CliConfig, type: str, max_running: int | None, rate: int |
         _said(config, client.set_type_limit(type, max_running, rate, per))
 
 
+@limits.command("set-key-rate")
+@click.argument("key")
+@click.option(
+    "--rate", type=click.IntRange(min=1), metavar="N", help="Starts per --per seconds; none removes it."
+)
+@click.option("--per", type=click.FloatRange(min=0.001), default=1.0, show_default=True, metavar="SECONDS")
+@pass_cli_config
+def set_key_rate(config: CliConfig, key: str, rate: int | None, per: float) -> None:
+    """Start at most N jobs with concurrency key KEY per --per seconds, whatever their type."""
+    with config.connect() as client:
+        _said(config, client.set_key_rate(key, rate, per))
+
+
 @limits.command("remove")
 @click.argument("type")
 @pass_cli_config
@@ -72,15 +90,15 @@ def remove_limit(config: CliConfig, type: str) -> None:
 @limits.command("list")
 @pass_cli_config
 def list_limits(config: CliConfig) -> None:
-    """Every job type and queue with a limit or a pause."""
+    """Every job type, queue and key with a limit, a rate or a pause."""
     with config.connect() as client:
         controls = client.flow_controls()
     if config.as_json:
         echo_json(controls)
         return
-    table = Table("TYPE OR QUEUE", "MAX RUNNING", "RATE", "PAUSED")
+    table = Table("TYPE, QUEUE OR KEY", "MAX RUNNING", "RATE", "PAUSED")
     for control in controls:
-        name = control.type if control.type is not None else f"queue {control.queue}"
+        name = _name(control)
         limit = str(control.max_running) if control.max_running is not None else "-"
         rate = f"{control.rate}/{control.rate_seconds:g}s" if control.rate is not None else "-"
         table.add_row(name, limit, rate, "yes" if control.paused else "no")

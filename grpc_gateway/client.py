@@ -432,6 +432,13 @@ class JobClient:
             request.rate_interval.FromTimedelta(timedelta(seconds=rate_seconds))
         return convert.flow_control_from_pb(self._call(self._stub.SetTypeLimit, request))
 
+    def set_key_rate(self, key: str, rate: int | None, rate_seconds: float = 1.0) -> FlowControl:
+        """At most `rate` starts per `rate_seconds` of the jobs with concurrency key `key`; None removes it."""
+        request = jobs_pb2.SetKeyRateRequest(key=key, rate=rate)
+        if rate is not None:
+            request.rate_interval.FromTimedelta(timedelta(seconds=rate_seconds))
+        return convert.flow_control_from_pb(self._call(self._stub.SetKeyRate, request))
+
     def pause_type(self, type: str) -> FlowControl:
         reply = self._call(self._stub.PauseType, jobs_pb2.PauseTypeRequest(type=type))
         return convert.flow_control_from_pb(reply)
@@ -449,9 +456,11 @@ class JobClient:
         return convert.flow_control_from_pb(self._call(self._stub.ResumeQueue, request))
 
     def flow_controls(self) -> builtins.list[FlowControl]:
-        """Every job type and queue with a limit or a pause: types first, by name."""
+        """Every job type, queue and key with a limit, a rate or a pause: types, then queues, then keys."""
         reply = self._call(self._stub.GetFlowControls, jobs_pb2.GetFlowControlsRequest())
-        return [convert.flow_control_from_pb(control) for control in [*reply.types, *reply.queues]]
+        return [
+            convert.flow_control_from_pb(control) for control in [*reply.types, *reply.queues, *reply.keys]
+        ]
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's current state, then each change, ending after a terminal state.

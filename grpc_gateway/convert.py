@@ -20,6 +20,7 @@ from taskapp.jobs import (
     Priority,
     QueueStats,
     SubmitRequest,
+    key_scope,
     queue_scope,
     type_scope,
 )
@@ -368,9 +369,26 @@ def queue_control_to_pb(control: FlowControl) -> jobs_pb2.QueueControl:
     return jobs_pb2.QueueControl(queue=_PRIORITY_TO_PB[control.queue], paused=control.paused)
 
 
-def flow_control_from_pb(control: jobs_pb2.TypeControl | jobs_pb2.QueueControl) -> FlowControl:
+def key_control_to_pb(control: FlowControl) -> jobs_pb2.KeyControl:
+    answer = jobs_pb2.KeyControl(key=control.key, rate=control.rate)
+    if control.rate is not None:
+        answer.rate_interval.FromTimedelta(timedelta(seconds=control.rate_seconds))
+    return answer
+
+
+def flow_control_from_pb(
+    control: jobs_pb2.TypeControl | jobs_pb2.QueueControl | jobs_pb2.KeyControl,
+) -> FlowControl:
     if isinstance(control, jobs_pb2.QueueControl):
         return FlowControl(queue_scope(_PRIORITY_FROM_PB[control.queue]), paused=control.paused)
+    if isinstance(control, jobs_pb2.KeyControl):
+        return FlowControl(
+            key_scope(control.key),
+            rate=control.rate if control.HasField("rate") else None,
+            rate_seconds=control.rate_interval.ToTimedelta().total_seconds()
+            if control.HasField("rate_interval")
+            else 1.0,
+        )
     return FlowControl(
         type_scope(control.type),
         max_running=control.max_running if control.HasField("max_running") else None,
@@ -382,7 +400,7 @@ def flow_control_from_pb(control: jobs_pb2.TypeControl | jobs_pb2.QueueControl) 
     )
 
 
-def rate_seconds_from_pb(request: jobs_pb2.SetTypeLimitRequest) -> float:
+def rate_seconds_from_pb(request: jobs_pb2.SetTypeLimitRequest | jobs_pb2.SetKeyRateRequest) -> float:
     if not request.HasField("rate_interval"):
         return 1.0
     return _timedelta(request.rate_interval, "rate_interval").total_seconds()

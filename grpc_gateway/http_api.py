@@ -192,6 +192,8 @@ ScheduleBody = model("Schedule")
 JobId = Annotated[str, Path(description="The job's id")]
 ScheduleName = Annotated[str, Path(description="The schedule's name")]
 TypeLimitBody = model("SetTypeLimitRequest")
+KeyRateBody = model("SetKeyRateRequest")
+ConcurrencyKey = Annotated[str, Path(description="A concurrency key")]
 JobType = Annotated[str, Path(description="A registered job type")]
 Queue = Annotated[Priority, Path(description="A priority queue")]
 

@@ -355,6 +355,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         return convert.type_control_to_pb(control)
 
     @answers_errors
+    async def SetKeyRate(
+        self, request: jobs_pb2.SetKeyRateRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.KeyControl:
+        control = await asyncio.to_thread(
+            self.service.set_key_rate,
+            request.key,
+            request.rate if request.HasField("rate") else None,
+            convert.rate_seconds_from_pb(request),
+        )
+        return convert.key_control_to_pb(control)
+
+    @answers_errors
     async def PauseType(
         self, request: jobs_pb2.PauseTypeRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.TypeControl:
@@ -394,6 +406,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
             queues=[
                 convert.queue_control_to_pb(control) for control in controls if control.queue is not None
             ],
+            keys=[convert.key_control_to_pb(control) for control in controls if control.key is not None],
         )
 
     @answers_errors

@@ -19,6 +19,7 @@ from taskapp.jobs import (
     WaitReason,
     WorkerBeat,
     queue_scope,
+    scopes_of,
     type_scope,
 )
 from taskapp.store.port import JobStore
@@ -92,9 +93,13 @@ def explain(store: JobStore, job: Job, now: datetime, answering: list[WorkerBeat
         )
         return Explanation(job, WaitCode.TYPE_LIMIT, reason, blocking_job_ids=blocking)
     if job.waiting_for is WaitReason.RATE_LIMIT:
-        [control] = store.flow_controls([type_scope(job.type)]) or [FlowControl(type_scope(job.type))]
-        rate = f"{control.rate} start(s) per {control.rate_seconds:g} s" if control.rate else "a rate"
-        reason = f"waiting: job type {job.type!r} starts {rate}; its start comes at {_at(job.scheduled_at)}"
+        rated = [control for control in store.flow_controls(scopes_of(job)) if control.rate]
+        said = " and ".join(
+            f"{f'job type {control.type!r}' if control.type else f'key {control.key!r}'} starts "
+            f"{control.rate} start(s) per {control.rate_seconds:g} s"
+            for control in rated
+        )
+        reason = f"waiting: {said or 'a rate'}; its start comes at {_at(job.scheduled_at)}"
         return Explanation(job, WaitCode.RATE_LIMIT, reason, until=job.scheduled_at)
     if job.waiting_for is WaitReason.PAUSED:
         paused = store.flow_controls([type_scope(job.type), queue_scope(job.priority)])

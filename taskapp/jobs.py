@@ -330,7 +330,8 @@ class FlowControl:
     """An operator's control over a job type or a priority queue (`taskapp.flow`), kept in SQL and read by every
     claim of their jobs."""
 
-    #: "type:<job type>" or "queue:<priority>" (`type_scope`, `queue_scope`).
+    #: "type:<job type>", "queue:<priority>" or "key:<concurrency key>" (`type_scope`, `queue_scope`,
+    #: `key_scope`).
     scope: str
     #: At most this many jobs of the type run at once across every worker (types only; None: no limit).
     max_running: int | None = None
@@ -363,6 +364,11 @@ class FlowControl:
         kind, _, name = self.scope.partition(":")
         return Priority(name) if kind == "queue" else None
 
+    @property
+    def key(self) -> str | None:
+        kind, _, name = self.scope.partition(":")
+        return name if kind == "key" else None
+
 
 def type_scope(type: str) -> str:
     return f"type:{type}"
@@ -370,6 +376,19 @@ def type_scope(type: str) -> str:
 
 def queue_scope(priority: Priority) -> str:
     return f"queue:{priority.value}"
+
+
+def key_scope(key: str) -> str:
+    return f"key:{key}"
+
+
+def scopes_of(job: Job) -> list[str]:
+    """The scopes whose controls hold `job`: its type's, its queue's, and its concurrency key's."""
+    return [
+        type_scope(job.type),
+        queue_scope(job.priority),
+        *([key_scope(job.concurrency_key)] if job.concurrency_key else []),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from taskapp.jobs import (
     SentMessage,
     SubmitOutcome,
     SubmitRequest,
+    key_scope,
     queue_scope,
     type_scope,
 )
@@ -419,6 +420,24 @@ class JobService:
         )
         self.store.put_flow_control(control)
         flow.let_out(self.store, self.publisher, type, self._clock)
+        return control
+
+    def set_key_rate(self, key: str, rate: int | None, rate_seconds: float = 1.0) -> FlowControl:
+        """At most `rate` starts per `rate_seconds` of the jobs with concurrency key `key`, whatever their type
+        (None: no rate)."""
+        if not CONCURRENCY_KEY.match(key):
+            raise InvalidArgument(
+                "key", "must be 1-255 printable ASCII characters, not starting with a space"
+            )
+        if rate is not None:
+            _check_range("rate", rate, CONCURRENCY_LIMIT_RANGE)
+        if not MIN_RATE_SECONDS <= rate_seconds <= MAX_RATE_SECONDS:
+            raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
+        control = FlowControl(
+            key_scope(key), rate=rate, rate_seconds=rate_seconds if rate is not None else 1.0
+        )
+        self.store.put_flow_control(control)
+        flow.let_out_everywhere(self.store, self.publisher, self._clock)
         return control
 
     def pause_type(self, type: str, paused: bool) -> FlowControl:

@@ -535,6 +535,26 @@ class QueueControl(_message.Message):
     paused: bool
     def __init__(self, queue: _Optional[_Union[Priority, str]] = ..., paused: _Optional[bool] = ...) -> None: ...
 
+class KeyControl(_message.Message):
+    __slots__ = ("key", "rate", "rate_interval")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rate: int
+    rate_interval: _duration_pb2.Duration
+    def __init__(self, key: _Optional[str] = ..., rate: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class SetKeyRateRequest(_message.Message):
+    __slots__ = ("key", "rate", "rate_interval")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rate: int
+    rate_interval: _duration_pb2.Duration
+    def __init__(self, key: _Optional[str] = ..., rate: _Optional[int] = ..., rate_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
 class SetTypeLimitRequest(_message.Message):
     __slots__ = ("type", "max_running", "rate", "rate_interval")
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -576,12 +596,14 @@ class GetFlowControlsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FlowControls(_message.Message):
-    __slots__ = ("types", "queues")
+    __slots__ = ("types", "queues", "keys")
     TYPES_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     types: _containers.RepeatedCompositeFieldContainer[TypeControl]
     queues: _containers.RepeatedCompositeFieldContainer[QueueControl]
-    def __init__(self, types: _Optional[_Iterable[_Union[TypeControl, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[QueueControl, _Mapping]]] = ...) -> None: ...
+    keys: _containers.RepeatedCompositeFieldContainer[KeyControl]
+    def __init__(self, types: _Optional[_Iterable[_Union[TypeControl, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[QueueControl, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[KeyControl, _Mapping]]] = ...) -> None: ...
 
 class ExplainJobRequest(_message.Message):
     __slots__ = ("job_id",)

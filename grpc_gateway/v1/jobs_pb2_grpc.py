@@ -134,6 +134,11 @@ class JobServiceStub:
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
                 response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
                 _registered_method=True)
+        self.SetKeyRate = channel.unary_unary(
+                '/taskapp.v1.JobService/SetKeyRate',
+                request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetKeyRateRequest.SerializeToString,
+                response_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.KeyControl.FromString,
+                _registered_method=True)
         self.PauseType = channel.unary_unary(
                 '/taskapp.v1.JobService/PauseType',
                 request_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.PauseTypeRequest.SerializeToString,
@@ -313,6 +318,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKeyRate(self, request, context):
+        """At most rate starts per rate_interval of the jobs with this concurrency key, whatever their type; rate
+        unset removes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseType(self, request, context):
         """No job of the type or queue starts while paused (running ones finish); on resume the waiting ones start.
         """
@@ -339,7 +352,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFlowControls(self, request, context):
-        """Every job type and queue with a limit or a pause.
+        """Every job type, queue and key with a limit, a rate or a pause.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -454,6 +467,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.SetTypeLimit,
                     request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.FromString,
                     response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.SerializeToString,
+            ),
+            'SetKeyRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyRate,
+                    request_deserializer=grpc__gateway_dot_v1_dot_jobs__pb2.SetKeyRateRequest.FromString,
+                    response_serializer=grpc__gateway_dot_v1_dot_jobs__pb2.KeyControl.SerializeToString,
             ),
             'PauseType': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseType,
@@ -1026,6 +1044,33 @@ class JobService:
             '/taskapp.v1.JobService/SetTypeLimit',
             grpc__gateway_dot_v1_dot_jobs__pb2.SetTypeLimitRequest.SerializeToString,
             grpc__gateway_dot_v1_dot_jobs__pb2.TypeControl.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetKeyRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskapp.v1.JobService/SetKeyRate',
+            grpc__gateway_dot_v1_dot_jobs__pb2.SetKeyRateRequest.SerializeToString,
+            grpc__gateway_dot_v1_dot_jobs__pb2.KeyControl.FromString,
             options,
             channel_credentials,
             insecure,

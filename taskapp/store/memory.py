@@ -33,6 +33,7 @@ from taskapp.jobs import (
     WorkerBeat,
     check_run_failure,
     queue_scope,
+    scopes_of,
     type_scope,
     wants_a_run,
 )
@@ -334,16 +335,17 @@ class InMemoryJobStore:
                 or not wants_a_run(job.state, job.scheduled_at, now, job.waiting_for)
             ):
                 return None
-            scopes = (type_scope(job.type), queue_scope(job.priority))
             limited = job.concurrency_limit > 0 or any(
-                scope in self.flow_controls_by_scope for scope in scopes
+                scope in self.flow_controls_by_scope for scope in scopes_of(job)
             )
             reason = self._limit_reached(job) if limited else WaitReason.NONE
             start_at = now
             if limited and reason is WaitReason.NONE:
                 given = job.waiting_for is WaitReason.RELEASED
-                start_at, started = rates.start_now(self._control(type_scope(job.type)), now, given)
-                self._keep_starts(started)
+                for scope in scopes_of(job):
+                    at, started = rates.start_now(self._control(scope), now, given)
+                    self._keep_starts(started)
+                    start_at = max(start_at, at)
                 if start_at > now:
                     reason = WaitReason.RATE_LIMIT
             if reason is not WaitReason.NONE:

@@ -39,7 +39,10 @@ WITH claimed AS (
       AND (state = 'QUEUED' OR (state = 'RETRYING' AND scheduled_at <= %(now)s))
       AND waiting_for IN ('', 'released')
       AND concurrency_limit = 0
-      AND NOT EXISTS (SELECT FROM flow_controls WHERE scope IN ('type:' || jobs.type, 'queue:' || jobs.priority))
+      AND NOT EXISTS (
+        SELECT FROM flow_controls
+        WHERE scope IN ('type:' || jobs.type, 'queue:' || jobs.priority, 'key:' || jobs.concurrency_key)
+      )
     RETURNING *
 ), event AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)

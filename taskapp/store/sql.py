@@ -42,6 +42,7 @@ from taskapp.jobs import (
     WorkerBeat,
     check_run_failure,
     queue_scope,
+    scopes_of,
     type_scope,
 )
 from taskapp.schedules import Schedule
@@ -133,9 +134,13 @@ _PRIORITY_ORDER = sa.case({p.value: n for n, p in enumerate(Priority)}, value=jo
 
 
 def _unlimited() -> sa.ColumnElement[bool]:
-    """A job that nothing of `taskapp.flow` holds: no concurrency limit, no control of its type or queue."""
+    """A job that nothing of `taskapp.flow` holds: no concurrency limit, no control of its type, queue or key."""
     c, controls = jobs_table.c, flow_controls_table.c
-    scopes = (sa.literal("type:") + c.type, sa.literal("queue:") + c.priority)
+    scopes = (
+        sa.literal("type:") + c.type,
+        sa.literal("queue:") + c.priority,
+        sa.literal("key:") + c.concurrency_key,
+    )
     return sa.and_(
         c.concurrency_limit == 0,
         ~sa.exists(sa.select(controls.scope).where(controls.scope.in_(scopes)).scalar_subquery()),
@@ -329,8 +334,8 @@ class SqlJobStore:
         if row is None:
             return None
         job = _job(row)
-        self._lock_flow(conn, job.type, job.concurrency_key if job.concurrency_limit else None)
-        controls = self._controls(conn, [type_scope(job.type), queue_scope(job.priority)])
+        self._lock_flow(conn, job.type, job.concurrency_key or None)
+        controls = self._controls(conn, scopes_of(job))
         max_running = controls[type_scope(job.type)].max_running
         reason = WaitReason.NONE
         # The slots of the jobs let out of the line and on their way are theirs, not a newcomer's.
@@ -345,11 +350,13 @@ class SqlJobStore:
             reason = WaitReason.KEY_LIMIT
         start_at = now
         if reason is WaitReason.NONE:
-            # A start of a rate-limited type: now if the rate allows it, else a later one given (`rates`).
-            type_control = controls[type_scope(job.type)]
+            # A start under the rates of its type and key: now if they allow it, else a later one given by each
+            # (`rates`), the later of which it waits for.
             given = job.waiting_for is WaitReason.RELEASED
-            start_at, started = rates.start_now(type_control, now, given)
-            self._keep_starts(conn, type_control, started)
+            for control in controls.values():
+                at, started = rates.start_now(control, now, given)
+                self._keep_starts(conn, control, started)
+                start_at = max(start_at, at)
             if start_at > now:
                 reason = WaitReason.RATE_LIMIT
         if reason is WaitReason.NONE:

@@ -187,8 +187,8 @@ class FlowControlRow(SQLModel, table=True):
 
     __tablename__ = "flow_controls"
 
-    #: "type:<job type>" or "queue:<priority>".
-    scope: str = Field(sa_type=sa.String(80), primary_key=True)
+    #: "type:<job type>", "queue:<priority>" or "key:<concurrency key>".
+    scope: str = Field(sa_type=sa.String(260), primary_key=True)
     max_running: int | None = Field(default=None, nullable=True)
     paused: bool = False
     rate: int | None = Field(default=None, nullable=True)

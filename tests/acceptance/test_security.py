@@ -55,6 +55,7 @@ CALLS: dict[str, object] = {
     "DeleteSchedule": jobs_pb2.DeleteScheduleRequest(name="x"),
     "TriggerSchedule": jobs_pb2.TriggerScheduleRequest(name="x"),
     "SetTypeLimit": jobs_pb2.SetTypeLimitRequest(type="echo"),
+    "SetKeyRate": jobs_pb2.SetKeyRateRequest(key="security-test"),
     "PauseType": jobs_pb2.PauseTypeRequest(type="email"),
     "ResumeType": jobs_pb2.ResumeTypeRequest(type="email"),
     "PauseQueue": jobs_pb2.PauseQueueRequest(queue=jobs_pb2.PRIORITY_LOW),

@@ -770,6 +770,21 @@ def test_a_rate_gives_each_start_its_time_and_lets_waiting_jobs_out_at_theirs(st
     assert store.get("r5").scheduled_at == late + timedelta(seconds=1)  # type: ignore[union-attr]
 
 
+def test_a_key_s_rate_holds_its_jobs_of_every_type_and_no_other_key(store: JobStore) -> None:
+    store.put_flow_control(FlowControl("key:tenant", rate=1, rate_seconds=2.0))
+    create(store, new_job("k0", concurrency_key="tenant"), T0)
+    create(store, new_job("k1", type="noop", concurrency_key="tenant"), T0)
+    create(store, new_job("other", concurrency_key="other-tenant"), T0)
+    assert _claim(store, "k0") and _claim(store, "other")
+    assert _claim(store, "k1") is None
+    waiting = store.get("k1")
+    assert waiting is not None and waiting.waiting_for is WaitReason.RATE_LIMIT
+    assert waiting.scheduled_at == T0 + timedelta(seconds=2)
+    assert store.let_out("noop", T0, 10) == []
+    assert [job.job_id for job in store.let_out("noop", T0 + timedelta(seconds=2), 10)] == ["k1"]
+    assert store.claim("k1", "w1", T0 + timedelta(seconds=2), 60, "k1:1")
+
+
 def test_waiting_stats_count_the_lines_by_reason_and_key_and_date_the_oldest_due_job(store: JobStore) -> None:
     for n in range(4):
         create(store, new_job(f"w{n}", concurrency_key="big" if n < 3 else "small", concurrency_limit=1), T0)

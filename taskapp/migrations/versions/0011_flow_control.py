@@ -40,7 +40,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("types", JSON_TYPE, nullable=False, server_default=sa.text("'[]'")))
     op.create_table(
         "flow_controls",
-        sa.Column("scope", sa.String(80), primary_key=True),
+        sa.Column("scope", sa.String(260), primary_key=True),
         sa.Column("max_running", sa.Integer(), nullable=True),
         sa.Column("paused", sa.Boolean(), nullable=False),
         sa.Column("rate", sa.Integer(), nullable=True),
