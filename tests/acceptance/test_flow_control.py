@@ -21,6 +21,8 @@ from grpc_gateway.v1 import jobs_pb2
 from tests.helpers import BIN, ExecutionRecord, Run, Stack, free_port, metric_total, wait_for
 
 MakeStack = Callable[..., Stack]
+#: Each test runs several workers busy at once: one test of the module at a time, beside the rest of the run.
+pytestmark = pytest.mark.xdist_group("flow_control")
 WORKERS = ["worker", "worker-1", "worker-2"]
 
 
@@ -120,7 +122,7 @@ def test_a_key_limit_of_2_holds_across_3_workers_and_leaves_another_key_alone(
     assert Counter(run.job_id for run in runs) == Counter(limited + free), "each job ran once"
     assert all(run.finished for run in runs)
     assert most_at_once([run for run in runs if run.job_id in limited]) == 2
-    assert most_at_once([run for run in runs if run.job_id in free]) >= 4, "the other key is not held back"
+    assert most_at_once([run for run in runs if run.job_id in free]) >= 3, "the other key is not held to 2"
     received = deliveries(stack, WORKERS)
     assert all(received[job_id] <= 2 for job_id in limited), "a waiting job's message went round once at most"
     assert sum(received[job_id] == 2 for job_id in limited) >= 10, "most of the first key's jobs waited"
@@ -145,7 +147,7 @@ def test_under_a_type_limit_of_1_a_key_with_10_waiting_is_not_starved_by_one_wit
     big = [f"a-{n:04}" for n in range(1000)]
     submit_all(stack, [recorded(record, job_id, 0.05, concurrency_key="tenant-a") for job_id in big])
     # Every message of the big key has been taken, and its jobs wait in SQL for the one slot.
-    wait_for(lambda: len(deliveries(stack, WORKERS[:2])) == len(big), 60, "the 1,000 jobs to be taken")
+    wait_for(lambda: len(deliveries(stack, WORKERS[:2])) == len(big), 180, "the 1,000 jobs to be taken")
     last = wait_for(
         lambda: explained_as(stack, big[-1], jobs_pb2.WAIT_CODE_TYPE_LIMIT),
         10,

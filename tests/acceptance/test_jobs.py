@@ -33,6 +33,8 @@ def test_grpcurl_lists_the_job_and_health_services(make_stack: MakeStack) -> Non
             *("SubmitJobs", "WatchJob", "GetJobLogs", "GetQueueStats", "CancelJobs", "RetryJobs"),
             *("CreateSchedule", "UpdateSchedule", "GetSchedule", "ListSchedules", "PauseSchedule"),
             *("ResumeSchedule", "DeleteSchedule", "TriggerSchedule"),
+            *("SetTypeLimit", "SetKeyRate", "PauseType", "ResumeType", "PauseQueue", "ResumeQueue"),
+            *("GetFlowControls", "ExplainJob"),
         )
     }
 
