@@ -57,10 +57,10 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     target = sentinel_target(url)
     if target is None:
         return redis.Redis.from_url(url, **options)
-    sentinels = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options())  # type: ignore[no-untyped-call]
+    sentinels = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options())
     client: redis.Redis = sentinels.master_for(
         target.master, db=target.db, password=target.password, **options
-    )  # type: ignore[no-untyped-call]
+    )
     return client
 
 
@@ -69,7 +69,7 @@ def async_redis_client(url: str, **options: Any) -> redis.asyncio.Redis:
     target = sentinel_target(url)
     if target is None:
         return redis.asyncio.Redis.from_url(url, **options)
-    sentinels = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options())  # type: ignore[no-untyped-call]
+    sentinels = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options())
     client: redis.asyncio.Redis = sentinels.master_for(
         target.master, db=target.db, password=target.password, **options
     )
