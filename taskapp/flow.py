@@ -1,8 +1,8 @@
 """Flow control: how many jobs run at once, per concurrency key and per job type, across every worker.
 
 A job may carry a concurrency key and a limit (SubmitJob's, or its type's default from the payload fields the
-handler names); an operator may limit a whole type (`FlowLimit`, in SQL). A job under a limit is claimed only
-while its key and type run fewer jobs than their limits, counted in SQL under a lock (`JobStore.claim`), never
+handler names); an operator may limit, rate or pause a type, a queue or a key (`FlowControl`, in SQL). A job
+under a limit is claimed only while its key and type run fewer jobs than their limits, counted in SQL under a lock (`JobStore.claim`), never
 by a read-then-write race between workers. Otherwise the delivery parks it in its type's line in SQL, without
 a message in the broker, so it is not delivered again and again; its message goes out again when a slot frees:
 the worker whose run under a limit ends lets the next jobs out (`let_out_after`), and the scheduler's pass
