@@ -341,12 +341,12 @@ class InMemoryJobStore:
             reason = self._limit_reached(job) if limited else WaitReason.NONE
             start_at = now
             if limited and reason is WaitReason.NONE:
-                given = job.waiting_for is WaitReason.RELEASED
-                for scope in scopes_of(job):
-                    at, started = rates.start_now(self._control(scope), now, given)
+                controls = [self._control(scope) for scope in scopes_of(job)]
+                start = rates.start_under(controls, now, job.waiting_for is WaitReason.RELEASED)
+                for started in start.controls:
                     self._keep_starts(started)
-                    start_at = max(start_at, at)
-                if start_at > now:
+                start_at = start.at
+                if start.waits:
                     reason = WaitReason.RATE_LIMIT
             if reason is not WaitReason.NONE:
                 scheduled_at = start_at if reason is WaitReason.RATE_LIMIT else job.scheduled_at
@@ -366,7 +366,7 @@ class InMemoryJobStore:
                 attempts=job.attempts + 1,
                 runs=job.runs + 1,
                 task_id=task_id,
-                started_at=now,
+                started_at=start_at,
                 finished_at=None,
                 result=None,
                 updated_at=now,
@@ -383,17 +383,33 @@ class InMemoryJobStore:
         return self.flow_controls_by_scope.get(scope, FlowControl(scope))
 
     def _limit_reached(self, job: Job) -> WaitReason:
-        """The slots of the jobs let out of the line and on their way are theirs, not a newcomer's."""
+        """The slots of the jobs let out of the line and on their way are theirs, not a newcomer's; nor is a slot
+        that frees while a line waits for it (the run that freed it lets the line's next job out)."""
         if self._control(type_scope(job.type)).paused or self._control(queue_scope(job.priority)).paused:
             return WaitReason.PAUSED
+        newcomer = job.waiting_for is WaitReason.NONE
         max_running = self._control(type_scope(job.type)).max_running
-        if max_running is not None and self._busy(type=job.type, besides=job.job_id) >= max_running:
+        if max_running is not None and (
+            self._busy(type=job.type, besides=job.job_id) >= max_running
+            or (newcomer and self._line_waits(WaitReason.TYPE_LIMIT, type=job.type))
+        ):
             return WaitReason.TYPE_LIMIT
         if job.concurrency_limit and (
             self._busy(key=job.concurrency_key, besides=job.job_id) >= job.concurrency_limit
+            or (newcomer and self._line_waits(WaitReason.KEY_LIMIT, key=job.concurrency_key))
         ):
             return WaitReason.KEY_LIMIT
         return WaitReason.NONE
+
+    def _line_waits(self, reason: WaitReason, *, type: str | None = None, key: str | None = None) -> bool:
+        """Whether jobs of `type` or `key` wait in a line for `reason`."""
+        return any(
+            job.waiting_for is reason
+            and job.state in (JobState.QUEUED, JobState.RETRYING)
+            and (type is None or job.type == type)
+            and (key is None or job.concurrency_key == key)
+            for job in self.jobs.values()
+        )
 
     def _keep_starts(self, control: FlowControl) -> None:
         if control.scope in self.flow_controls_by_scope:

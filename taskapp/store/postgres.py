@@ -224,7 +224,7 @@ class PostgresJobStore(SqlJobStore):
             },
         )
         if row is None:  # limited, or not claimable: the portable code sorts it out
-            return super().claim(job_id, worker, now, lease_seconds, task_id)
+            return self.claim_under_limits(job_id, worker, now, lease_seconds, task_id)
         job = job_from_row(row)
         self._announce([JobChange(job_id, job.type, JobState.RUNNING)])
         return job

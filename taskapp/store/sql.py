@@ -291,15 +291,34 @@ class SqlJobStore:
             row = conn.execute(update.where(_unlimited())).first()
             if row is None:
                 row = self._claim_limited(conn, job_id, worker, now, lease_seconds, task_id)
-            if row is None:
-                return None
-            job = _job(row)
-            self._event(conn, job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
-            return job
+            return self._claimed(conn, row, worker, now)
+
+    def claim_under_limits(
+        self, job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str
+    ) -> Job | None:
+        """`claim` for a job that its one-statement claim did not take: limited, or not claimable."""
+        with self._transaction() as conn:
+            row = self._claim_limited(conn, job_id, worker, now, lease_seconds, task_id)
+            return self._claimed(conn, row, worker, now)
+
+    def _claimed(self, conn: Connection, row: sa.Row[Any] | None, worker: str, now: datetime) -> Job | None:
+        if row is None:
+            return None
+        job = _job(row)
+        self._event(conn, job.job_id, job.type, JobState.RUNNING, job.attempts, now, worker)
+        return job
 
     @staticmethod
-    def _claiming(job_id: str, worker: str, now: datetime, lease_seconds: float, task_id: str) -> sa.Update:
-        """The claim's UPDATE, guarded on the job wanting a run, returning the claimed row."""
+    def _claiming(
+        job_id: str,
+        worker: str,
+        now: datetime,
+        lease_seconds: float,
+        task_id: str,
+        started_at: datetime | None = None,
+    ) -> sa.Update:
+        """The claim's UPDATE, guarded on the job wanting a run, returning the claimed row. `started_at`: when
+        its run starts, if later than now (a rate's start, which its worker waits for)."""
         c = jobs_table.c
         return (
             jobs_table.update()
@@ -309,7 +328,7 @@ class SqlJobStore:
                 attempts=c.attempts + 1,
                 runs=c.runs + 1,
                 task_id=task_id,
-                started_at=now,
+                started_at=started_at or now,
                 finished_at=None,
                 result=None,
                 updated_at=now,
@@ -338,29 +357,34 @@ class SqlJobStore:
         controls = self._controls(conn, scopes_of(job))
         max_running = controls[type_scope(job.type)].max_running
         reason = WaitReason.NONE
-        # The slots of the jobs let out of the line and on their way are theirs, not a newcomer's.
+        # The slots of the jobs let out of the line and on their way are theirs, not a newcomer's; nor is a slot
+        # that frees while a line waits for it (the run that freed it lets the line's next job out).
         others = c.job_id != job_id
+        newcomer = job.waiting_for is WaitReason.NONE
+        same_type, same_key = c.type == job.type, c.concurrency_key == job.concurrency_key
         if any(control.paused for control in controls.values()):
             reason = WaitReason.PAUSED
-        elif max_running is not None and self._busy(conn, c.type == job.type, others) >= max_running:
+        elif max_running is not None and (
+            self._busy(conn, same_type, others) >= max_running
+            or (newcomer and self._line_waits(conn, same_type, WaitReason.TYPE_LIMIT))
+        ):
             reason = WaitReason.TYPE_LIMIT
         elif job.concurrency_limit and (
-            self._busy(conn, c.concurrency_key == job.concurrency_key, others) >= job.concurrency_limit
+            self._busy(conn, same_key, others) >= job.concurrency_limit
+            or (newcomer and self._line_waits(conn, same_key, WaitReason.KEY_LIMIT))
         ):
             reason = WaitReason.KEY_LIMIT
         start_at = now
         if reason is WaitReason.NONE:
-            # A start under the rates of its type and key: now if they allow it, else a later one given by each
-            # (`rates`), the later of which it waits for.
-            given = job.waiting_for is WaitReason.RELEASED
-            for control in controls.values():
-                at, started = rates.start_now(control, now, given)
-                self._keep_starts(conn, control, started)
-                start_at = max(start_at, at)
-            if start_at > now:
+            # A start under the rates of its type and key (`rates`): taken now or soon, or given for later.
+            start = rates.start_under(list(controls.values()), now, job.waiting_for is WaitReason.RELEASED)
+            for before, after in zip(controls.values(), start.controls, strict=True):
+                self._keep_starts(conn, before, after)
+            start_at = start.at
+            if start.waits:
                 reason = WaitReason.RATE_LIMIT
         if reason is WaitReason.NONE:
-            update = self._claiming(job_id, worker, now, lease_seconds, task_id)
+            update = self._claiming(job_id, worker, now, lease_seconds, task_id, started_at=start_at)
             return conn.execute(update.values(flow_limited=True)).first()
         waiting = {"waiting_for": reason.value, "fair_rank": self._turn(conn, job)}
         if reason is WaitReason.RATE_LIMIT:
@@ -439,6 +463,13 @@ class SqlJobStore:
         # Two counts, not an OR: each is served by its own index (states; the lines' partial one).
         coming = conn.execute(count.where(_let_out(), condition, let_out)).scalar_one()
         return int(running) + int(coming)
+
+    @staticmethod
+    def _line_waits(conn: Connection, condition: sa.ColumnElement[bool], reason: WaitReason) -> bool:
+        """Whether jobs matching `condition` wait in a line for `reason`."""
+        c = jobs_table.c
+        waiting = sa.exists().where(_in_line(), c.waiting_for == reason.value, condition)
+        return bool(conn.execute(sa.select(waiting)).scalar_one())
 
     @staticmethod
     def _turn(conn: Connection, job: Job) -> int:

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from pathlib import Path
 
 import grpc
@@ -149,7 +148,7 @@ def test_under_a_type_limit_of_1_a_key_with_10_waiting_is_not_starved_by_one_wit
     wait_for(lambda: len(deliveries(stack, ["worker"])) == len(big), 180, "the 1,000 jobs to be taken")
     last = wait_for(
         lambda: explained_as(stack, big[-1], jobs_pb2.WAIT_CODE_TYPE_LIMIT),
-        10,
+        30,
         "the last of them to wait in line",
     )
     assert "job type 'recorded' runs its limit of 1" in last.reason
@@ -311,9 +310,9 @@ def test_a_key_rate_spaces_that_key_s_starts_and_leaves_another_key_alone(
     runs = record.runs()
     assert sorted(run.job_id for run in runs) == sorted(slow + fast), "each ran once"
     slow_starts = sorted(run.started for run in runs if run.job_id in slow)
-    # Given 0.5 s apart; claimed at least 0.4 s apart (timers' jitter), the handler starting a few ms after.
-    assert min(b - a for a, b in pairwise(slow_starts)) >= 0.3
-    assert slow_starts[-1] - slow_starts[0] >= 2.0
+    # Started at least 0.5 s apart: in any 1 s window, at most 2 starts, one more at the edges.
+    assert max(sum(start <= other < start + 1 for other in slow_starts) for start in slow_starts) <= 3
+    assert slow_starts[-1] - slow_starts[0] >= 2.2
     fast_starts = sorted(run.started for run in runs if run.job_id in fast)
     assert fast_starts[-1] - fast_starts[0] < slow_starts[-1] - slow_starts[0] - 1, (
         "the other key is not held"

@@ -672,6 +672,23 @@ def test_a_key_runs_at_most_its_limit_and_the_others_wait_in_line_without_a_mess
     assert store.types_in_line() == []
 
 
+def test_a_newcomer_does_not_take_a_slot_that_frees_while_a_line_waits_for_it(store: JobStore) -> None:
+    store.put_flow_control(FlowControl("type:echo", max_running=1))
+    for job_id in ("t0", "t1", "t2"):
+        create(store, new_job(job_id), T0)
+    for job_id in ("k0", "k1", "k2"):
+        create(store, new_job(job_id, type="noop", concurrency_key="c", concurrency_limit=1), T0)
+    assert _claim(store, "t0") and _claim(store, "k0")
+    assert _claim(store, "t1") is None and _claim(store, "k1") is None
+    # Each run ends; before its worker lets its line's next job out, a newcomer's message comes.
+    assert store.succeed("t0", 1, None, T0) and store.succeed("k0", 1, None, T0)
+    assert _claim(store, "t2") is None and _claim(store, "k2") is None
+    assert store.get("t2").waiting_for is WaitReason.TYPE_LIMIT  # type: ignore[union-attr]
+    assert store.get("k2").waiting_for is WaitReason.KEY_LIMIT  # type: ignore[union-attr]
+    assert [job.job_id for job in store.let_out("echo", T0, 10)] == ["t1"]
+    assert [job.job_id for job in store.let_out("noop", T0, 10)] == ["k1"]
+
+
 def test_a_type_limit_lets_keys_take_turns_within_a_priority(store: JobStore) -> None:
     store.put_flow_control(FlowControl("type:echo", max_running=1))
     assert store.flow_controls() == [FlowControl("type:echo", max_running=1)]
@@ -768,6 +785,26 @@ def test_a_rate_gives_each_start_its_time_and_lets_waiting_jobs_out_at_theirs(st
         ("r4", late + timedelta(seconds=0.5)),
     ]
     assert store.get("r5").scheduled_at == late + timedelta(seconds=1)  # type: ignore[union-attr]
+
+
+def test_a_claim_just_before_its_rate_s_next_start_takes_it_and_starts_then(store: JobStore) -> None:
+    store.put_flow_control(FlowControl("type:echo", rate=2, rate_seconds=1.0))
+    for n in range(3):
+        create(store, new_job(f"h{n}"), T0)
+    first = store.claim("h0", "w1", T0, 60, "h0:1")
+    assert first is not None and first.started_at == T0
+    # 0.2 s before the next start, within a claim's hold (half a spacing): taken, the worker waits for it.
+    second = store.claim("h1", "w1", T0 + timedelta(seconds=0.3), 60, "h1:1")
+    assert second is not None and second.started_at == T0 + timedelta(seconds=0.5)
+    # Further ahead: given the start after, and waits in line for it.
+    assert store.claim("h2", "w1", T0 + timedelta(seconds=0.3), 60, "h2:1") is None
+    waiting = store.get("h2")
+    assert waiting is not None and waiting.waiting_for is WaitReason.RATE_LIMIT
+    assert waiting.scheduled_at == T0 + timedelta(seconds=1)
+    # Let out for it, and claimed a little early: it starts at its start, never less than a spacing after the last.
+    assert [job.job_id for job in store.let_out("echo", T0 + timedelta(seconds=0.6), 10)] == ["h2"]
+    third = store.claim("h2", "w1", T0 + timedelta(seconds=0.9), 60, "h2:1")
+    assert third is not None and third.started_at == T0 + timedelta(seconds=1)
 
 
 def test_a_key_s_rate_holds_its_jobs_of_every_type_and_no_other_key(store: JobStore) -> None:
