@@ -33,18 +33,43 @@ REDIS_SERVER = os.environ.get("TASKAPP_BENCH_REDIS", "redis://127.0.0.1:6379")
 REDIS_LOCK = "taskapp:test-lock:{}"
 
 
+#: Ports handed out lately, by any run on this machine: one file each (`free_port`).
+PORTS_GIVEN = Path("/tmp/taskapp-ports-given")
+#: How long a port handed out is not handed out again: long enough for its process to have bound it.
+PORT_HELD_SECONDS = 600
+
+
 def free_port() -> int:
-    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel handed out and took back
-    can go to the next outgoing connection (to Redis, say) before the process it was meant for binds it."""
+    """A port nothing listens on, below the kernel's ephemeral range (a port the kernel handed out and took back
+    can go to the next outgoing connection, to Redis say, before the process it was meant for binds it), and
+    not handed out lately by this or another test process: two of them picking the same port before either
+    process binds it would start one of those processes on a port in use."""
     low, _ = (int(bound) for bound in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    PORTS_GIVEN.mkdir(exist_ok=True)
     while True:
         port = random.randrange(low // 2, low)
+        if not _take(PORTS_GIVEN / str(port)):
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
+
+
+def _take(marker: Path) -> bool:
+    """Create `marker` (after removing it if it is older than a port is held); False if another holds it."""
+    try:
+        if time.time() - marker.stat().st_mtime >= PORT_HELD_SECONDS:
+            marker.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:

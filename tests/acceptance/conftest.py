@@ -79,7 +79,7 @@ class StackFactory:
 
     def close(self) -> None:
         for stack in self.stacks:
-            stack.stop_all()
+            stack.kill_all()
         for url in self.redis_urls:
             self.redis_databases.release(url)
 
