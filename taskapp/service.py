@@ -79,12 +79,10 @@ MAX_LABELS = 20
 #: A label key: 1-63 characters, a letter or digit first (Kubernetes' rule, with dots and slashes).
 LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 MAX_LABEL_VALUE = 255
-#: A unique key: 1-255 printable characters.
-UNIQUE_KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+#: A unique key or a concurrency key (`taskapp.flow`): 1-255 printable characters.
+KEY = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 #: A unique key's window: up to a year, as far as a job can be scheduled.
 MAX_UNIQUE_FOR = timedelta(days=365)
-#: A concurrency key (`taskapp.flow`): 1-255 printable characters, as a unique key.
-CONCURRENCY_KEY = UNIQUE_KEY
 #: Jobs of one key, or of one type, running at once; starts of a type per rate interval.
 CONCURRENCY_LIMIT_RANGE = (1, 100_000)
 MIN_RATE_SECONDS, MAX_RATE_SECONDS = 0.001, 86_400.0
@@ -107,6 +105,20 @@ def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
     if not low <= value <= high:
         raise InvalidArgument(field, f"must be between {low} and {high}, got {value}")
     return value
+
+
+def _check_key(field: str, key: str) -> str:
+    """A unique or concurrency key: what Redis, SQL and a log line all carry as it is."""
+    if not KEY.match(key):
+        raise InvalidArgument(field, "must be 1-255 printable ASCII characters, not starting with a space")
+    return key
+
+
+def _check_rate(rate: int | None, rate_seconds: float) -> None:
+    if rate is not None:
+        _check_range("rate", rate, CONCURRENCY_LIMIT_RANGE)
+    if not MIN_RATE_SECONDS <= rate_seconds <= MAX_RATE_SECONDS:
+        raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
 
 
 def _canonical_json(value: Any) -> str:
@@ -202,7 +214,7 @@ class JobService:
             identity.append({"labels": labels})
         if unique_key is not None:
             identity.append({"unique": [unique_key, unique_for.total_seconds() if unique_for else None]})
-        if concurrency_limit:
+        if concurrency_key:
             identity.append({"concurrency": [concurrency_key, concurrency_limit]})
         fingerprint = hashlib.sha256(_canonical_json(identity).encode()).hexdigest()
         return NewJob(
@@ -230,10 +242,7 @@ class JobService:
         if limit is not None:
             _check_range("concurrency_limit", limit, CONCURRENCY_LIMIT_RANGE)
         if request.concurrency_key is not None:
-            if not CONCURRENCY_KEY.match(request.concurrency_key):
-                raise InvalidArgument(
-                    "concurrency_key", "must be 1-255 printable ASCII characters, not starting with a space"
-                )
+            _check_key("concurrency_key", request.concurrency_key)
             # Without a limit, the key only takes turns with the others under its type's limit.
             return request.concurrency_key, limit or handler.concurrency_limit or 0
         if handler.concurrency_limit is None:
@@ -259,10 +268,7 @@ class JobService:
         if unique_for is not None and not timedelta(0) < unique_for <= MAX_UNIQUE_FOR:
             raise InvalidArgument("unique_for", f"must be more than 0 and at most {MAX_UNIQUE_FOR.days} days")
         if request.unique_key is not None:
-            if not UNIQUE_KEY.match(request.unique_key):
-                raise InvalidArgument(
-                    "unique_key", "must be 1-255 printable ASCII characters, not starting with a space"
-                )
+            _check_key("unique_key", request.unique_key)
             return request.unique_key, unique_for
         if unique_for is not None and not handler.unique_by:
             raise InvalidArgument("unique_for", "needs a unique_key (this job type declares no default key)")
@@ -407,10 +413,7 @@ class JobService:
         such limit); jobs waiting for it start at once if it leaves them room. A pause is kept."""
         if max_running is not None:
             _check_range("max_running", max_running, CONCURRENCY_LIMIT_RANGE)
-        if rate is not None:
-            _check_range("rate", rate, CONCURRENCY_LIMIT_RANGE)
-        if not MIN_RATE_SECONDS <= rate_seconds <= MAX_RATE_SECONDS:
-            raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
+        _check_rate(rate, rate_seconds)
         control = dataclasses.replace(
             self._type_control(type),
             max_running=max_running,
@@ -425,14 +428,8 @@ class JobService:
     def set_key_rate(self, key: str, rate: int | None, rate_seconds: float = 1.0) -> FlowControl:
         """At most `rate` starts per `rate_seconds` of the jobs with concurrency key `key`, whatever their type
         (None: no rate)."""
-        if not CONCURRENCY_KEY.match(key):
-            raise InvalidArgument(
-                "key", "must be 1-255 printable ASCII characters, not starting with a space"
-            )
-        if rate is not None:
-            _check_range("rate", rate, CONCURRENCY_LIMIT_RANGE)
-        if not MIN_RATE_SECONDS <= rate_seconds <= MAX_RATE_SECONDS:
-            raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
+        _check_key("key", key)
+        _check_rate(rate, rate_seconds)
         control = FlowControl(
             key_scope(key), rate=rate, rate_seconds=rate_seconds if rate is not None else 1.0
         )

@@ -86,7 +86,7 @@ def start_worker_threads(sender: Any = None, **_: Any) -> None:
     lease_keeper.worker = sender.hostname
     consuming_pause.worker_ready(sender)
     lease_keeper.start()
-    types = tuple(sorted(handler.type for handler in load_handlers(get_settings().handler_modules)))
+    types = tuple(sorted(handler.type for handler in HANDLERS))
     Heartbeat(
         worker_store(), sender.hostname, sender.controller.concurrency, lease_keeper.renew_every, types
     ).start()
@@ -359,4 +359,6 @@ def register_tasks(celery_app: Celery, registry: HandlerRegistry) -> None:
         )(run_job)
 
 
-register_tasks(app, load_handlers(get_settings().handler_modules))
+#: The job types of this process, their modules imported: each a Celery task, and named in the worker's beats.
+HANDLERS = load_handlers(get_settings().handler_modules)
+register_tasks(app, HANDLERS)

@@ -425,6 +425,19 @@ class DatabaseProxy:
         self.listener.close()
 
 
+def taskapp(stack: Stack, *args: str) -> str:
+    """The `taskapp` command's output against the stack's gateway; it must succeed."""
+    done = subprocess.run(
+        [str(BIN / "taskapp"), "--address", stack.address, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 @dataclass
 class Run:
     """One run of a `recorded` job, as its handler wrote it down."""

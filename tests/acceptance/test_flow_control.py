@@ -6,7 +6,6 @@ the messages they received are the proof."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,24 +16,12 @@ import grpc
 import pytest
 
 from grpc_gateway.v1 import jobs_pb2
-from tests.helpers import BIN, ExecutionRecord, Run, Stack, free_port, metric_total, wait_for
+from tests.helpers import ExecutionRecord, Run, Stack, free_port, metric_total, taskapp, wait_for
 
 MakeStack = Callable[..., Stack]
 #: Each test runs several workers busy at once: one test of the module at a time, beside the rest of the run.
 pytestmark = pytest.mark.xdist_group("flow_control")
 WORKERS = ["worker", "worker-1", "worker-2"]
-
-
-def taskapp(stack: Stack, *args: str) -> str:
-    done = subprocess.run(
-        [str(BIN / "taskapp"), "--address", stack.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def recorded(

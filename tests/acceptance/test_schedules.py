@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,23 +16,11 @@ import pytest
 
 from grpc_gateway.v1 import jobs_pb2
 from taskapp.schedules import firing_job_id
-from tests.helpers import BIN, ExecutionRecord, Stack, metric_total, wait_for
+from tests.helpers import ExecutionRecord, Stack, metric_total, taskapp, wait_for
 
 MakeStack = Callable[..., Stack]
 #: "schedule.<name>.<YYYYmmddTHHMMSS>Z": the firing time in a job id.
 FIRING = re.compile(r"^schedule\.(?P<name>[^.]+)\.(?P<at>\d{8}T\d{6})Z$")
-
-
-def taskapp(stack: Stack, *args: str) -> str:
-    done = subprocess.run(
-        [str(BIN / "taskapp"), "--address", stack.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def firings(stack: Stack, name: str) -> dict[datetime, jobs_pb2.Job]:

@@ -81,6 +81,8 @@ def test_same_id_with_defaults_spelled_out_is_the_same_request(service: JobServi
         {"run_at": utcnow() + timedelta(hours=1)},
         {"labels": {"env": "prod"}},
         {"unique_key": "k"},
+        {"concurrency_key": "tenant-1"},
+        {"concurrency_key": "tenant-1", "concurrency_limit": 2},
     ],
 )
 def test_same_id_different_request_is_already_exists(service: JobService, change: dict) -> None:
