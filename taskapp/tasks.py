@@ -71,14 +71,15 @@ def worker_store() -> JobStore:
 #: Made in the worker's main process as it loads its tasks, and known to the pool processes it forks.
 ending_runs = EndingRuns(Path(tempfile.gettempdir()) / f"taskapp-ending-runs-{os.getpid()}")
 #: The worker's main process keeps the leases of its runs, and stops consuming while the database is away.
+consuming_pause = ConsumingPause(lambda: worker_store().ping())
 lease_keeper = LeaseKeeper(
     worker_store(),
     "",
     get_settings().lease_seconds,
     runs=lambda: list(worker_state.active_requests),
     ending=ending_runs,
+    on_unavailable=consuming_pause.begin_soon,
 )
-consuming_pause = ConsumingPause(lambda: worker_store().ping())
 
 
 def start_worker_threads(sender: Any = None, **_: Any) -> None:

@@ -65,8 +65,12 @@ class LeaseKeeper:
         lease_seconds: float,
         runs: Callable[[], list[Any]],
         ending: EndingRuns,
+        on_unavailable: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        """`on_unavailable`: told why, when a renewal finds the database away (the worker stops consuming: its
+        pool processes may all be waiting to write outcomes, with no claim of theirs to find it away)."""
         self.store = store
+        self.on_unavailable = on_unavailable
         self.worker = worker
         self.ending = ending
         self.lease_seconds = lease_seconds
@@ -107,6 +111,7 @@ class LeaseKeeper:
             if not self._unavailable:
                 log.warning("cannot renew the leases of %d run(s): %s", len(runs), exc)
                 self._unavailable = True
+                self.on_unavailable(str(exc))
             return
         if self._unavailable:
             log.warning("renewing leases again")

@@ -2,7 +2,8 @@
 
 A delivery whose claim cannot reach SQL gives its message back (`taskapp.tasks.WaitForDatabase`, a requeueing
 reject). Were the worker to go on consuming, it would spin through the whole queue, handing every message
-back; instead its main process stops consuming its queues, a thread checks the database every second, and once
+back (or its lease keeper finds the database away: its pool processes may all be waiting to write outcomes);
+instead its main process stops consuming its queues, a thread checks the database every second, and once
 it answers the worker consumes its queues again, in their priority order. One warning when it stops, one when
 it starts again. It acts on its own consumer, in the consumer's event loop: a broadcast would also reach other
 workers that share its node name.
@@ -49,6 +50,12 @@ class ConsumingPause:
             self._consumer.cancel_task_queue(queue.name)
         threading.Thread(target=self._wait_for_database, name="database-outage", daemon=True).start()
         self._looking = self._consumer.timer.call_repeatedly(CHECK_EVERY_SECONDS, self._resume_if_answered)
+
+    def begin_soon(self, reason: str) -> None:
+        """`begin`, from another thread of the main process (its lease keeper's): in the consumer's event loop,
+        by its timer."""
+        if self._consumer is not None:
+            self._consumer.timer.call_after(0, self.begin, (reason,))
 
     def _wait_for_database(self) -> None:
         """Off the event loop: a database cut off by the network makes each check wait its connect timeout."""

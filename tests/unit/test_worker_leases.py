@@ -113,9 +113,12 @@ def test_a_run_not_renewed_for_two_thirds_of_its_lease_is_stopped_unless_it_is_e
     ending.mark("writing@1")
     ending.mark("written@1")
     ending.unmark("written@1")
-    keeper = LeaseKeeper(store, WORKER, 30, lambda: [stale, fresh, writing, written], ending)
+    told: list[str] = []
+    keeper = LeaseKeeper(store, WORKER, 30, lambda: [stale, fresh, writing, written], ending, told.append)
     keeper.renew()  # the database does not answer: no run is renewed, none is stopped for that alone
     assert keeper.stopped == {}
+    keeper.renew()
+    assert len(told) == 1 and "unavailable" in told[0], "the worker is told once to stop consuming"
     keeper.fence()
     assert set(keeper.stopped) == {"stale@1", "written@1"}
     assert pool.killed(stale) and pool.killed(written)
