@@ -53,8 +53,13 @@ class ConsumingPause:
 
     def begin_soon(self, reason: str) -> None:
         """`begin`, from another thread of the main process (its lease keeper's): in the consumer's event loop,
-        by its timer."""
-        if self._consumer is not None:
+        through its hub's `call_soon` (made to be called from other threads; it wakes the loop), or by its timer
+        (a thread of its own) when the consumer runs without an event loop."""
+        if self._consumer is None:
+            return
+        if self._consumer.hub is not None:
+            self._consumer.hub.call_soon(self.begin, reason)
+        else:
             self._consumer.timer.call_after(0, self.begin, (reason,))
 
     def _wait_for_database(self) -> None:
