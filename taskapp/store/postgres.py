@@ -67,9 +67,10 @@ SELECT type, started_at FROM succeeded
 """
 
 
-#: New jobs (arrays, one element per job) -> rows and their first events, in one statement. Ids that exist are
-#: left as they are and come back as they are, with `created` false: a data-modifying CTE's sibling queries see
-#: the table as it was before the statement, so the second SELECT finds only the rows that were already there.
+#: New jobs (arrays, one element per job) -> the rows created and their first events, in one statement. Ids that
+#: exist are left as they are and are read apart (`EXISTING`), only when a batch has any: joining the batch to
+#: `jobs` here cost every batch that join, and a plan cached while `jobs` was small scanned the whole table for it
+#: (9 ms per SubmitJob at 11,000 rows in the benchmark's latency phase, growing with the table until an ANALYZE).
 CREATE = """
 WITH new AS (
     SELECT *
@@ -93,9 +94,7 @@ WITH new AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)
     SELECT job_id, %(now)s, state, 0, '' FROM inserted
 )
-SELECT true AS created, * FROM inserted
-UNION ALL
-SELECT false AS created, jobs.* FROM jobs JOIN new USING (job_id)
+SELECT * FROM inserted
 """
 
 #: The columns `CREATE` takes one array of (the others are the same for every new job).
@@ -104,7 +103,7 @@ CREATE_ARRAYS = (
     "scheduled_at", "labels", "concurrency_key", "concurrency_limit",
 )  # fmt: skip
 
-#: Rows that a concurrent statement inserted after `CREATE` took its snapshot.
+#: Rows `CREATE` did not create: they existed before, or a concurrent statement inserted them meanwhile.
 EXISTING = "SELECT * FROM jobs WHERE job_id = ANY(%(job_id)s::text[])"
 
 #: One job by id: GetJob, and a worker's look at a job it could not claim.
@@ -120,6 +119,15 @@ FROM unnest(%(job_id)s::text[], %(state)s::text[], %(attempts)s::int[]) AS sent(
 WHERE jobs.job_id = sent.job_id AND jobs.state = sent.state AND jobs.attempts = sent.attempts
   AND jobs.published_at IS NULL
 """
+
+
+def create_parameters(news: Sequence[NewJob], now: datetime) -> dict[str, Any]:
+    """`CREATE`'s parameters: one array per column."""
+    new_rows = [new_job_row(new, now) for new in news]
+    arrays: dict[str, Any] = {column: [row[column] for row in new_rows] for column in CREATE_ARRAYS}
+    arrays["payload"] = [Jsonb(payload) for payload in arrays["payload"]]
+    arrays["labels"] = [Jsonb(labels) for labels in arrays["labels"]]
+    return {"now": now, **arrays}
 
 
 class PostgresJobStore(SqlJobStore):
@@ -179,16 +187,11 @@ class PostgresJobStore(SqlJobStore):
         the generic path (`SqlJobStore._create_unique`, an upsert per key)."""
         if any(new.unique_key is not None for new in news):
             return super().create_many(news, now)
-        new_rows = [new_job_row(new, now) for new in news]
-        arrays = {column: [row[column] for row in new_rows] for column in CREATE_ARRAYS}
-        arrays["payload"] = [Jsonb(payload) for payload in arrays["payload"]]
-        arrays["labels"] = [Jsonb(labels) for labels in arrays["labels"]]
-        rows = self._rows(CREATE, {"now": now, **arrays})
-        written = {row["job_id"]: (job_from_row(row), bool(row["created"])) for row in rows}
-        raced = [new.job_id for new in news if new.job_id not in written]
-        if raced:
-            # Inserted by a concurrent statement that committed after this one began: look again.
-            for row in self._rows(EXISTING, {"job_id": raced}):
+        rows = self._rows(CREATE, create_parameters(news, now))
+        written = {row["job_id"]: (job_from_row(row), True) for row in rows}
+        existing = [new.job_id for new in news if new.job_id not in written]
+        if existing:
+            for row in self._rows(EXISTING, {"job_id": existing}):
                 written[row["job_id"]] = (job_from_row(row), False)
         # Creations are not announced: nothing can be watching a job that did not exist, nor count it yet.
         return [written[new.job_id] for new in news]
