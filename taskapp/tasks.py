@@ -293,8 +293,11 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
     if job.started_at is not None:
         wait = (job.started_at - job.scheduled_at).total_seconds()
         JOB_WAIT_SECONDS.labels(job.type, job.priority.value).observe(max(0.0, wait))
-        # A rate's start taken a little ahead (`taskapp.rates.hold`): the run starts at it.
-        time.sleep(max(0.0, (job.started_at - utcnow()).total_seconds()))
+        # A rate's start taken a little ahead (`taskapp.rates.hold`): the run starts at it. Only then does it
+        # sleep: even sleep(0) lets go of the GIL, and a busy thread of the process keeps it a switch interval.
+        ahead = (job.started_at - utcnow()).total_seconds()
+        if ahead > 0:
+            time.sleep(ahead)
     # The run as claimed: outcomes are guarded on its attempt, the policy reads its attempts left.
     task.request.taskapp_run = job
     payload = task.handler.schema.model_validate(job.payload)
