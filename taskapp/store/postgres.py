@@ -183,8 +183,9 @@ class PostgresJobStore(SqlJobStore):
         return rows[0] if rows else None
 
     def create_many(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
-        """One statement for any number of jobs; results in the order given. A batch with a unique key takes
-        the generic path (`SqlJobStore._create_unique`, an upsert per key)."""
+        """One statement for any number of jobs, and one read more for a batch holding ids that existed already;
+        results in the order given. A batch with a unique key takes the generic path (`SqlJobStore._create_unique`,
+        an upsert per key)."""
         if any(new.unique_key is not None for new in news):
             return super().create_many(news, now)
         rows = self._rows(CREATE, create_parameters(news, now))
