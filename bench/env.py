@@ -152,12 +152,12 @@ class World:
             self._redis = redis.Redis.from_url(self.redis_url)
         return self._redis
 
-    def sql(self, query: str) -> list[tuple[Any, ...]]:
+    def sql(self, query: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A query on the run's database, over one connection for the run (the drains poll through it)."""
         if self._sql is None:
             dsn = self.pg_admin.rsplit("/", 1)[0] + f"/{self.database}"
             self._sql = psycopg.connect(dsn, autocommit=True)
-        cursor = self._sql.execute(query)
+        cursor = self._sql.execute(query, parameters or None)
         return cursor.fetchall() if cursor.description else []
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -83,6 +83,28 @@ def drain(
         return count / (time.perf_counter() - started)
 
 
+def raw_drain_with_status(world: World, app: Celery, count: int, progress: Progress) -> float:
+    """Raw Celery writing each task's status to a table by hand (`raw_celery.noop_with_status`): rows made
+    QUEUED, the messages published while the worker does not consume, then the drain timed. Every row must end
+    SUCCEEDED, or the figure is not one."""
+    table = raw_celery.STATUS_TABLE
+    world.sql(
+        f"CREATE TABLE IF NOT EXISTS {table} "
+        "(id text PRIMARY KEY, state text NOT NULL, started_at timestamptz, finished_at timestamptz)"
+    )
+    world.sql(f"TRUNCATE {table}")
+    ids = [f"status-{n}" for n in range(count)]
+    world.sql(f"INSERT INTO {table} (id, state) SELECT unnest(%s::text[]), 'QUEUED'", (ids,))
+    pause_consuming(app)
+    for task_id in ids:
+        app.send_task(raw_celery.NOOP_WITH_STATUS, task_id=task_id, queue=QUEUE)
+    rate = drain(app, lambda: raw_drained(world), count, "raw Celery + status table: drain", progress)
+    (done,) = world.sql(f"SELECT count(*) FROM {table} WHERE state = 'SUCCEEDED'")[0]
+    if done != count:
+        raise RuntimeError(f"{done} of {count} rows of {table} SUCCEEDED after the drain")
+    return rate
+
+
 def raw_drained(world: World) -> bool:
     """The queue and kombu's hash of unacknowledged messages are empty: every task has run. Two Redis reads."""
     client = world.redis()

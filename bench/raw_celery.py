@@ -1,14 +1,18 @@
 """Bare Celery with taskapp's Celery settings (celeryconfig.py) and none of taskapp: the baseline.
 
-`celery -A bench.raw_celery worker` runs it with the same queues, prefetch, acks-late and events as ours; its one
-task does nothing and writes nothing anywhere.
+`celery -A bench.raw_celery worker` runs it with the same queues, prefetch, acks-late and events as ours. `noop`
+does nothing and writes nothing anywhere; `noop_with_status` is what a team gluing Celery to a status table by
+hand would do at the least: commit RUNNING, then SUCCEEDED, to a row of its own.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from functools import cache
+from typing import Any
 
+import psycopg
 import redis
 from celery import Celery
 from celery.signals import task_received
@@ -20,6 +24,9 @@ app.config_from_object("celeryconfig")
 app.conf.imports = ()
 
 NOOP = "bench.noop"
+NOOP_WITH_STATUS = "bench.noop_with_status"
+#: The status table `noop_with_status` writes to: one row per task, made QUEUED by the benchmark.
+STATUS_TABLE = "raw_task_status"
 STAMP = "bench.stamp"
 #: Where `stamp` notes when each task's message reached the worker and when the task started: task id ->
 #: "<delivered> <started>", Unix times.
@@ -50,3 +57,23 @@ def stamp(self: object) -> None:
     started = time.time()
     delivered = getattr(self.request, DELIVERED_AT)  # type: ignore[attr-defined]
     _broker().hset(STARTED, self.request.id, f"{delivered} {started}")  # type: ignore[attr-defined]
+
+
+@cache
+def _status_database() -> psycopg.Connection[tuple[Any, ...]]:
+    """This pool process's connection (made after the fork), to the database the worker was given."""
+    return psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "", 1), autocommit=True)
+
+
+@app.task(name=NOOP_WITH_STATUS, bind=True)
+def noop_with_status(self: object) -> None:
+    """Nothing, between two synchronously committed writes of the task's status: the two commits each of
+    taskapp's jobs makes (its claim and its outcome), without anything else taskapp does."""
+    task_id = self.request.id  # type: ignore[attr-defined]
+    database = _status_database()
+    database.execute(
+        f"UPDATE {STATUS_TABLE} SET state = 'RUNNING', started_at = now() WHERE id = %s", (task_id,)
+    )
+    database.execute(
+        f"UPDATE {STATUS_TABLE} SET state = 'SUCCEEDED', finished_at = now() WHERE id = %s", (task_id,)
+    )

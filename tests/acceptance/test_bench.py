@@ -29,6 +29,7 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
     rates = [
         figures["raw"]["publish_per_s"],
         figures["raw"]["drain_per_s"],
+        figures["raw"]["drain_with_status_per_s"],
         figures["taskapp"]["submit_per_s"],
         figures["taskapp"]["submit_batch_per_s"],
         figures["taskapp"]["drain_per_s"],
@@ -68,3 +69,4 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
     measures = {target["measure"].split(" ", 1)[0] for target in figures["targets"]}
     assert measures == {"P1", "P2", "P3", "P4", "P5", "S1", "S2"}
     assert "Targets" in done.stdout and "raw Celery" in done.stdout and "PostgreSQL's WAL" in done.stdout
+    assert "status table by hand" in done.stdout
