@@ -60,4 +60,5 @@ imports = (
     "taskapp.worker_logging",
     "taskapp.worker_metrics",
     "taskapp.worker_timers",
+    "taskapp.gc_pauses",
 )

@@ -28,6 +28,7 @@ from taskapp.broker_stats import RedisBrokerStats
 from taskapp.clock import utcnow
 from taskapp.config import Settings, get_settings, is_loopback
 from taskapp.errors import TaskappError
+from taskapp.gc_pauses import freeze_startup_objects
 from taskapp.log_format import setup_process_logging
 from taskapp.metrics import QueueCollector, record_changes
 from taskapp.notify import ChangePublisher
@@ -163,6 +164,7 @@ async def serve(settings: Settings) -> None:
         if serving_http.done():
             serving_http.result()
         await asyncio.sleep(0.01)
+    freeze_startup_objects("gateway")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watching_health = asyncio.create_task(report_health(health_servicer, readiness))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,27 @@ def test_200_concurrent_submits_of_one_id_make_one_job_and_one_run(make_stack: M
         stack, events_table, events_table.c.job_id == "hot-key", events_table.c.state == "RUNNING"
     )
     assert runs == 1
+
+
+def test_the_gateway_and_each_worker_process_freeze_their_start_up_objects(make_stack: MakeStack) -> None:
+    """taskapp.gc_pauses: a full collection must not walk the ~100,000 objects each process has once up."""
+    stack = make_stack(concurrency=2)
+    frozen = re.compile(
+        r"(gateway|worker main process|worker pool process): (\d+) objects from start-up frozen"
+    )
+
+    def freezes() -> list[tuple[str, int]]:
+        logs = stack.log("gateway") + stack.log("worker")
+        return [(process, int(count)) for process, count in frozen.findall(logs)]
+
+    wait_for(lambda: len(freezes()) == 4, 30, "the gateway and the worker's three processes to freeze")
+    assert sorted(process for process, _ in freezes()) == [
+        "gateway",
+        "worker main process",
+        "worker pool process",
+        "worker pool process",
+    ]
+    assert all(count > 20_000 for _, count in freezes()), freezes()
 
 
 def test_critical_jobs_run_before_low_ones(make_stack: MakeStack) -> None:
