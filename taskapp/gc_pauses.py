@@ -4,11 +4,10 @@ A full (generation 2) collection walks every object the collector tracks, and ho
 gateway has about 160,000 once it serves (the modules of gRPC, SQLAlchemy, pydantic, Celery, uvicorn), and a
 full collection of them took 110-117 ms on the 2-core benchmark machine, every call in flight waiting; a worker's
 main process and each pool process have about 150,000 (collections of 40-47 ms: no message taken, or a run
-stalled). Measured with `gc.callbacks`. Those objects
-live as long as the process, so walking them finds nothing to free. `gc.freeze()` moves them to a permanent
-generation once the process is up; later collections walk only what came after. The gateway calls
-`freeze_startup_objects` when it serves; a worker's main process when it is ready, and each pool process once
-started (they were forked before the main process froze).
+stalled). Measured with `gc.callbacks`. Those objects live as long as the process, so walking them finds
+nothing to free. `gc.freeze()` moves them to a permanent generation once the process is up; later collections
+walk only what came after. The gateway calls `freeze_startup_objects` when it serves; a worker's main process
+when it is ready, and each pool process once started (they were forked before the main process froze).
 """
 
 from __future__ import annotations

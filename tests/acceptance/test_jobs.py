@@ -106,7 +106,7 @@ def test_200_concurrent_submits_of_one_id_make_one_job_and_one_run(make_stack: M
 
 
 def test_the_gateway_and_each_worker_process_freeze_their_start_up_objects(make_stack: MakeStack) -> None:
-    """taskapp.gc_pauses: a full collection must not walk the ~100,000 objects each process has once up."""
+    """taskapp.gc_pauses: a full collection must not walk the ~150,000 objects each process has once up."""
     stack = make_stack(concurrency=2)
     frozen = re.compile(
         r"(gateway|worker main process|worker pool process): (\d+) objects from start-up frozen"
