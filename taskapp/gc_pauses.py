@@ -21,13 +21,15 @@ from celery.signals import worker_process_init, worker_ready
 log = logging.getLogger(__name__)
 
 
-def freeze_startup_objects(process: str) -> int:
-    """Collect what start-up left for garbage, then freeze the rest; how many objects were frozen."""
+def freeze_startup_objects(process: str) -> None:
+    """Collect what start-up left for garbage, then freeze the rest, and log how many objects that was."""
     gc.collect()
     gc.freeze()
-    frozen = gc.get_freeze_count()
-    log.info("%s: %d objects from start-up frozen out of the garbage collector's walks", process, frozen)
-    return frozen
+    log.info(
+        "%s: %d objects from start-up frozen out of the garbage collector's walks",
+        process,
+        gc.get_freeze_count(),
+    )
 
 
 def freeze_in_main_process(**_: Any) -> None:
