@@ -15,3 +15,5 @@ match urlsplit(app.conf.broker_url).scheme:
         app.conf.broker_transport = "taskapp.broker_transport:Transport"
     case "sentinel":
         app.conf.broker_transport = "taskapp.broker_transport:SentinelTransport"
+# The worker's task events leave in groups on a timer (`taskapp.worker_events`): taskapp's code too.
+app.conf.worker_consumer = "taskapp.worker_events:JobConsumer"
