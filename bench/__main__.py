@@ -64,6 +64,21 @@ def start_worker(world: World, name: str, app_module: str) -> None:
     wait_until(worker_answers, 60, f"the {name} to answer")
 
 
+def start_taskapp(world: World, gateway_env: dict[str, str], traced: bool = False) -> None:
+    """The gateway (on the addresses `gateway_env` gives) and the worker as the Procfile runs them; `traced`:
+    both stamp each job in the trace file (`World.traced`)."""
+    trace = world.traced() if traced else {}
+    world.start("gateway", procfile()["gateway"], None, **gateway_env, **trace)
+    wait_until(lambda: serving(gateway_env["TASKAPP_GRPC_ADDR"]), 60, "the gateway to serve")
+    world.start("worker", procfile()["worker"], None, **trace)
+    wait_until(worker_answers, 60, "the worker to answer")
+
+
+def stop_taskapp(world: World) -> None:
+    world.stop("worker")
+    world.stop("gateway")
+
+
 def drain_batches(world: World, address: str, sizes: Sizes, label: str, progress: Progress) -> float:
     """Fill the queue with SubmitJobs calls while the worker does not consume, then drain it to SUCCEEDED."""
     phases.pause_consuming(raw_celery.app)
@@ -99,15 +114,12 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
 
     address = f"127.0.0.1:{free_port()}"
     http_address = f"127.0.0.1:{free_port()}"
-    world.start(
-        "gateway",
-        procfile()["gateway"],
-        TASKAPP_GRPC_ADDR=address,
-        TASKAPP_METRICS_ADDR=f"127.0.0.1:{free_port()}",
-        TASKAPP_HTTP_ADDR=http_address,
-    )
-    wait_until(lambda: serving(address), 60, "the gateway to serve")
-    start_worker(world, "worker", "taskapp")
+    gateway_env = {
+        "TASKAPP_GRPC_ADDR": address,
+        "TASKAPP_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "TASKAPP_HTTP_ADDR": http_address,
+    }
+    start_taskapp(world, gateway_env)
     phases.pause_consuming(raw_celery.app)
     with phases.progress_of(
         progress, f"taskapp: SubmitJob, {SUBMIT_CONCURRENCY} callers", sizes.submit
@@ -133,12 +145,17 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
         "taskapp: drain to SUCCEEDED",
         progress,
     )
+    # P3 with the stage breakdown: the gateway and worker started anew, stamping each job (`World.traced`).
+    stop_taskapp(world)
+    start_taskapp(world, gateway_env, traced=True)
     with phases.progress_of(
         progress, f"taskapp: submit → RUNNING at {LATENCY_RATE:.0f}/s", sizes.latency
     ) as advance:
         figures["taskapp"]["latency_ms"] = phases.latency_to_running(
             world, address, sizes.latency, LATENCY_RATE, advance
         )
+    stop_taskapp(world)
+    start_taskapp(world, gateway_env)
     # P2 twice more, alike: then with a limit, a rate and a pause on job types these jobs are not.
     figures["taskapp"]["drain_again_per_s"] = drain_batches(
         world, address, sizes, "taskapp: drain again", progress

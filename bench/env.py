@@ -109,7 +109,8 @@ class World:
     _redis: redis.Redis | None = None
     _sql: psycopg.Connection[tuple[Any, ...]] | None = None
 
-    #: Where the processes write their stamps of each job's way to its run (`taskapp.start_latency`).
+    #: Where the processes write their stamps of each job's way to its run (`taskapp.start_latency`), when started
+    #: with `traced()`.
     @property
     def trace_file(self) -> Path:
         return self.workdir / "trace.jsonl"
@@ -168,9 +169,14 @@ class World:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "TASKAPP_WORKER_METRICS_ADDR": "",
-            "TASKAPP_TRACE_FILE": str(self.trace_file),
             **extra,
         }
+
+    def traced(self) -> dict[str, str]:
+        """The environment that has a process stamp each job in `trace_file`. Only the latency phase's processes
+        run with it: a line written per job and process costs the gateway a tenth of its SubmitJob rate, and
+        production runs without it."""
+        return {"TASKAPP_TRACE_FILE": str(self.trace_file)}
 
     def start(self, name: str, command: str, host: Host | None = None, **extra_env: str) -> None:
         """Start process `name` here, or on a host of a network-namespace cluster."""
