@@ -316,6 +316,9 @@ RAW_STAGES = (
 
 Stage = tuple[str, str, str]
 
+#: The stamps the processes write of each job (`sent` is the benchmark's own).
+TRACED = {end for _, _, end in (*STAGES, CLAIM_STAGE)} - {"sent"}
+
 
 def latency_figures(
     journeys: list[dict[str, float]], stages: tuple[Stage, ...], after: tuple[Stage, ...] = ()
@@ -368,7 +371,16 @@ def latency_to_running(
         wait_until(
             lambda: world.sql(started.format("latency-"))[0][0] == count, 120, "the latency jobs to start"
         )
-    traced = trace_stamps(world.trace_file)
+    # A process writes its stamps after the steps they time (the claim's after its commit): the last jobs' lines
+    # may come after SQL shows them started. Read them once every job has them all.
+    traced: dict[str, dict[str, float]] = {}
+
+    def all_traced() -> bool:
+        traced.update(trace_stamps(world.trace_file))
+        latency_jobs = [stamps for job_id, stamps in traced.items() if job_id.startswith("latency-")]
+        return len(latency_jobs) == count and all(stamps.keys() >= TRACED for stamps in latency_jobs)
+
+    wait_until(all_traced, 10, "every latency job's stamps in the trace file")
     journeys = []
     for job_id, started_at in world.sql("SELECT job_id, started_at FROM jobs WHERE job_id LIKE 'latency-%'"):
         # The stages end at the pool process's own stamp; the latency, at the claim's started_at in SQL.
