@@ -13,6 +13,7 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 from celery.events import Event, EventDispatcher
+from celery.utils.nodenames import anon_nodename
 from celery.utils.time import utcoffset
 from kombu.messaging import Producer
 
@@ -116,6 +117,8 @@ class CeleryPublisher:
             return
         amqp = self.app.amqp
         sent_events = SentEvents(self._events) if self.app.conf.task_send_sent_event else None
+        # The node name Celery puts in every message's `origin`: looked up once per batch, not per message.
+        origin = anon_nodename()
         try:
             with self.app.producer_or_acquire() as producer, producer.batch():
                 # Each queue is declared once per batch rather than once per message (kombu binds a copy of
@@ -139,6 +142,7 @@ class CeleryPublisher:
                         # What Celery would render for these arguments, without rendering them each time.
                         argsrepr="()",
                         kwargsrepr="{}",
+                        origin=origin,
                     )
                     message.headers[SENT_AT_HEADER] = time.time()
                     amqp.send_task_message(
@@ -148,6 +152,9 @@ class CeleryPublisher:
                         queue=queue_for(job.priority),
                         declare=[],
                         event_dispatcher=sent_events,
+                        # A message joins the batch's pipeline here; only the batch's flush meets Redis, so
+                        # there is nothing for kombu's retry wrapper around each publish to retry.
+                        retry=False,
                     )
                 if sent_events is not None:
                     sent_events.send(producer)
