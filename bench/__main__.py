@@ -58,9 +58,9 @@ def worker_answers() -> bool:
     return bool(raw_celery.app.control.ping(timeout=0.5))
 
 
-def start_worker(world: World, name: str, app_module: str) -> None:
+def start_worker(world: World, name: str, app_module: str, **extra_env: str) -> None:
     """The Procfile's worker line, with `-A` naming the app to run."""
-    world.start(name, procfile()["worker"].replace("-A taskapp", f"-A {app_module}"))
+    world.start(name, procfile()["worker"].replace("-A taskapp", f"-A {app_module}"), None, **extra_env)
     wait_until(worker_answers, 60, f"the {name} to answer")
 
 
@@ -70,8 +70,7 @@ def start_taskapp(world: World, gateway_env: dict[str, str], traced: bool = Fals
     trace = world.traced() if traced else {}
     world.start("gateway", procfile()["gateway"], None, **gateway_env, **trace)
     wait_until(lambda: serving(gateway_env["TASKAPP_GRPC_ADDR"]), 60, "the gateway to serve")
-    world.start("worker", procfile()["worker"], None, **trace)
-    wait_until(worker_answers, 60, "the worker to answer")
+    start_worker(world, "worker", "taskapp", **trace)
 
 
 def stop_taskapp(world: World) -> None:
