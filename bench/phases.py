@@ -85,8 +85,8 @@ def drain(
 
 def raw_drain_with_status(world: World, app: Celery, count: int, progress: Progress) -> float:
     """Raw Celery writing each task's status to a table by hand (`raw_celery.noop_with_status`): rows made
-    QUEUED, the messages published while the worker does not consume, then the drain timed. Every row must end
-    SUCCEEDED, or the figure is not one."""
+    QUEUED, the messages published while the worker does not consume, then the drain timed until every row is
+    SUCCEEDED."""
     table = raw_celery.STATUS_TABLE
     world.sql(
         f"CREATE TABLE IF NOT EXISTS {table} "
@@ -98,15 +98,22 @@ def raw_drain_with_status(world: World, app: Celery, count: int, progress: Progr
     pause_consuming(app)
     for task_id in ids:
         app.send_task(raw_celery.NOOP_WITH_STATUS, task_id=task_id, queue=QUEUE)
-    rate = drain(app, lambda: raw_drained(world), count, "raw Celery + status table: drain", progress)
-    (done,) = world.sql(f"SELECT count(*) FROM {table} WHERE state = 'SUCCEEDED'")[0]
-    if done != count:
-        raise RuntimeError(f"{done} of {count} rows of {table} SUCCEEDED after the drain")
-    return rate
+
+    def finished() -> bool:
+        return raw_drained(world) and status_succeeded(world) == count
+
+    return drain(app, finished, count, "raw Celery + status table: drain", progress)
+
+
+def status_succeeded(world: World) -> int:
+    table = raw_celery.STATUS_TABLE
+    return int(world.sql(f"SELECT count(*) FROM {table} WHERE state = 'SUCCEEDED'")[0][0])
 
 
 def raw_drained(world: World) -> bool:
-    """The queue and kombu's hash of unacknowledged messages are empty: every task has run. Two Redis reads."""
+    """The queue and kombu's hash of unacknowledged messages are empty. Two Redis reads, and not proof alone
+    that every task has run: kombu pops a message (BRPOP) before it records it as unacknowledged, so for a moment
+    the last one is in neither; a drain with a record of its own (a status table, taskapp's jobs) asks it too."""
     client = world.redis()
     pipeline = client.pipeline(transaction=False)
     pipeline.llen(QUEUE)
