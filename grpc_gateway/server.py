@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
@@ -218,6 +219,8 @@ def main() -> None:
     settings = get_settings()
     setup_process_logging(settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        # libuv's event loop: the gateway is one process bound by its CPU, and uvloop takes ~10 % less of it per
+        # SubmitJob than asyncio's own loop (decision 0006).
+        uvloop.run(serve(settings))
     except TaskappError as exc:
         sys.exit(f"taskapp gateway: {exc}")
