@@ -34,6 +34,9 @@ BATCH = 100
 BATCH_CONCURRENCY = 4
 #: The steady rate of the latency phase, jobs per second.
 LATENCY_RATE = 100.0
+#: P1's raw `send_task` loop and taskapp's SubmitJob take turns this many times, so a slow spell of the machine
+#: falls on both alike.
+P1_ROUNDS = 5
 #: The read phase alternates between its two table sizes this many times, so a slow spell of the machine falls
 #: on both alike.
 READ_ROUNDS = 6
@@ -41,8 +44,8 @@ READ_ROUNDS = 6
 
 @dataclass(frozen=True)
 class Sizes:
-    publish: int  #: raw send_task calls (and the raw drain)
-    submit: int  #: SubmitJob calls
+    publish: int  #: tasks each raw drain takes
+    submit: int  #: SubmitJob calls (and raw send_task calls, alternating with them)
     batches: int  #: SubmitJobs calls of BATCH jobs
     latency: int  #: jobs submitted at LATENCY_RATE
     rows: tuple[int, int]  #: table sizes for the read phase
@@ -93,13 +96,15 @@ def drain_batches(world: World, address: str, sizes: Sizes, label: str, progress
     )
 
 
-def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
+def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
+    """Every phase on the run's `world`; `side` holds what must not mix with it: the Redis database P1's raw
+    `send_task` calls go to, and the database the reads at the small table size run on."""
     raw_celery.app.conf.broker_url = world.redis_url
     figures: dict[str, Any] = {"raw": {}, "taskapp": {}}
 
     start_worker(world, "raw-worker", "bench.raw_celery")
     phases.pause_consuming(raw_celery.app)
-    figures["raw"]["publish_per_s"] = phases.raw_publish(raw_celery.app, sizes.publish, progress)
+    phases.raw_fill(raw_celery.app, sizes.publish, progress)
     figures["raw"]["drain_per_s"] = phases.drain(
         raw_celery.app, lambda: phases.raw_drained(world), sizes.publish, "raw Celery: drain", progress
     )
@@ -124,12 +129,12 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
     }
     start_taskapp(world, gateway_env)
     phases.pause_consuming(raw_celery.app)
-    with phases.progress_of(
-        progress, f"taskapp: SubmitJob, {SUBMIT_CONCURRENCY} callers", sizes.submit
-    ) as advance:
-        figures["taskapp"]["submit_per_s"] = phases.submit_jobs(
-            address, sizes.submit, SUBMIT_CONCURRENCY, advance
+    label = f"P1: send_task, and SubmitJob from {SUBMIT_CONCURRENCY} callers, alternating"
+    with phases.progress_of(progress, label, 2 * sizes.submit) as advance:
+        figures["raw"]["publish_per_s"], figures["taskapp"]["submit_per_s"] = phases.alternating_publish(
+            raw_celery.app_on(side.redis_url), address, sizes.submit, SUBMIT_CONCURRENCY, P1_ROUNDS, advance
         )
+    side.redis().flushdb()
     with phases.progress_of(
         progress, f"taskapp: HTTP POST /v1/jobs, {SUBMIT_CONCURRENCY} callers", sizes.submit
     ) as advance:
@@ -168,25 +173,22 @@ def measure(world: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
         world, address, sizes, "taskapp: drain, limits on other types", progress
     )
     world.stop("worker")
-    figures["taskapp"]["reads_ms"] = measure_reads(world, gateway_env, sizes, progress)
+    figures["taskapp"]["reads_ms"] = measure_reads(world, side, gateway_env, sizes, progress)
     world.stop("gateway")
     return figures
 
 
 def measure_reads(
-    world: World, gateway_env: dict[str, str], sizes: Sizes, progress: Progress
+    world: World, small: World, gateway_env: dict[str, str], sizes: Sizes, progress: Progress
 ) -> dict[str, dict[str, float]]:
-    """P4: the reads at the small table size, in a database of its own behind a gateway of its own, and at the
+    """P4: the reads at the small table size in `small`'s database, behind a gateway of its own, and at the
     large size in the run's database, measured in alternating rounds. Measured one size after the other, a
     minute apart (the large fill between them), the two differed by the machine's drift more than by their rows:
     1.6-2.2x in one run, on reads whose SQL took 0.04 ms at either size."""
     small_rows, large_rows = sizes.rows
-    small = World(world.workdir / "small")
-    small.workdir.mkdir()
-    small.open()
+    small_env = {name: f"127.0.0.1:{free_port()}" for name in gateway_env}
+    small.start("gateway", procfile()["gateway"], None, **small_env)
     try:
-        small_env = {name: f"127.0.0.1:{free_port()}" for name in gateway_env}
-        small.start("gateway", procfile()["gateway"], None, **small_env)
         wait_until(lambda: serving(small_env["TASKAPP_GRPC_ADDR"]), 60, "the second gateway to serve")
         world.sql("TRUNCATE jobs, job_events, job_logs")
         phases.fill_rows(small, small_rows, progress)
@@ -209,7 +211,7 @@ def measure_reads(
                     )
                 advance(1)
     finally:
-        small.close()
+        small.stop("gateway")
     # Each round makes as many calls of a kind: the mean of the rounds' means is the mean of all calls.
     return {
         str(rows): {name: statistics.mean(means[name] for means in measured) for name in measured[0]}
@@ -389,13 +391,16 @@ def main() -> None:
     sizes = SIZES[args.size]
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="taskapp-bench-"))
-    world = World(workdir)
-    world.open()
+    world, side = World(workdir), World(workdir / "side")
+    side.workdir.mkdir()
     try:
         with Progress(console=console, transient=True) as progress:
             try:
-                figures = measure(world, sizes, progress)
+                world.open()
+                side.open()
+                figures = measure(world, side, sizes, progress)
             finally:
+                side.close()
                 world.close()
             if args.cluster:
                 figures["cluster"] = scale_out.measure(workdir / "cluster", sizes.submit, progress)

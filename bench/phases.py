@@ -60,15 +60,34 @@ def pause_consuming(app: Celery, workers: int = 1) -> None:
         raise RuntimeError(f"{len(replies)} of {workers} worker(s) stopped consuming")
 
 
-def raw_publish(app: Celery, count: int, progress: Progress) -> float:
-    """`send_task` in a loop from one thread: the raw publish rate."""
-    with progress_of(progress, "raw Celery: send_task loop", count) as advance:
-        started = time.perf_counter()
+def raw_fill(app: Celery, count: int, progress: Progress) -> None:
+    """`count` noop tasks into the paused raw worker's queue, for the raw drain."""
+    with progress_of(progress, "raw Celery: fill the queue", count) as advance:
         for n in range(count):
             app.send_task(raw_celery.NOOP, queue=QUEUE)
             if n % 100 == 99:
                 advance(100)
-        return count / (time.perf_counter() - started)
+
+
+def alternating_publish(
+    raw_app: Celery, address: str, count: int, concurrency: int, rounds: int, advance: Advance
+) -> tuple[float, float]:
+    """P1's two measures in alternating rounds, `count` calls of each in all: `send_task` in a loop from one
+    thread, and SubmitJob from `concurrency` callers. Returns (send_task calls, jobs created) per second. Measured
+    minutes apart, the two differed by the machine's drift: in one run in four the gateway was ~12 % slower than
+    in the runs before, raw `send_task` as fast as ever."""
+    raw_app.send_task(raw_celery.NOOP, queue=QUEUE)  # connected before the clock starts
+    per_round = max(1, count // rounds)
+    raw_seconds = submit_seconds = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round):
+            raw_app.send_task(raw_celery.NOOP, queue=QUEUE)
+        raw_seconds += time.perf_counter() - started
+        advance(per_round)
+        submit_seconds += per_round / submit_jobs(address, per_round, concurrency, advance)
+    done = per_round * rounds
+    return done / raw_seconds, done / submit_seconds
 
 
 def drain(

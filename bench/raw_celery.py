@@ -23,6 +23,7 @@ app.config_from_object("celeryconfig")
 # Only the settings: none of taskapp's tasks, SQL mirror, logging or metrics hooks.
 app.conf.imports = ()
 
+
 NOOP = "bench.noop"
 NOOP_WITH_STATUS = "bench.noop_with_status"
 #: The status table `noop_with_status` writes to: one row per task, made QUEUED by the benchmark.
@@ -33,6 +34,16 @@ STAMP = "bench.stamp"
 STARTED = "bench:started"
 #: The key the worker's main process adds to the request it hands to a pool process (as taskapp's worker does).
 DELIVERED_AT = "bench_delivered_at"
+
+
+def app_on(broker_url: str) -> Celery:
+    """Another raw Celery app with the same settings, sending to another broker: P1's `send_task` loop, whose
+    messages must not join taskapp's queue."""
+    other = Celery("bench_raw_sender", set_as_current=False)
+    other.config_from_object("celeryconfig")
+    other.conf.imports = ()
+    other.conf.broker_url = broker_url
+    return other
 
 
 @task_received.connect

@@ -114,7 +114,7 @@ def test_timeouts_retry_then_dead_letter(make_stack: MakeStack) -> None:
     job_id = submit(stack, "sleep", {"seconds": 10}, timeout_seconds=1, max_attempts=3)
     wait_for(lambda: get(stack, job_id).state == jobs_pb2.JOB_STATE_RETRYING, 10, "a retry", interval=0.02)
     job = stack.wait_terminal(job_id, timeout=30)
-    assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3)
+    assert (job.state, job.attempts) == (jobs_pb2.JOB_STATE_DEAD_LETTER, 3), job.last_error
     assert "timeout" in job.last_error and "timeout_seconds (1 s)" in job.last_error
     wait_dead_letters(stack, 1)
 
