@@ -202,10 +202,10 @@ def measure_reads(
         label = f"taskapp: reads at {small_rows:,} and {large_rows:,} rows, alternating"
         with phases.progress_of(progress, label, READ_ROUNDS) as advance:
             for round_number in range(READ_ROUNDS):
-                for rows, side, env in sides if round_number % 2 == 0 else sides[::-1]:
+                for rows, database, env in sides if round_number % 2 == 0 else sides[::-1]:
                     rounds[rows].append(
                         {
-                            **phases.read_latencies(side, env["TASKAPP_GRPC_ADDR"], calls),
+                            **phases.read_latencies(database, env["TASKAPP_GRPC_ADDR"], calls),
                             **phases.console_page_times(env["TASKAPP_HTTP_ADDR"], calls),
                         }
                     )

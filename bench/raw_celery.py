@@ -23,7 +23,6 @@ app.config_from_object("celeryconfig")
 # Only the settings: none of taskapp's tasks, SQL mirror, logging or metrics hooks.
 app.conf.imports = ()
 
-
 NOOP = "bench.noop"
 NOOP_WITH_STATUS = "bench.noop_with_status"
 #: The status table `noop_with_status` writes to: one row per task, made QUEUED by the benchmark.
