@@ -119,14 +119,9 @@ def raw_drain_with_status(world: World, app: Celery, count: int, progress: Progr
         app.send_task(raw_celery.NOOP_WITH_STATUS, task_id=task_id, queue=QUEUE)
 
     def finished() -> bool:
-        return raw_drained(world) and status_succeeded(world) == count
+        return raw_drained(world) and succeeded(world, table) == count
 
     return drain(app, finished, count, "raw Celery + status table: drain", progress)
-
-
-def status_succeeded(world: World) -> int:
-    table = raw_celery.STATUS_TABLE
-    return int(world.sql(f"SELECT count(*) FROM {table} WHERE state = 'SUCCEEDED'")[0][0])
 
 
 def raw_drained(world: World) -> bool:
@@ -141,8 +136,9 @@ def raw_drained(world: World) -> bool:
     return bool(waiting == 0 and unacked == 0)
 
 
-def succeeded(world: World) -> int:
-    return int(world.sql("SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")[0][0])
+def succeeded(world: World, table: str = "jobs") -> int:
+    """Rows of `table` (taskapp's jobs, or the raw status table) whose state is SUCCEEDED."""
+    return int(world.sql(f"SELECT count(*) FROM {table} WHERE state = 'SUCCEEDED'")[0][0])
 
 
 def taskapp_drained(world: World, total: int) -> bool:
