@@ -37,6 +37,8 @@ LATENCY_RATE = 100.0
 #: P1's raw `send_task` loop and taskapp's SubmitJob take turns this many times, so a slow spell of the machine
 #: falls on both alike.
 P1_ROUNDS = 5
+#: P2's two drains, raw Celery's and taskapp's, take turns this many times.
+P2_ROUNDS = 5
 #: The read phase alternates between its two table sizes this many times, so a slow spell of the machine falls
 #: on both alike.
 READ_ROUNDS = 6
@@ -44,7 +46,7 @@ READ_ROUNDS = 6
 
 @dataclass(frozen=True)
 class Sizes:
-    publish: int  #: tasks each raw drain takes
+    publish: int  #: tasks each raw drain takes (and taskapp's, in P2's rounds)
     submit: int  #: SubmitJob calls (and raw send_task calls, alternating with them)
     batches: int  #: SubmitJobs calls of BATCH jobs
     latency: int  #: jobs submitted at LATENCY_RATE
@@ -61,14 +63,13 @@ SIZES = {
 }
 
 
-def worker_answers() -> bool:
-    return bool(raw_celery.app.control.ping(timeout=0.5))
-
-
-def start_worker(world: World, name: str, app_module: str, **extra_env: str) -> None:
-    """The Procfile's worker line, with `-A` naming the app to run."""
+def start_worker(
+    world: World, name: str, app_module: str, control: celery.Celery = raw_celery.app, **extra_env: str
+) -> None:
+    """The Procfile's worker line, with `-A` naming the app to run; started once it answers a ping sent
+    through `control` (an app on the world's Redis database)."""
     world.start(name, procfile()["worker"].replace("-A taskapp", f"-A {app_module}"), None, **extra_env)
-    wait_until(worker_answers, 60, f"the {name} to answer")
+    wait_until(lambda: bool(control.control.ping(timeout=0.5)), 60, f"the {name} to answer")
 
 
 def start_taskapp(world: World, gateway_env: dict[str, str], traced: bool = False) -> None:
@@ -103,11 +104,6 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
     figures: dict[str, Any] = {"raw": {}, "taskapp": {}}
 
     start_worker(world, "raw-worker", "bench.raw_celery")
-    phases.pause_consuming(raw_celery.app)
-    phases.raw_fill(raw_celery.app, sizes.publish, progress)
-    figures["raw"]["drain_per_s"] = phases.drain(
-        raw_celery.app, lambda: phases.raw_drained(world), sizes.publish, "raw Celery: drain", progress
-    )
     figures["raw"]["drain_with_status_per_s"] = phases.raw_drain_with_status(
         world, raw_celery.app, sizes.publish, progress
     )
@@ -146,11 +142,11 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
             address, sizes.batches, BATCH, BATCH_CONCURRENCY, advance
         )
     total = phases.job_count(world)
-    figures["taskapp"]["drain_per_s"] = phases.drain(
+    figures["taskapp"]["drain_after_submits_per_s"] = phases.drain(
         raw_celery.app,
         lambda: phases.taskapp_drained(world, total),
         total,
-        "taskapp: drain to SUCCEEDED",
+        "taskapp: drain the submits to SUCCEEDED",
         progress,
     )
     # P3 with the stage breakdown: the gateway and worker started anew, stamping each job (`World.traced`).
@@ -164,6 +160,9 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
         )
     stop_taskapp(world)
     start_taskapp(world, gateway_env)
+    figures["raw"]["drain_per_s"], figures["taskapp"]["drain_per_s"] = measure_drains(
+        world, side, address, sizes, progress
+    )
     # P2 twice more, alike: then with a limit, a rate and a pause on job types these jobs are not.
     figures["taskapp"]["drain_again_per_s"] = drain_batches(
         world, address, sizes, "taskapp: drain again", progress
@@ -176,6 +175,33 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
     figures["taskapp"]["reads_ms"] = measure_reads(world, side, gateway_env, sizes, progress)
     world.stop("gateway")
     return figures
+
+
+def measure_drains(
+    world: World, side: World, address: str, sizes: Sizes, progress: Progress
+) -> tuple[float, float]:
+    """P2: raw Celery's noop drain and taskapp's drain to SUCCEEDED in alternating rounds, the raw worker on
+    `side`'s Redis database beside taskapp's (each paused while the other drains). Returns (raw, taskapp) per
+    second."""
+    raw_app = raw_celery.app_on(side.redis_url)
+    start_worker(side, "raw-worker", "bench.raw_celery", control=raw_app)
+    try:
+        label = "P2: raw Celery's drain and taskapp's, alternating"
+        with phases.progress_of(progress, label, 2 * sizes.publish) as advance:
+            return phases.alternating_drains(
+                raw_app,
+                side,
+                raw_celery.app,
+                world,
+                address,
+                sizes.publish,
+                P2_ROUNDS,
+                min(BATCH, sizes.publish // P2_ROUNDS),
+                advance,
+            )
+    finally:
+        side.stop("raw-worker")
+        side.redis().flushdb()
 
 
 def measure_reads(
@@ -296,7 +322,7 @@ def report(figures: dict[str, Any], checks: list[dict[str, Any]], console: Conso
         f"{ours['submit_batch_per_s'] / raw['publish_per_s']:.2f}x",
     )
     rates.add_row(
-        "drain noop (to SUCCEEDED in SQL)",
+        "drain noop (to SUCCEEDED in SQL), in turns with raw Celery's",
         f"{ours['drain_per_s']:,.0f}",
         f"{raw['drain_per_s']:,.0f}",
         f"{ours['drain_per_s'] / raw['drain_per_s']:.2f}x",
@@ -308,6 +334,7 @@ def report(figures: dict[str, Any], checks: list[dict[str, Any]], console: Conso
         f"{ours['drain_per_s'] / raw['drain_with_status_per_s']:.2f}x",
     )
     for label, key in (
+        ("drain of the submits (gRPC, HTTP, batches)", "drain_after_submits_per_s"),
         ("drain again (batches only)", "drain_again_per_s"),
         ("drain, limits on other types", "drain_with_limits_per_s"),
     ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -60,15 +61,6 @@ def pause_consuming(app: Celery, workers: int = 1) -> None:
         raise RuntimeError(f"{len(replies)} of {workers} worker(s) stopped consuming")
 
 
-def raw_fill(app: Celery, count: int, progress: Progress) -> None:
-    """`count` noop tasks into the paused raw worker's queue, for the raw drain."""
-    with progress_of(progress, "raw Celery: fill the queue", count) as advance:
-        for n in range(count):
-            app.send_task(raw_celery.NOOP, queue=QUEUE)
-            if n % 100 == 99:
-                advance(100)
-
-
 def alternating_publish(
     raw_app: Celery, address: str, count: int, concurrency: int, rounds: int, advance: Advance
 ) -> tuple[float, float]:
@@ -95,11 +87,55 @@ def drain(
 ) -> float:
     """Let the paused workers at their full queue, and time them until `done` says all `count` are through."""
     with progress_of(progress, label, None):
-        started = time.perf_counter()
-        # `limit`: back as soon as every worker answers, not after the whole timeout.
-        app.control.add_consumer(QUEUE, reply=True, limit=workers, timeout=5)
-        wait_until(done, 600, label, interval=POLL_SECONDS)
-        return count / (time.perf_counter() - started)
+        return count / drain_seconds(app, done, label, workers)
+
+
+def drain_seconds(app: Celery, done: Callable[[], bool], label: str, workers: int = 1) -> float:
+    """Seconds from letting the paused workers at their queue until `done`."""
+    started = time.perf_counter()
+    # `limit`: back as soon as every worker answers, not after the whole timeout.
+    app.control.add_consumer(QUEUE, reply=True, limit=workers, timeout=5)
+    wait_until(done, 600, label, interval=POLL_SECONDS)
+    return time.perf_counter() - started
+
+
+def alternating_drains(
+    raw_app: Celery,
+    raw_world: World,
+    app: Celery,
+    world: World,
+    address: str,
+    count: int,
+    rounds: int,
+    batch_size: int,
+    advance: Advance,
+) -> tuple[float, float]:
+    """P2's two drains in alternating rounds, `count` tasks of each in all: raw Celery's noop worker (controlled
+    through `raw_app`, on `raw_world`'s Redis database) and taskapp's (through `app`, on `world`'s). Each round
+    fills both paused queues, untimed (taskapp's with SubmitJobs of `batch_size`), then lets each worker at its
+    own in turn, the first one first in even rounds. Returns (raw, taskapp) tasks per second. Measured a minute
+    apart, the two drains differed by the machine's drift: raw Celery's alone 623-907/s from run to run."""
+    batches = max(1, count // rounds // batch_size)
+    per_round = batches * batch_size
+    raw_seconds = taskapp_seconds = 0.0
+    for round_number in range(rounds):
+        pause_consuming(raw_app)
+        pause_consuming(app)
+        for _ in range(per_round):
+            raw_app.send_task(raw_celery.NOOP, queue=QUEUE)
+        submit_batches(address, batches, batch_size, concurrency=4, advance=lambda _: None)
+        total = job_count(world)
+        raw_first = round_number % 2 == 0
+        for raw_turn in (raw_first, not raw_first):
+            if raw_turn:
+                raw_seconds += drain_seconds(raw_app, lambda: raw_drained(raw_world), "raw Celery: drain")
+            else:
+                taskapp_seconds += drain_seconds(
+                    app, functools.partial(taskapp_drained, world, total), "taskapp: drain to SUCCEEDED"
+                )
+            advance(per_round)
+    done = rounds * per_round
+    return done / raw_seconds, done / taskapp_seconds
 
 
 def raw_drain_with_status(world: World, app: Celery, count: int, progress: Progress) -> float:

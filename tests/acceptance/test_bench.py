@@ -33,6 +33,7 @@ def test_the_benchmark_runs_every_phase_and_writes_its_figures(tmp_path: Path) -
         figures["taskapp"]["submit_per_s"],
         figures["taskapp"]["submit_batch_per_s"],
         figures["taskapp"]["drain_per_s"],
+        figures["taskapp"]["drain_after_submits_per_s"],
         figures["taskapp"]["drain_again_per_s"],
         figures["taskapp"]["drain_with_limits_per_s"],
     ]
