@@ -33,6 +33,7 @@ from taskapp.store.engine import open_store
 from taskapp.store.memory import InMemoryJobStore
 from taskapp.store.port import JobStore
 from taskapp.store.postgres import CREATE, EXISTING, MARK_PUBLISHED, create_parameters
+from taskapp.store.rows import new_job_row
 from taskapp.store.sql import SqlJobStore
 from tests.helpers import create, make_database_url, new_job
 
@@ -87,7 +88,7 @@ def test_create_many_keeps_order_and_existing_jobs(store: JobStore, heard: list[
     later, past = T0 + timedelta(hours=1), T0 - timedelta(hours=1)
     results = store.create_many(
         [
-            new_job("x"),
+            new_job("x", payload={"b": 1, "a": [1.5, "z", None]}, labels={"team": "a"}),
             new_job("old", type="noop"),
             new_job("later", run_at=later),
             new_job("past", run_at=past),
@@ -101,6 +102,7 @@ def test_create_many_keeps_order_and_existing_jobs(store: JobStore, heard: list[
     assert (results[2][0].state, results[2][0].scheduled_at) == (JobState.SCHEDULED, later)
     assert (results[3][0].state, results[3][0].scheduled_at) == (JobState.QUEUED, T0)
     assert results[0][0].seq < results[2][0].seq < results[3][0].seq
+    assert [job for job, _ in results] == [store.get(job.job_id) for job, _ in results], "each job as stored"
     assert store.count_scheduled() == 1
     assert heard == [], "creations are not announced"
 
@@ -451,7 +453,7 @@ def test_a_submit_reads_jobs_by_id_only_whatever_the_statistics_say(
             plans = [
                 "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, params, prepare=True))
                 for statement, params in (
-                    (CREATE, create_parameters([new_job("new")], T0)),
+                    (CREATE, create_parameters([new_job_row(new_job("new"), T0)], T0)),
                     (EXISTING, {"job_id": ["old-1"]}),
                 )
             ]
