@@ -51,13 +51,14 @@ WITH claimed AS (
 SELECT * FROM claimed
 """
 
-#: RUNNING on this attempt -> SUCCEEDED with the result.
+#: RUNNING on this attempt -> SUCCEEDED with the result. The state is checked as `sql._row_in_state` does, in a
+#: form no index serves: found through a state index, each success scanned every RUNNING job.
 SUCCEED = """
 WITH succeeded AS (
     UPDATE jobs
     SET state = 'SUCCEEDED', result = %(result)s, updated_at = %(now)s, finished_at = %(now)s,
         lease_expires_at = NULL
-    WHERE job_id = %(job_id)s AND state = 'RUNNING' AND attempts = %(attempt)s
+    WHERE job_id = %(job_id)s AND state || '' = 'RUNNING' AND attempts = %(attempt)s
     RETURNING job_id, type, started_at
 ), event AS (
     INSERT INTO job_events (job_id, at, state, attempt, message)

@@ -99,6 +99,14 @@ def _states(states: frozenset[JobState] | Sequence[JobState]) -> list[str]:
     return [s.value for s in states]
 
 
+def _row_in_state(state: JobState) -> sa.ColumnElement[bool]:
+    """The state check of a statement that finds its one row by job id, in a form no index serves, so that it
+    stays a filter on that row. Written `state = 'RUNNING'`, it let PostgreSQL scan a state index through every
+    RUNNING job when its statistics believed them few (a fleet started since the last ANALYZE): 1.9 ms per
+    success at 5,000 jobs running, each success scanning them all."""
+    return jobs_table.c.state.concat("") == state.value
+
+
 def _wants_a_run(now: datetime) -> sa.ColumnElement[bool]:
     """`taskapp.jobs.wants_a_run` in SQL: QUEUED, or RETRYING once its back-off has ended; not in a line."""
     c = jobs_table.c
@@ -270,7 +278,7 @@ class SqlJobStore:
                 # Guard on the exact state read: if a worker moved the job meanwhile, read it again.
                 updated = conn.execute(
                     jobs_table.update()
-                    .where(jobs_table.c.job_id == job_id, jobs_table.c.state == seen.value)
+                    .where(jobs_table.c.job_id == job_id, _row_in_state(seen))
                     .values(
                         state=JobState.CANCELLED.value,
                         updated_at=now,
@@ -654,7 +662,7 @@ class SqlJobStore:
         with self._transaction() as conn:
             row = conn.execute(
                 jobs_table.update()
-                .where(c.job_id == job_id, c.state == JobState.RUNNING.value, c.worker == worker)
+                .where(c.job_id == job_id, _row_in_state(JobState.RUNNING), c.worker == worker)
                 .values(
                     state=JobState.QUEUED.value,
                     attempts=c.attempts - 1,
@@ -684,7 +692,7 @@ class SqlJobStore:
         """The guard of a run's outcome: still RUNNING, on that attempt (and, with `lapsed_by`, with a lease
         that ended before then)."""
         c = jobs_table.c
-        guard = (c.job_id == job_id, c.state == JobState.RUNNING.value, c.attempts == attempt)
+        guard = (c.job_id == job_id, _row_in_state(JobState.RUNNING), c.attempts == attempt)
         return guard if lapsed_by is None else (*guard, c.lease_expires_at < lapsed_by)
 
     def succeed(self, job_id: str, attempt: int, result: Any, now: datetime) -> bool:
@@ -786,7 +794,7 @@ class SqlJobStore:
                 jobs_table.update()
                 .where(
                     jobs_table.c.job_id == job_id,
-                    jobs_table.c.state == JobState.QUEUED.value,
+                    _row_in_state(JobState.QUEUED),
                     jobs_table.c.attempts == 0,
                 )
                 .values(state=back_to.value, updated_at=now)
