@@ -99,7 +99,8 @@ def drain_batches(world: World, address: str, sizes: Sizes, label: str, progress
 
 def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
     """Every phase on the run's `world`; `side` holds what must not mix with it: the Redis database P1's raw
-    `send_task` calls go to, and the database the reads at the small table size run on."""
+    `send_task` calls go to and P2's raw worker drains, and the database the reads at the small table size run
+    on."""
     raw_celery.app.conf.broker_url = world.redis_url
     figures: dict[str, Any] = {"raw": {}, "taskapp": {}}
 

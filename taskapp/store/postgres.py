@@ -73,8 +73,8 @@ SELECT type, started_at FROM succeeded
 #: Ids that exist are left as they are and are read apart (`EXISTING`), only when a batch has any: joining the
 #: batch to `jobs` here cost every batch that join, and a plan cached while `jobs` was small scanned the whole
 #: table for it (9 ms per SubmitJob at 11,000 rows in the benchmark's latency phase, growing with the table until
-#: an ANALYZE). The batch travels as one JSON document: psycopg dumps a Python list element by element in Python, and
-#: twelve arrays of them were a tenth of the gateway's time in SubmitJobs of 100.
+#: an ANALYZE). The batch travels as one JSON document: psycopg dumps a Python list element by element in Python,
+#: and twelve arrays of them were a tenth of the gateway's time in SubmitJobs of 100.
 CREATE = """
 WITH new AS (
     SELECT *
