@@ -37,7 +37,8 @@ LATENCY_RATE = 100.0
 #: P1's raw `send_task` loop and taskapp's SubmitJob take turns this many times, so a slow spell of the machine
 #: falls on both alike.
 P1_ROUNDS = 5
-#: P2's two drains, raw Celery's and taskapp's, take turns this many times.
+#: P2's two drains, raw Celery's and taskapp's, take turns this many times; so do its drains with and without
+#: limits on other types.
 P2_ROUNDS = 5
 #: The read phase alternates between its two table sizes this many times, so a slow spell of the machine falls
 #: on both alike.
@@ -84,17 +85,6 @@ def start_taskapp(world: World, gateway_env: dict[str, str], traced: bool = Fals
 def stop_taskapp(world: World) -> None:
     world.stop("worker")
     world.stop("gateway")
-
-
-def drain_batches(world: World, address: str, sizes: Sizes, label: str, progress: Progress) -> float:
-    """Fill the queue with SubmitJobs calls while the worker does not consume, then drain it to SUCCEEDED."""
-    phases.pause_consuming(raw_celery.app)
-    with phases.progress_of(progress, f"{label}: SubmitJobs of {BATCH}", sizes.batches * BATCH) as advance:
-        phases.submit_batches(address, sizes.batches, BATCH, BATCH_CONCURRENCY, advance)
-    total = phases.job_count(world)
-    return phases.drain(
-        raw_celery.app, lambda: phases.taskapp_drained(world, total), sizes.batches * BATCH, label, progress
-    )
 
 
 def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict[str, Any]:
@@ -145,6 +135,7 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
     total = phases.job_count(world)
     figures["taskapp"]["drain_after_submits_per_s"] = phases.drain(
         raw_celery.app,
+        world,
         lambda: phases.taskapp_drained(world, total),
         total,
         "taskapp: drain the submits to SUCCEEDED",
@@ -164,14 +155,14 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
     figures["raw"]["drain_per_s"], figures["taskapp"]["drain_per_s"] = measure_drains(
         world, side, address, sizes, progress
     )
-    # P2 twice more, alike: then with a limit, a rate and a pause on job types these jobs are not.
-    figures["taskapp"]["drain_again_per_s"] = drain_batches(
-        world, address, sizes, "taskapp: drain again", progress
-    )
-    phases.limit_other_types(address)
-    figures["taskapp"]["drain_with_limits_per_s"] = drain_batches(
-        world, address, sizes, "taskapp: drain, limits on other types", progress
-    )
+    # P2 again, in turns without controls and with a limit, a rate and a pause on job types these jobs are not.
+    label = "taskapp: drains without controls and with limits on other types, alternating"
+    with phases.progress_of(progress, label, 2 * sizes.batches * BATCH) as advance:
+        figures["taskapp"]["drain_again_per_s"], figures["taskapp"]["drain_with_limits_per_s"] = (
+            phases.alternating_limits(
+                raw_celery.app, world, address, sizes.batches, BATCH, P2_ROUNDS, advance
+            )
+        )
     world.stop("worker")
     figures["taskapp"]["reads_ms"] = measure_reads(world, side, gateway_env, sizes, progress)
     world.stop("gateway")
@@ -336,8 +327,8 @@ def report(figures: dict[str, Any], checks: list[dict[str, Any]], console: Conso
     )
     for label, key in (
         ("drain of the submits (gRPC, HTTP, batches)", "drain_after_submits_per_s"),
-        ("drain again (batches only)", "drain_again_per_s"),
-        ("drain, limits on other types", "drain_with_limits_per_s"),
+        ("drain again, in turns with the next", "drain_again_per_s"),
+        ("drain, limits on other types, in turns", "drain_with_limits_per_s"),
     ):
         rates.add_row(
             label, f"{ours[key]:,.0f}", f"{raw['drain_per_s']:,.0f}", f"{ours[key] / raw['drain_per_s']:.2f}x"
