@@ -36,6 +36,8 @@ QUEUE = "default"
 WORKER_QUEUES = "critical,high,default,low"
 #: How often a drain checks whether it is done: often enough not to blur the rate, rarely enough to be free.
 POLL_SECONDS = 0.02
+#: Callers at once filling a paused worker's queue with SubmitJobs before a drain.
+FILL_CONCURRENCY = 4
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -150,7 +152,7 @@ def alternating_drains(
         pause_consuming(app)
         for _ in range(per_round):
             raw_app.send_task(raw_celery.NOOP, queue=QUEUE)
-        submit_batches(address, batches, batch_size, concurrency=4, advance=lambda _: None)
+        submit_batches(address, batches, batch_size, concurrency=FILL_CONCURRENCY, advance=lambda _: None)
         total = job_count(world)
         raw_first = round_number % 2 == 0
         for raw_turn in (raw_first, not raw_first):
@@ -337,16 +339,18 @@ def alternating_limits(
     app: Celery, world: World, address: str, batches: int, batch_size: int, rounds: int, advance: Advance
 ) -> tuple[float, float]:
     """P2's drain without flow controls and with those of `limit_other_types`, in alternating rounds,
-    `batches` SubmitJobs of `batch_size` for each in all: each drain's queue filled while the worker does not consume, then drained to
-    SUCCEEDED. Returns (without, with) jobs per second. Measured one after the other, the ratio moved with the
-    machine (0.91-1.29 in five runs on one machine)."""
+    `batches` SubmitJobs of `batch_size` for each in all: each drain's queue filled while the worker does not
+    consume, then drained to SUCCEEDED. Returns (without, with) jobs per second. Measured one after the other,
+    the ratio moved with the machine (0.91-1.29 in five runs on one machine)."""
     per_round = max(1, batches // rounds)
     seconds = {False: 0.0, True: 0.0}
     for round_number in range(rounds):
         for limited in (False, True) if round_number % 2 == 0 else (True, False):
             (limit_other_types if limited else clear_other_types)(address)
             pause_consuming(app)
-            submit_batches(address, per_round, batch_size, concurrency=4, advance=lambda _: None)
+            submit_batches(
+                address, per_round, batch_size, concurrency=FILL_CONCURRENCY, advance=lambda _: None
+            )
             total = job_count(world)
             label = "taskapp: drain" + (", limits on other types" if limited else "")
             seconds[limited] += drain_seconds(
