@@ -28,10 +28,9 @@ from rich.table import Table
 from bench import phases, raw_celery, scale_out
 from bench.env import World, free_port, procfile, serving, wait_until
 
-#: Callers at once for SubmitJob, and for SubmitJobs of `BATCH` jobs each.
+#: Callers at once for SubmitJob; jobs per SubmitJobs call (sent by `phases.BATCH_CONCURRENCY` callers).
 SUBMIT_CONCURRENCY = 50
 BATCH = 100
-BATCH_CONCURRENCY = 4
 #: The steady rate of the latency phase, jobs per second.
 LATENCY_RATE = 100.0
 #: P1's raw `send_task` loop and taskapp's SubmitJob take turns this many times, so a slow spell of the machine
@@ -138,7 +137,7 @@ def measure(world: World, side: World, sizes: Sizes, progress: Progress) -> dict
         )
     with phases.progress_of(progress, f"taskapp: SubmitJobs of {BATCH}", sizes.batches * BATCH) as advance:
         figures["taskapp"]["submit_batch_per_s"] = phases.submit_batches(
-            address, sizes.batches, BATCH, BATCH_CONCURRENCY, advance
+            address, sizes.batches, BATCH, phases.BATCH_CONCURRENCY, advance
         )
     total = phases.job_count(world)
     figures["taskapp"]["drain_after_submits_per_s"] = phases.drain(

@@ -36,8 +36,8 @@ QUEUE = "default"
 WORKER_QUEUES = "critical,high,default,low"
 #: How often a drain checks whether it is done: often enough not to blur the rate, rarely enough to be free.
 POLL_SECONDS = 0.02
-#: Callers at once filling a paused worker's queue with SubmitJobs before a drain.
-FILL_CONCURRENCY = 4
+#: Callers at once for SubmitJobs of many jobs: P1's batch measure, and the fills before drains.
+BATCH_CONCURRENCY = 4
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -142,8 +142,9 @@ def alternating_drains(
     """P2's two drains in alternating rounds, `count` tasks of each in all: raw Celery's noop worker (controlled
     through `raw_app`, on `raw_world`'s Redis database) and taskapp's (through `app`, on `world`'s). Each round
     fills both paused queues, untimed (taskapp's with SubmitJobs of `batch_size`), then lets each worker at its
-    own in turn, raw Celery's first in even rounds and taskapp's in odd ones. Returns (raw, taskapp) tasks per second. Measured a minute
-    apart, the two drains differed by the machine's drift: raw Celery's alone 623-907/s from run to run."""
+    own in turn, raw Celery's first in even rounds and taskapp's in odd ones. Returns (raw, taskapp) tasks per
+    second. Measured a minute apart, the two drains differed by the machine's drift: raw Celery's alone
+    623-907/s from run to run."""
     batches = max(1, count // rounds // batch_size)
     per_round = batches * batch_size
     raw_seconds = taskapp_seconds = 0.0
@@ -152,7 +153,7 @@ def alternating_drains(
         pause_consuming(app)
         for _ in range(per_round):
             raw_app.send_task(raw_celery.NOOP, queue=QUEUE)
-        submit_batches(address, batches, batch_size, concurrency=FILL_CONCURRENCY, advance=lambda _: None)
+        submit_batches(address, batches, batch_size, concurrency=BATCH_CONCURRENCY, advance=lambda _: None)
         total = job_count(world)
         raw_first = round_number % 2 == 0
         for raw_turn in (raw_first, not raw_first):
@@ -349,7 +350,7 @@ def alternating_limits(
             (limit_other_types if limited else clear_other_types)(address)
             pause_consuming(app)
             submit_batches(
-                address, per_round, batch_size, concurrency=FILL_CONCURRENCY, advance=lambda _: None
+                address, per_round, batch_size, concurrency=BATCH_CONCURRENCY, advance=lambda _: None
             )
             total = job_count(world)
             label = "taskapp: drain" + (", limits on other types" if limited else "")
