@@ -21,7 +21,7 @@ from taskapp import start_latency
 from taskapp.config import get_settings
 from taskapp.errors import FieldError, TaskappError
 from taskapp.jobs import BulkOutcome, SubmitOutcome
-from taskapp.metrics import JOBS_SUBMITTED
+from taskapp.metrics import jobs_submitted
 from taskapp.schedules import ScheduleService
 from taskapp.service import JobService
 
@@ -36,11 +36,15 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 Method = Callable[[Any, RequestT, grpc.aio.ServicerContext], Awaitable[ResponseT]]
 
+#: Each call's metrics by label values, looked up once (`taskapp.metrics.jobs_submitted` says why).
+rpcs = functools.cache(RPCS.labels)
+rpc_seconds = functools.cache(RPC_SECONDS.labels)
+
 
 def count_submitted(outcome: SubmitOutcome, received: float) -> None:
     """A job created by a call received at `received`: counted, and its stages in the gateway timed."""
     if outcome.created:
-        JOBS_SUBMITTED.labels(outcome.job.type, outcome.job.priority.value).inc()
+        jobs_submitted(outcome.job.type, outcome.job.priority.value).inc()
         start_latency.submitted(outcome, received)
 
 
@@ -99,7 +103,7 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
         name = method.__name__
         if self.gate.closed:
             self.gate.refuse()
-            RPCS.labels(name, "UNAVAILABLE").inc()
+            rpcs(name, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: try again")
         started = time.perf_counter()
         code = "OK"
@@ -116,8 +120,8 @@ def answers_errors(method: Method[RequestT, ResponseT]) -> Method[RequestT, Resp
             log.exception("%s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
-            RPCS.labels(name, code).inc()
-            RPC_SECONDS.labels(name).observe(time.perf_counter() - started)
+            rpcs(name, code).inc()
+            rpc_seconds(name).observe(time.perf_counter() - started)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper

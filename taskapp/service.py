@@ -121,8 +121,12 @@ def _check_rate(rate: int | None, rate_seconds: float) -> None:
         raise InvalidArgument("rate_interval", f"must be from 1 ms to {MAX_RATE_SECONDS:.0f} s")
 
 
+#: One encoder for all: `json.dumps` with these options builds a new one on every call (~40 % of its cost).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def _check_payload(value: Any, field: str = "payload", depth: int = 1) -> None:

@@ -36,7 +36,7 @@ from taskapp.errors import PermanentError, StoreUnavailable
 from taskapp.faults import AFTER_DELIVERY_BEFORE_RUN, fault_point
 from taskapp.joblogs import JobLogCapture
 from taskapp.jobs import HARD_LIMIT_GRACE, Job, JobState
-from taskapp.metrics import JOB_WAIT_SECONDS, record_changes
+from taskapp.metrics import job_wait_seconds, record_changes
 from taskapp.notify import ChangePublisher
 from taskapp.publisher import CeleryPublisher
 from taskapp.registry import Handler, HandlerRegistry, JobContext, load_handlers
@@ -292,7 +292,7 @@ def run_job(task: JobTask, **_ignored: Any) -> Any:
     start_latency.claimed(job_id, task.request, started, claimed)
     if job.started_at is not None:
         wait = (job.started_at - job.scheduled_at).total_seconds()
-        JOB_WAIT_SECONDS.labels(job.type, job.priority.value).observe(max(0.0, wait))
+        job_wait_seconds(job.type, job.priority.value).observe(max(0.0, wait))
         # A rate's start taken a little ahead (`taskapp.rates.hold`): the run starts at it. Only then does it
         # sleep: even sleep(0) lets go of the GIL, and a busy thread of the process keeps it a switch interval.
         ahead = (job.started_at - utcnow()).total_seconds()
