@@ -54,7 +54,8 @@ KINDS = {"db": "postgres"}
 def host_cpu_seconds(host: Host) -> dict[int, float]:
     """CPU seconds of each process on `host`, with its reaped children's (a backend that exited meanwhile). A
     process's own time is its threads' run time in nanoseconds (schedstat): in clock ticks, a process that
-    worked 10 ms in the tiny run's phase could show none."""
+    worked 10 ms in the tiny run's phase could show none. A thread that exits takes its time with it; the
+    processes measured keep theirs (thread pools, PostgreSQL's single-threaded backends)."""
     seconds = {}
     for pid in host.pids():
         try:
